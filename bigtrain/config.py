@@ -1,0 +1,332 @@
+"""One typed config tree for every run.
+
+A recipe is a YAML file whose keys mirror the dataclasses below; any field can be overridden on the
+command line with a dotted key (`train.batch=512 optim.lr_d=4e-4`). Unknown keys, wrong types and
+impossible values fail at load with a `ConfigError` that names the dotted key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config value a user gave (file or override) that bigtrain cannot run with."""
+
+
+@dataclass
+class DataConfig:
+    path: str = "data/digits"  # folder with manifest.json and the shards (from `bigtrain prepare`)
+    loader: str = "auto"  # auto | webdataset | dali
+    num_workers: int = 2  # loader worker processes per rank
+    shuffle_buffer: int = 512  # samples held for in-stream shuffling (per worker)
+    hflip: bool = False  # random horizontal flip of real images
+    verify_checksums: bool = True  # sha256 of this rank's shards against the manifest at start
+
+
+@dataclass
+class ModelConfig:
+    name: str = "biggan"
+    resolution: int = 32  # output side in pixels; a power of two
+    ch: int = 64  # G channel multiplier
+    d_ch: int = 64  # D channel multiplier
+    z_dim: int = 120  # latent size; split into hierarchical chunks when `hier`
+    shared_dim: int = 128  # shared class embedding size (0: one embedding per BN layer)
+    hier: bool = True  # hierarchical z: one chunk to the input, one to every block's BN
+    attn_res: list[int] = field(default_factory=lambda: [])  # resolutions with self-attention
+    num_classes: int = 0  # 0: from the dataset manifest; 1: unconditional
+    bn_eps: float = 1e-5
+    sn_eps: float = 1e-6
+
+
+@dataclass
+class LossConfig:
+    name: str = "hinge"  # hinge | nonsat
+    ortho_strength: float = 1e-4  # BigGAN orthogonal regularization beta on G (0 disables)
+
+
+@dataclass
+class OptimConfig:
+    lr_g: float = 1e-4  # TTUR: G slower than D
+    lr_d: float = 4e-4
+    beta1: float = 0.0
+    beta2: float = 0.999
+    eps: float = 1e-6
+    fused: bool = True  # fused Adam kernels where the device has them
+
+
+@dataclass
+class TrainConfig:
+    run_dir: str = "runs/default"
+    total_kimg: float = 100.0  # thousands of real images shown to D
+    batch: int = 64  # global images per D or G step (all ranks and accumulation steps together)
+    accum: int = 1  # micro-batches per step on each rank
+    n_disc_steps: int = 1  # D steps per G step
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
+    channels_last: str = "auto"  # auto (on CUDA) | on | off
+    compile: bool = False  # torch.compile G and D
+    log_every: int = 20  # iterations between logged (host-synced) metrics
+    ckpt_every_kimg: float = 10.0
+    keep_checkpoints: int = 3
+
+
+@dataclass
+class EMAConfig:
+    halflife_kimg: float = 10.0  # G_ema forgets half its past every this many kimg of G training
+    start_kimg: float = 0.0  # before this, G_ema copies G
+    rampup: float = 0.0  # >0: half-life is at most rampup x current kimg (StyleGAN's ramp-up)
+    standing_stats_batches: int = 16  # batches to refresh G_ema's BatchNorm statistics before sampling
+
+
+@dataclass
+class EvalConfig:
+    every_kimg: float = 5.0  # 0 disables evaluation during training
+    num_samples: int = 2000  # generated images per evaluation
+    feature_net: str = "classifier"  # classifier: a small net trained on the dataset's labels
+    batch: int = 200
+    truncation: float = 0.0  # 0: plain normal z; >0: truncated normal at this threshold
+    grid_size: int = 8  # sample grid is grid_size x grid_size
+
+
+@dataclass
+class TrackConfig:
+    enabled: bool = True
+    tracking_uri: str = ""  # "" -> $MLFLOW_TRACKING_URI, else a sqlite store in the run directory
+    experiment: str = "bigtrain"
+    run_name: str = ""  # "" -> <model>-<dataset>
+
+
+@dataclass
+class DistConfig:
+    backend: str = "ddp"  # ddp (torch DistributedDataParallel when world size > 1)
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    ema: EMAConfig = field(default_factory=EMAConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    track: TrackConfig = field(default_factory=TrackConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
+
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "data.loader": ("auto", "webdataset", "dali"),
+    "model.name": ("biggan",),
+    "loss.name": ("hinge", "nonsat"),
+    "train.device": ("auto", "cpu", "cuda"),
+    "train.precision": ("auto", "fp32", "bf16"),
+    "train.channels_last": ("auto", "on", "off"),
+    "eval.feature_net": ("classifier",),
+    "dist.backend": ("ddp",),
+}
+
+
+# --------------------------------------------------------------------------- building from dicts
+
+
+def _coerce(value: Any, annotation: Any, key: str) -> Any:
+    """Check `value` against a field annotation (int, float, bool, str, list[...]) and convert."""
+    origin = typing.get_origin(annotation)
+    if origin in (list, tuple):
+        (item_type,) = typing.get_args(annotation)[:1]
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = [value]  # `model.attn_res=64` means [64]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key} must be a list, got {value!r}")
+        return [_coerce(v, item_type, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin in (typing.Union, types.UnionType):
+        raise TypeError(f"unsupported annotation for {key}")  # keep the tree simple: no Optionals
+    if annotation in (int, float) and isinstance(value, str):
+        try:  # PyYAML reads `1e-4` (no dot) as a string
+            value = float(value) if annotation is float else int(value)
+        except ValueError:
+            pass
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key} must be true or false, got {value!r}")
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ConfigError(f"{key} must be an integer, got {value!r}")
+        return value
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key} must be a number, got {value!r}")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key} must be a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported annotation {annotation!r} for {key}")
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'the config'} must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in names:
+            raise ConfigError(
+                f"unknown config key {prefix}{key} (known keys here: {', '.join(sorted(names))})"
+            )
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in data:
+            continue
+        key = prefix + f.name
+        if dataclasses.is_dataclass(hints[f.name]):
+            kwargs[f.name] = _build(hints[f.name], data[f.name] or {}, key + ".")
+        else:
+            kwargs[f.name] = _coerce(data[f.name], hints[f.name], key)
+    return cls(**kwargs)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'train': {'batch': 64}} -> {'train.batch': 64}."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
+def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = tree
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {key}: {part} is a value, not a section")
+    node[parts[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`train.batch=512` -> ('train.batch', 512); the value is read as YAML (numbers, lists, bools)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like section.key=value")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or "." not in key:
+        raise ConfigError(f"override {text!r} must name a dotted key such as train.batch=512")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+def from_dict(data: dict[str, Any], overrides: list[str] | None = None) -> Config:
+    tree = _deep_copy_dict(data)
+    for text in overrides or []:
+        key, value = parse_override(text)
+        _set_dotted(tree, key, value)
+    cfg = _build(Config, tree, "")
+    validate(cfg)
+    return cfg
+
+
+def _deep_copy_dict(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: _deep_copy_dict(v) if isinstance(v, dict) else v for k, v in d.items()}
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Read a YAML recipe (or start from defaults), apply dotted overrides, validate."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of sections")
+    return from_dict(data, overrides)
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _is_power_of_two(n: int) -> bool:
+    return n > 0 and n & (n - 1) == 0
+
+
+def validate(cfg: Config, world_size: int = 1) -> None:
+    """Refuse impossible values, naming the dotted key. `world_size` is known only at launch."""
+    for key, allowed in CHOICES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value not in allowed:
+            raise ConfigError(f"{key}={value!r} is not one of {', '.join(allowed)}")
+
+    def positive(key: str, value: float, allow_zero: bool = False) -> None:
+        if math.isnan(value) or value < 0 or (value == 0 and not allow_zero):
+            raise ConfigError(f"{key}={value} must be {'>= 0' if allow_zero else '> 0'}")
+
+    m, t = cfg.model, cfg.train
+    if not _is_power_of_two(m.resolution) or not 4 <= m.resolution <= 1024:
+        raise ConfigError(f"model.resolution={m.resolution} must be a power of two from 4 to 1024")
+    for r in m.attn_res:
+        if not _is_power_of_two(r) or r > m.resolution:
+            raise ConfigError(f"model.attn_res has {r}, not a power of two up to model.resolution")
+    for key in ("ch", "d_ch", "z_dim"):
+        positive(f"model.{key}", getattr(m, key))
+    positive("model.shared_dim", m.shared_dim, allow_zero=True)
+    positive("model.num_classes", m.num_classes, allow_zero=True)
+    for key in ("lr_g", "lr_d", "eps"):
+        positive(f"optim.{key}", getattr(cfg.optim, key))
+    for key in ("beta1", "beta2"):
+        v = getattr(cfg.optim, key)
+        if not 0 <= v < 1:
+            raise ConfigError(f"optim.{key}={v} must be in [0, 1)")
+    positive("loss.ortho_strength", cfg.loss.ortho_strength, allow_zero=True)
+    for key in ("total_kimg", "ckpt_every_kimg"):
+        positive(f"train.{key}", getattr(t, key))
+    for key in ("batch", "accum", "n_disc_steps", "log_every", "keep_checkpoints"):
+        positive(f"train.{key}", getattr(t, key))
+    if world_size < 1:
+        raise ConfigError(f"world size {world_size} must be at least 1")
+    if t.batch % (world_size * t.accum):
+        raise ConfigError(
+            f"train.batch={t.batch} must be divisible by world size x train.accum = "
+            f"{world_size} x {t.accum} = {world_size * t.accum}"
+        )
+    positive("data.num_workers", cfg.data.num_workers, allow_zero=True)
+    positive("data.shuffle_buffer", cfg.data.shuffle_buffer, allow_zero=True)
+    positive("ema.halflife_kimg", cfg.ema.halflife_kimg)
+    positive("ema.start_kimg", cfg.ema.start_kimg, allow_zero=True)
+    positive("ema.rampup", cfg.ema.rampup, allow_zero=True)
+    positive("ema.standing_stats_batches", cfg.ema.standing_stats_batches, allow_zero=True)
+    positive("eval.every_kimg", cfg.eval.every_kimg, allow_zero=True)
+    for key in ("num_samples", "batch", "grid_size"):
+        positive(f"eval.{key}", getattr(cfg.eval, key))
+    positive("eval.truncation", cfg.eval.truncation, allow_zero=True)

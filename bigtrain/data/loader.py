@@ -1,0 +1,261 @@
+"""CPU loader over WebDataset shards: an infinite, seeded, resumable stream of `(x, y)` batches.
+
+How the stream is split and ordered:
+- rank r of W owns shards[r::W] for the whole run, so ranks never read the same sample;
+- the rank's shards are split over `roles` (one per loader worker process): in epoch e, the shards are
+  permuted with a generator seeded by (seed, rank, e) and role k reads permutation[k::roles];
+- each role shuffles its samples through a seeded buffer and batches them itself.
+
+Position: every batch carries (role, epoch, samples emitted in that epoch, skip counters). The torch
+DataLoader hands batches out round-robin by worker, so the consumer knows exactly which role comes
+next. On resume each role replays its epoch up to the saved count without decoding, and worker k takes
+role (k + next_role) % roles, which makes the resumed stream identical to the uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import webdataset as wds
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from .images import BadImage, decode_rgb, to_hwc_uint8
+from .manifest import DataError, Manifest, check_shards, load_manifest
+
+log = logging.getLogger(__name__)
+
+# Layout of the per-batch position record.
+META_ROLE, META_EPOCH, META_EMITTED, META_CORRUPT, META_NOLABEL = range(5)
+
+
+@dataclass
+class RoleState:
+    epoch: int = 0
+    emitted: int = 0  # samples that left the shuffle buffer in this epoch (decoded or skipped)
+    corrupt: int = 0
+    nolabel: int = 0
+
+
+def _seed(*parts: int) -> int:
+    return int(np.random.SeedSequence(list(parts)).generate_state(1)[0])
+
+
+class _ShardStream(IterableDataset):
+    def __init__(
+        self,
+        shard_paths: list[str],
+        batch_size: int,
+        resolution: int,
+        labelled: bool,
+        seed: int,
+        rank: int,
+        num_roles: int,
+        shuffle_buffer: int,
+        hflip: bool,
+        role_offset: int,
+        start: list[RoleState],
+    ):
+        super().__init__()
+        self.shard_paths, self.batch_size, self.resolution = shard_paths, batch_size, resolution
+        self.labelled, self.seed, self.rank, self.num_roles = labelled, seed, rank, num_roles
+        self.shuffle_buffer, self.hflip, self.role_offset, self.start = (
+            shuffle_buffer,
+            hflip,
+            role_offset,
+            start,
+        )
+
+    def _role(self) -> int:
+        info = get_worker_info()
+        worker, num_workers = (info.id, info.num_workers) if info else (0, 1)
+        assert num_workers == self.num_roles, f"{num_workers} workers for {self.num_roles} roles"
+        return (worker + self.role_offset) % self.num_roles
+
+    def _epoch_samples(self, role: int, epoch: int) -> Iterator[dict]:
+        """Raw samples of this role's shards in epoch order, through the seeded shuffle buffer."""
+        order = torch.randperm(
+            len(self.shard_paths), generator=torch.Generator().manual_seed(_seed(self.seed, self.rank, epoch))
+        )
+        urls = [self.shard_paths[i] for i in order.tolist()[role :: self.num_roles]]
+        samples = wds.tarfile_samples([{"url": u} for u in urls])
+        rng = random.Random(_seed(self.seed, self.rank, role, epoch, 1))
+        buffer: list[dict] = []
+        for sample in samples:
+            if self.shuffle_buffer == 0:
+                yield sample
+                continue
+            if len(buffer) < self.shuffle_buffer:
+                buffer.append(sample)
+                continue
+            i = rng.randrange(len(buffer))
+            buffer[i], sample = sample, buffer[i]
+            yield sample
+        rng.shuffle(buffer)
+        yield from buffer
+
+    def _decode(self, sample: dict) -> np.ndarray:
+        data = next((v for k, v in sample.items() if k in ("png", "jpg", "jpeg")), None)
+        if data is None:
+            raise BadImage("no image in sample")
+        return to_hwc_uint8(decode_rgb(data), self.resolution)
+
+    def __iter__(self):
+        role = self._role()
+        state = RoleState(**vars(self.start[role]))
+        flip_rng = random.Random(_seed(self.seed, self.rank, role, 2))
+        images, labels = [], []
+        while True:
+            skip, valid = state.emitted, 0  # non-zero only in the epoch a resumed run starts in
+            state.emitted = 0
+            for sample in self._epoch_samples(role, state.epoch):
+                state.emitted += 1
+                if state.emitted <= skip:  # resuming: replay the order without decoding
+                    continue
+                if self.labelled and "cls" not in sample:
+                    state.nolabel += 1
+                    continue
+                try:
+                    image = self._decode(sample)
+                except BadImage:
+                    state.corrupt += 1
+                    continue
+                valid += 1
+                if self.hflip and flip_rng.random() < 0.5:
+                    image = image[:, ::-1]
+                images.append(image)
+                labels.append(int(sample["cls"]) if self.labelled else 0)
+                if len(images) == self.batch_size:
+                    x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
+                    y = torch.tensor(labels, dtype=torch.int64)
+                    meta = torch.tensor([role, state.epoch, state.emitted, state.corrupt, state.nolabel])
+                    images, labels = [], []
+                    yield x, y, meta
+            if valid == 0 and skip == 0:
+                raise DataError(f"no decodable sample in shards {', '.join(self.shard_paths)}")
+            state.epoch, state.emitted = state.epoch + 1, 0
+
+
+class ShardLoader:
+    """Infinite iterator of `(x, y)`: x float32 in [-1, 1], (B, 3, R, R), on `device`; y int64 (B,)."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        batch_size: int,
+        resolution: int,
+        device: torch.device | str = "cpu",
+        rank: int = 0,
+        world_size: int = 1,
+        seed: int = 0,
+        num_workers: int = 2,
+        shuffle_buffer: int = 512,
+        hflip: bool = False,
+        verify_checksums: bool = True,
+    ):
+        self.path, self.manifest = Path(path), load_manifest(path)
+        m: Manifest = self.manifest
+        if resolution > m.resolution:
+            raise DataError(
+                f"resolution {resolution} asked of {self.path}, whose shards hold {m.resolution}x{m.resolution} "
+                "images; re-run `bigtrain prepare` at the larger resolution"
+            )
+        if len(m.shards) < world_size:
+            raise DataError(
+                f"{self.path} has {len(m.shards)} shards for {world_size} ranks; every rank needs at least one "
+                "(re-run `bigtrain prepare` with a smaller --shard-size)"
+            )
+        self.rank_shards = m.shards[rank::world_size]
+        check_shards(self.path, self.rank_shards, verify_checksums)
+        self.num_roles = max(1, min(num_workers, len(self.rank_shards)))
+        if num_workers > self.num_roles:
+            log.warning(
+                "rank %d has %d shards: using %d loader workers, not %d",
+                rank,
+                len(self.rank_shards),
+                self.num_roles,
+                num_workers,
+            )
+        self.num_workers = num_workers and self.num_roles
+        self.batch_size, self.resolution, self.device = batch_size, resolution, torch.device(device)
+        self.rank, self.seed, self.shuffle_buffer, self.hflip = rank, seed, shuffle_buffer, hflip
+        self.roles = [RoleState() for _ in range(self.num_roles)]
+        self.next_role = 0
+        self._iter = None
+
+    @property
+    def skipped_corrupt(self) -> int:
+        return sum(r.corrupt for r in self.roles)
+
+    @property
+    def skipped_nolabel(self) -> int:
+        return sum(r.nolabel for r in self.roles)
+
+    def _start(self) -> None:
+        stream = _ShardStream(
+            [str(self.path / s.name) for s in self.rank_shards],
+            self.batch_size,
+            self.resolution,
+            self.manifest.num_classes > 0,
+            self.seed,
+            self.rank,
+            self.num_roles,
+            self.shuffle_buffer,
+            self.hflip,
+            self.next_role,
+            [RoleState(**vars(r)) for r in self.roles],
+        )
+        workers = self.num_workers
+        self._iter = iter(
+            DataLoader(
+                stream,
+                batch_size=None,
+                num_workers=workers,
+                pin_memory=self.device.type == "cuda",
+                prefetch_factor=4 if workers else None,
+                persistent_workers=False,
+            )
+        )
+
+    def __iter__(self) -> ShardLoader:
+        return self
+
+    def next_uint8(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next batch as stored: uint8 (B, 3, R, R) on the CPU; advances the position."""
+        if self._iter is None:
+            self._start()
+        x, y, meta = next(self._iter)
+        role = int(meta[META_ROLE])
+        assert role == self.next_role, f"loader batch from role {role}, expected {self.next_role}"
+        self.roles[role] = RoleState(*(int(v) for v in meta[1:]))
+        self.next_role = (role + 1) % self.num_roles
+        return x, y
+
+    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = self.next_uint8()
+        x = x.to(self.device, non_blocking=True).float().div_(127.5).sub_(1.0)
+        return x, y.to(self.device, non_blocking=True)
+
+    def state_dict(self) -> dict:
+        return {
+            "roles": [[r.epoch, r.emitted, r.corrupt, r.nolabel] for r in self.roles],
+            "next_role": self.next_role,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if len(state["roles"]) != self.num_roles:
+            raise DataError(
+                f"the checkpoint's loader ran {len(state['roles'])} workers on this rank, this run has {self.num_roles}; "
+                "resume with the same data.num_workers and world size"
+            )
+        self.roles = [RoleState(*r) for r in state["roles"]]
+        self.next_role = int(state["next_role"])
+        self.close()
+
+    def close(self) -> None:
+        self._iter = None  # drops the DataLoader iterator, which stops its workers

@@ -1,0 +1,1 @@
+"""Evaluation: feature statistics, Frechet distance, sampling with truncation, image grids."""

@@ -1,0 +1,151 @@
+"""Feature networks for the Frechet distance, and the evaluator that uses them.
+
+`classifier`: a small CNN trained on the dataset's own labels; its penultimate layer gives the
+features. It is not Inception, so the metric is named `fd_<dataset>` (e.g. `fd_digits`), never `fid`.
+The trained net and the real data's statistics are computed once and cached beside the shards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from ..data.loader import ShardLoader
+from ..data.manifest import MANIFEST_NAME, DataError, Manifest
+from .frechet import FeatureStats, frechet_distance_of
+
+log = logging.getLogger(__name__)
+
+CLASSIFIER_VERSION = 1
+CLASSIFIER_INPUT = 32  # images are resized to this before the classifier
+
+
+class SmallClassifier(nn.Module):
+    """Three strided conv stages (32 -> 16 -> 8 -> 4) and global average pooling: 4 x width features."""
+
+    def __init__(self, num_classes: int, width: int = 32):
+        super().__init__()
+
+        def stage(cin: int, cout: int) -> nn.Sequential:
+            return nn.Sequential(
+                nn.Conv2d(cin, cout, 3, padding=1, stride=2), nn.BatchNorm2d(cout), nn.ReLU(),
+                nn.Conv2d(cout, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(),
+            )  # fmt: skip
+
+        self.trunk = nn.Sequential(stage(3, width), stage(width, 2 * width), stage(2 * width, 4 * width))
+        self.head = nn.Linear(4 * width, num_classes)
+        self.feature_dim = 4 * width
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) in [-1, 1] -> (B, feature_dim)."""
+        if x.shape[-1] != CLASSIFIER_INPUT:
+            x = F.interpolate(x, size=(CLASSIFIER_INPUT, CLASSIFIER_INPUT), mode="bilinear", antialias=True)
+        return self.trunk(x.float()).mean(dim=(2, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.embed(x))
+
+
+def _manifest_digest(data_path: Path) -> str:
+    return hashlib.sha256((data_path / MANIFEST_NAME).read_bytes()).hexdigest()
+
+
+def train_classifier(
+    loader: ShardLoader, num_classes: int, steps: int, device: torch.device, seed: int = 0
+) -> tuple[SmallClassifier, float]:
+    """Adam on cross-entropy for `steps` batches; returns the net (eval mode) and its last accuracy."""
+    torch.manual_seed(seed)
+    net = SmallClassifier(num_classes).to(device)
+    opt = torch.optim.Adam(net.parameters(), lr=2e-3)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps)
+    correct = seen = 0
+    for step in tqdm(range(steps), desc="train feature classifier", leave=False):
+        x, y = next(loader)
+        logits = net(x)
+        loss = F.cross_entropy(logits, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step >= steps - 20:
+            correct += int((logits.argmax(1) == y).sum())
+            seen += y.numel()
+    return net.eval(), correct / max(seen, 1)
+
+
+@torch.no_grad()
+def real_stats(net: SmallClassifier, loader: ShardLoader, num_images: int) -> FeatureStats:
+    stats = FeatureStats.empty(net.feature_dim)
+    while stats.count < num_images:
+        x, _ = next(loader)
+        stats.add(net.embed(x[: num_images - stats.count]))
+    return stats
+
+
+class FrechetEvaluator:
+    """Frechet distance between generated images and the dataset, in a feature net's space."""
+
+    def __init__(self, name: str, net: SmallClassifier, reference: FeatureStats, device: torch.device):
+        self.name, self.net, self.reference, self.device = name, net.to(device).eval(), reference, device
+
+    @torch.no_grad()
+    def generated_stats(
+        self, generate: Callable[[int], torch.Tensor], num_samples: int, batch: int
+    ) -> FeatureStats:
+        stats = FeatureStats.empty(self.net.feature_dim)
+        while stats.count < num_samples:
+            stats.add(self.net.embed(generate(min(batch, num_samples - stats.count))))
+        return stats
+
+    def __call__(self, generate: Callable[[int], torch.Tensor], num_samples: int, batch: int) -> float:
+        return frechet_distance_of(self.generated_stats(generate, num_samples, batch), self.reference)
+
+
+def classifier_evaluator(
+    data_path: str | Path,
+    manifest: Manifest,
+    device: torch.device,
+    cache_dir: str | Path,
+    train_steps: int = 300,
+    max_real: int = 10_000,
+) -> FrechetEvaluator:
+    """Load or build the dataset's classifier and reference statistics (cached in `cache_dir`)."""
+    data_path = Path(data_path)
+    if manifest.num_classes < 2:
+        raise DataError(
+            f"eval.feature_net=classifier needs class labels, and {data_path} has none; "
+            "set eval.every_kimg=0 to train without evaluation"
+        )
+    cache = Path(cache_dir) / f"classifier-v{CLASSIFIER_VERSION}.pt"
+    digest = _manifest_digest(data_path)
+    net = SmallClassifier(manifest.num_classes)
+    if cache.is_file():
+        saved = torch.load(cache, map_location="cpu", weights_only=True)
+        if saved.get("manifest_sha256") == digest:
+            net.load_state_dict(saved["net"])
+            log.info("feature classifier and reference statistics from %s", cache)
+            return FrechetEvaluator(
+                f"fd_{manifest.name}", net, FeatureStats.from_state_dict(saved["reference"]), device
+            )
+        log.info("%s was made for other shards; rebuilding it", cache)
+    loader = ShardLoader(
+        data_path, 128, CLASSIFIER_INPUT, device, seed=1234, num_workers=0, shuffle_buffer=2048
+    )
+    net, accuracy = train_classifier(loader, manifest.num_classes, train_steps, device)
+    log.info(
+        "feature classifier trained on %s: %.1f%% accuracy on its last batches", data_path, 100 * accuracy
+    )
+    ordered = ShardLoader(data_path, 256, CLASSIFIER_INPUT, device, seed=0, num_workers=0, shuffle_buffer=0)
+    reference = real_stats(net, ordered, min(manifest.num_samples, max_real))
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_name(cache.name + ".tmp")
+    torch.save({"manifest_sha256": digest, "net": net.state_dict(), "reference": reference.state_dict()}, tmp)
+    tmp.replace(cache)
+    return FrechetEvaluator(f"fd_{manifest.name}", net.cpu(), reference, device)

@@ -1,0 +1,68 @@
+"""G_ema from a checkpoint, ready to sample: what `bigtrain sample` and `bigtrain eval` use."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..config import Config, from_dict
+from ..models import build_models
+from ..train.checkpoint import load_checkpoint
+from ..train.ema import refresh_batchnorm_stats
+from .sampling import random_labels, truncated_normal
+
+
+@dataclass
+class TrainedGenerator:
+    G: nn.Module  # G_ema, eval mode
+    cfg: Config
+    num_classes: int
+    kimg: float
+    device: torch.device
+
+    def latents(
+        self, n: int, truncation: float, generator: torch.Generator, classes: list[int] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        z = truncated_normal((n, self.cfg.model.z_dim), truncation, generator, self.device)
+        if classes:
+            y = torch.tensor(classes, device=self.device).repeat((n + len(classes) - 1) // len(classes))[:n]
+        else:
+            y = random_labels(n, self.num_classes, generator, self.device)
+        return z, y
+
+    def refresh_stats(
+        self, truncation: float, generator: torch.Generator, batches: int, batch: int = 64
+    ) -> None:
+        refresh_batchnorm_stats(self.G, lambda: self.latents(batch, truncation, generator), batches)
+
+    @torch.no_grad()
+    def __call__(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.G(z, y).float()
+
+
+def load_generator(checkpoint: str, device: torch.device | str = "cpu") -> TrainedGenerator:
+    state = load_checkpoint(checkpoint)
+    cfg = from_dict(state["config"])
+    num_classes = int(state["num_classes"])
+    if num_classes > 1:
+        cfg.model.num_classes = num_classes
+    G, _ = build_models(cfg.model, num_classes)
+    G.load_state_dict(state["G_ema"])
+    device = torch.device(device)
+    return TrainedGenerator(G.to(device).eval(), cfg, num_classes, int(state["images"]) / 1000.0, device)
+
+
+def parse_classes(text: str | None, num_classes: int) -> list[int] | None:
+    """'3,7' -> [3, 7], checked against the generator's classes."""
+    if not text:
+        return None
+    try:
+        classes = [int(c) for c in text.split(",") if c.strip()]
+    except ValueError:
+        raise ValueError(f"--classes {text!r} must be comma-separated class indices such as 3,7") from None
+    bad = [c for c in classes if not 0 <= c < num_classes]
+    if bad:
+        raise ValueError(f"--classes {text!r}: {bad} outside this generator's classes 0..{num_classes - 1}")
+    return classes

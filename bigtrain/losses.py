@@ -1,0 +1,73 @@
+"""Adversarial losses and regularizers, each beside its equation.
+
+D(.) denotes the discriminator's logits; all losses are means over the batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def hinge_d(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    """L_D = E[max(0, 1 - D(x))] + E[max(0, 1 + D(G(z)))]   (Lim & Ye 2017; BigGAN's default)."""
+    return F.relu(1.0 - real_logits).mean() + F.relu(1.0 + fake_logits).mean()
+
+
+def hinge_g(fake_logits: torch.Tensor) -> torch.Tensor:
+    """L_G = -E[D(G(z))]."""
+    return -fake_logits.mean()
+
+
+def nonsat_d(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    """L_D = E[softplus(-D(x))] + E[softplus(D(G(z)))]   (Goodfellow et al. 2014, logistic)."""
+    return F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean()
+
+
+def nonsat_g(fake_logits: torch.Tensor) -> torch.Tensor:
+    """L_G = E[softplus(-D(G(z)))]   (the non-saturating generator loss)."""
+    return F.softplus(-fake_logits).mean()
+
+
+LOSSES = {"hinge": (hinge_d, hinge_g), "nonsat": (nonsat_d, nonsat_g)}
+
+
+def _as_filter_rows(weight: torch.Tensor) -> torch.Tensor:
+    return weight.reshape(weight.shape[0], -1)
+
+
+def orthogonal_penalty(weight: torch.Tensor, strength: float) -> torch.Tensor:
+    """R_beta(W) = beta * || W W^T (.) (1 - I) ||_F^2, W's rows being the filters (BigGAN eq. 3).
+
+    Only the off-diagonal Gram entries are penalized, so filter norms stay free.
+    """
+    w = _as_filter_rows(weight)
+    gram = w @ w.t()
+    off_diagonal = gram * (1.0 - torch.eye(w.shape[0], device=w.device, dtype=w.dtype))
+    return strength * off_diagonal.pow(2).sum()
+
+
+def orthogonal_penalty_grad(weight: torch.Tensor, strength: float) -> torch.Tensor:
+    """d R_beta / dW = 4 beta (W W^T (.) (1 - I)) W, in closed form: no autograd graph is needed."""
+    w = _as_filter_rows(weight)
+    gram = w @ w.t()
+    gram.fill_diagonal_(0.0)
+    return (4.0 * strength * (gram @ w)).reshape(weight.shape)
+
+
+def ortho_parameters(generator: nn.Module) -> list[nn.Parameter]:
+    """G's weight matrices and kernels, excluding the shared class embedding (as in BigGAN)."""
+    shared = getattr(generator, "shared", None)
+    skip = {id(p) for p in shared.parameters()} if shared is not None else set()
+    return [p for p in generator.parameters() if p.ndim >= 2 and id(p) not in skip]
+
+
+@torch.no_grad()
+def add_orthogonal_grad_(params: Iterable[nn.Parameter], strength: float) -> None:
+    """Add the orthogonal regularizer's gradient to each parameter's .grad (call after backward)."""
+    for p in params:
+        if p.grad is not None:
+            p.grad.add_(orthogonal_penalty_grad(p.detach().float(), strength).to(p.grad.dtype))

@@ -1,0 +1,198 @@
+"""BigGAN (Brock, Donahue & Simonyan 2018, "Large Scale GAN Training for High Fidelity Natural Image
+Synthesis"): residual generator with class-conditional BatchNorm fed by a shared class embedding and
+hierarchical latent chunks, self-attention, and a projection discriminator; spectral norm on every
+weight of both networks and orthogonal initialization.
+
+Channel widths per resolution follow the paper's appendix B (multiples of `ch`).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import ConfigError
+from .layers import (
+    ConditionalBatchNorm2d,
+    SelfAttention,
+    assert_shape,
+    sn_conv2d,
+    sn_embedding,
+    sn_linear,
+)
+
+# Generator: channel multipliers of the 4x4 input, then the output of each up-block (x2 each).
+G_WIDTHS = {
+    32: [4, 4, 4, 4],
+    64: [16, 16, 8, 4, 2],
+    128: [16, 16, 8, 4, 2, 1],
+    256: [16, 16, 8, 8, 4, 2, 1],
+    512: [16, 16, 8, 8, 4, 2, 1, 1],
+}
+# Discriminator: output multipliers of each block; all but the last halve the resolution.
+D_WIDTHS = {
+    32: [4, 4, 4, 4],
+    64: [1, 2, 4, 8, 16],
+    128: [1, 2, 4, 8, 16, 16],
+    256: [1, 2, 4, 8, 8, 16, 16],
+    512: [1, 1, 2, 4, 8, 8, 16, 16],
+}
+# At 32x32 the D keeps 8x8 for its last two blocks (BigGAN's CIFAR architecture).
+D_DOWNSAMPLE = {32: [True, True, False, False]}
+
+ARCHITECTURES = tuple(sorted(G_WIDTHS))
+
+
+def _check_resolution(resolution: int) -> None:
+    if resolution not in G_WIDTHS:
+        raise ConfigError(f"model.resolution={resolution}: BigGAN has architectures for {ARCHITECTURES}")
+
+
+class GBlock(nn.Module):
+    """Up-block: BN-ReLU-up-conv3x3-BN-ReLU-conv3x3, plus an upsampled (1x1-projected) shortcut."""
+
+    def __init__(self, in_ch: int, out_ch: int, cond_dim: int, bn_eps: float, sn_eps: float):
+        super().__init__()
+        self.bn1 = ConditionalBatchNorm2d(in_ch, cond_dim, bn_eps, sn_eps)
+        self.conv1 = sn_conv2d(in_ch, out_ch, 3, eps=sn_eps)
+        self.bn2 = ConditionalBatchNorm2d(out_ch, cond_dim, bn_eps, sn_eps)
+        self.conv2 = sn_conv2d(out_ch, out_ch, 3, eps=sn_eps)
+        self.shortcut = sn_conv2d(in_ch, out_ch, 1, eps=sn_eps) if in_ch != out_ch else nn.Identity()
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
+        h = F.relu(self.bn1(x, cond))
+        h = F.interpolate(h, scale_factor=2, mode="nearest")
+        h = self.conv2(F.relu(self.bn2(self.conv1(h), cond)))
+        return h + self.shortcut(F.interpolate(x, scale_factor=2, mode="nearest"))
+
+
+class Generator(nn.Module):
+    """G(z, y) -> images in [-1, 1], (B, 3, R, R).
+
+    With `hier`, z is split into one chunk per block plus one for the 4x4 input; each block's BN is
+    conditioned on [shared_embedding(y), its z chunk].
+    """
+
+    def __init__(
+        self,
+        resolution: int = 128,
+        ch: int = 96,
+        z_dim: int = 120,
+        shared_dim: int = 128,
+        hier: bool = True,
+        attn_res: tuple[int, ...] = (64,),
+        num_classes: int = 1000,
+        bn_eps: float = 1e-5,
+        sn_eps: float = 1e-6,
+    ):
+        super().__init__()
+        _check_resolution(resolution)
+        widths = [ch * w for w in G_WIDTHS[resolution]]
+        num_blocks = len(widths) - 1
+        self.resolution, self.z_dim, self.num_classes = resolution, z_dim, num_classes
+        self.conditional = num_classes > 1
+        if self.conditional and shared_dim < 1:
+            raise ConfigError("model.shared_dim must be > 0 for a class-conditional BigGAN")
+        self.num_chunks = num_blocks + 1 if hier else 1
+        if z_dim % self.num_chunks:
+            raise ConfigError(
+                f"model.z_dim={z_dim} must split evenly into {self.num_chunks} hierarchical chunks "
+                f"({num_blocks} blocks + 1) at resolution {resolution}"
+            )
+        chunk = z_dim // self.num_chunks
+        cond_dim = (shared_dim if self.conditional else 0) + (chunk if hier else 0)
+        self.shared = nn.Embedding(num_classes, shared_dim) if self.conditional else None
+        if self.shared is not None:
+            nn.init.orthogonal_(self.shared.weight)
+        self.linear = sn_linear(chunk, 4 * 4 * widths[0], eps=sn_eps)
+        self.widths = widths
+        self.blocks = nn.ModuleList()
+        self.attention = nn.ModuleDict()
+        res = 4
+        for i in range(num_blocks):
+            self.blocks.append(GBlock(widths[i], widths[i + 1], cond_dim, bn_eps, sn_eps))
+            res *= 2
+            if res in attn_res:
+                self.attention[str(i)] = SelfAttention(widths[i + 1], sn_eps)
+        self.out_bn = nn.BatchNorm2d(widths[-1], eps=bn_eps)
+        self.out_conv = sn_conv2d(widths[-1], 3, 3, eps=sn_eps)
+
+    def forward(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        assert_shape(z, (None, self.z_dim), "BigGAN G latent z")
+        chunks = z.chunk(self.num_chunks, dim=1)
+        embedding = self.shared(y) if self.shared is not None else None
+        h = self.linear(chunks[0]).view(z.shape[0], self.widths[0], 4, 4)
+        for i, block in enumerate(self.blocks):
+            parts = [p for p in (embedding, chunks[i + 1] if self.num_chunks > 1 else None) if p is not None]
+            cond = torch.cat(parts, dim=1) if parts else None
+            h = block(h, cond)
+            if str(i) in self.attention:
+                h = self.attention[str(i)](h)
+        img = torch.tanh(self.out_conv(F.relu(self.out_bn(h))))
+        assert_shape(img, (z.shape[0], 3, self.resolution, self.resolution), "BigGAN G output")
+        return img
+
+
+class DBlock(nn.Module):
+    """Down-block: (ReLU)-conv3x3-ReLU-conv3x3-avgpool, plus a (1x1-projected, pooled) shortcut."""
+
+    def __init__(self, in_ch: int, out_ch: int, preactivation: bool, downsample: bool, sn_eps: float):
+        super().__init__()
+        self.preactivation, self.downsample = preactivation, downsample
+        self.conv1 = sn_conv2d(in_ch, out_ch, 3, eps=sn_eps)
+        self.conv2 = sn_conv2d(out_ch, out_ch, 3, eps=sn_eps)
+        learnable = in_ch != out_ch or downsample
+        self.shortcut = sn_conv2d(in_ch, out_ch, 1, eps=sn_eps) if learnable else nn.Identity()
+
+    def _pool(self, x: torch.Tensor) -> torch.Tensor:
+        return F.avg_pool2d(x, 2) if self.downsample else x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.relu(x) if self.preactivation else x
+        h = self._pool(self.conv2(F.relu(self.conv1(h))))
+        # First block (raw pixels): pool then project; later blocks: project then pool (cheaper).
+        skip = self._pool(self.shortcut(x)) if self.preactivation else self.shortcut(self._pool(x))
+        return h + skip
+
+
+class Discriminator(nn.Module):
+    """D(x, y) -> one logit per image, (B,). Projection discriminator (Miyato & Koyama 2018):
+    D = w^T phi(x) + <embed(y), phi(x)>, with phi the sum-pooled ReLU features."""
+
+    def __init__(
+        self,
+        resolution: int = 128,
+        ch: int = 96,
+        attn_res: tuple[int, ...] = (64,),
+        num_classes: int = 1000,
+        sn_eps: float = 1e-6,
+    ):
+        super().__init__()
+        _check_resolution(resolution)
+        widths = [ch * w for w in D_WIDTHS[resolution]]
+        downsample = D_DOWNSAMPLE.get(resolution, [True] * (len(widths) - 1) + [False])
+        self.resolution = resolution
+        self.blocks = nn.ModuleList()
+        self.attention = nn.ModuleDict()
+        in_ch, res = 3, resolution
+        for i, (out_ch, down) in enumerate(zip(widths, downsample)):
+            self.blocks.append(DBlock(in_ch, out_ch, preactivation=i > 0, downsample=down, sn_eps=sn_eps))
+            in_ch, res = out_ch, res // 2 if down else res
+            if res in attn_res and i < len(widths) - 1:
+                self.attention[str(i)] = SelfAttention(out_ch, sn_eps)
+        self.linear = sn_linear(widths[-1], 1, eps=sn_eps)
+        self.embed = sn_embedding(num_classes, widths[-1], eps=sn_eps) if num_classes > 1 else None
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        assert_shape(x, (None, 3, self.resolution, self.resolution), "BigGAN D input")
+        h = x
+        for i, block in enumerate(self.blocks):
+            h = block(h)
+            if str(i) in self.attention:
+                h = self.attention[str(i)](h)
+        features = F.relu(h).sum(dim=(2, 3))
+        out = self.linear(features).squeeze(1)
+        if self.embed is not None:
+            out = out + (self.embed(y) * features).sum(dim=1)
+        return out

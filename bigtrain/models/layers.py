@@ -1,0 +1,87 @@
+"""Building blocks shared by the models: spectral-normalized layers, conditional BatchNorm, attention."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.parametrizations import spectral_norm
+
+
+def assert_shape(tensor: torch.Tensor, shape: tuple, what: str) -> None:
+    """Fail at the block that got a wrong shape, with both shapes (None matches any size)."""
+    if tensor.ndim != len(shape) or any(s is not None and s != t for s, t in zip(shape, tensor.shape)):
+        raise ValueError(f"{what}: expected shape {tuple(shape)}, got {tuple(tensor.shape)}")
+
+
+def _sn(module: nn.Module, eps: float) -> nn.Module:
+    nn.init.orthogonal_(module.weight)  # BigGAN's initialization, before the SN reparametrization
+    if getattr(module, "bias", None) is not None:
+        nn.init.zeros_(module.bias)
+    return spectral_norm(module, eps=eps)
+
+
+def sn_conv2d(in_ch: int, out_ch: int, kernel: int = 3, bias: bool = True, eps: float = 1e-6) -> nn.Module:
+    return _sn(nn.Conv2d(in_ch, out_ch, kernel, padding=kernel // 2, bias=bias), eps)
+
+
+def sn_linear(in_features: int, out_features: int, bias: bool = True, eps: float = 1e-6) -> nn.Module:
+    return _sn(nn.Linear(in_features, out_features, bias=bias), eps)
+
+
+def sn_embedding(num_embeddings: int, dim: int, eps: float = 1e-6) -> nn.Module:
+    return _sn(nn.Embedding(num_embeddings, dim), eps)
+
+
+class ConditionalBatchNorm2d(nn.Module):
+    """BatchNorm whose per-channel gain and bias are linear functions of a conditioning vector.
+
+    y = BN(x) * (1 + W_gain c) + W_bias c      (Brock et al. 2018, Sec. 3 / appendix B)
+    With cond_dim == 0 it is an ordinary affine BatchNorm.
+    """
+
+    def __init__(self, num_features: int, cond_dim: int, eps: float = 1e-5, sn_eps: float = 1e-6):
+        super().__init__()
+        self.cond_dim = cond_dim
+        self.bn = nn.BatchNorm2d(num_features, eps=eps, affine=cond_dim == 0)
+        if cond_dim:
+            self.gain = sn_linear(cond_dim, num_features, bias=False, eps=sn_eps)
+            self.bias = sn_linear(cond_dim, num_features, bias=False, eps=sn_eps)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
+        out = self.bn(x)
+        if not self.cond_dim:
+            return out
+        gain = 1.0 + self.gain(cond)[:, :, None, None]
+        bias = self.bias(cond)[:, :, None, None]
+        return out * gain + bias
+
+
+class SelfAttention(nn.Module):
+    """SAGAN self-attention (Zhang et al. 2019) as used in BigGAN, on scaled_dot_product_attention.
+
+    Keys and values are max-pooled 2x2; SAGAN applies no 1/sqrt(d) scaling, hence scale=1.
+    The output is x + gamma * o(attention), with gamma starting at 0.
+    """
+
+    def __init__(self, ch: int, sn_eps: float = 1e-6):
+        super().__init__()
+        if ch < 8:
+            raise ValueError(
+                f"self-attention needs at least 8 channels, got {ch} (raise the channel multiplier)"
+            )
+        self.ch = ch
+        self.theta = sn_conv2d(ch, ch // 8, 1, bias=False, eps=sn_eps)
+        self.phi = sn_conv2d(ch, ch // 8, 1, bias=False, eps=sn_eps)
+        self.g = sn_conv2d(ch, ch // 2, 1, bias=False, eps=sn_eps)
+        self.o = sn_conv2d(ch // 2, ch, 1, bias=False, eps=sn_eps)
+        self.gamma = nn.Parameter(torch.zeros(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        query = self.theta(x).flatten(2).transpose(1, 2)  # (B, HW, C/8)
+        key = F.max_pool2d(self.phi(x), 2).flatten(2).transpose(1, 2)  # (B, HW/4, C/8)
+        value = F.max_pool2d(self.g(x), 2).flatten(2).transpose(1, 2)  # (B, HW/4, C/2)
+        attended = F.scaled_dot_product_attention(query[:, None], key[:, None], value[:, None], scale=1.0)
+        attended = attended[:, 0].transpose(1, 2).reshape(b, c // 2, h, w)
+        return x + self.gamma * self.o(attended)

@@ -1,0 +1,5 @@
+"""Experiment tracking (MLflow), active on rank 0 only."""
+
+from .mlflow_tracker import NullTracker, Tracker, make_tracker
+
+__all__ = ["NullTracker", "Tracker", "make_tracker"]

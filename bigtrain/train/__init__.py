@@ -1,0 +1,1 @@
+"""Training: the G/D loop, EMA generator, checkpoints."""

@@ -1,0 +1,111 @@
+"""Atomic checkpoint directories: written to a temp dir, fsynced, renamed; `latest` updated last.
+
+    RUN/checkpoints/step-00001234/state.pt      everything needed to resume (tensors and plain data)
+    RUN/checkpoints/step-00001234/config.yaml   the run's config, for people
+    RUN/checkpoints/latest                      the name of the newest complete checkpoint
+
+A crash at any moment leaves `latest` naming a complete checkpoint (or no `latest` at all).
+Loading uses torch.load(weights_only=True): no arbitrary unpickling.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import torch
+import yaml
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "state.pt"
+LATEST = "latest"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint path that does not hold a usable checkpoint."""
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def save_checkpoint(run_dir: str | Path, name: str, state: dict, config: dict, keep: int = 3) -> Path:
+    root = Path(run_dir) / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / name
+    tmp = root / f".tmp-{name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        torch.save(state, tmp / STATE_FILE)
+        (tmp / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        for f in tmp.iterdir():
+            _fsync_path(f)
+        _fsync_path(tmp)
+        if final.exists():  # same step saved twice (e.g. SIGTERM right after a periodic save)
+            shutil.rmtree(final)
+        os.rename(tmp, final)
+        _fsync_path(root)
+        _write_atomic(root / LATEST, name + "\n")
+        _fsync_path(root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _prune(root, keep, protect=name)
+    return final
+
+
+def _prune(root: Path, keep: int, protect: str) -> None:
+    complete = sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-"))
+    for old in complete[:-keep]:
+        if old.name != protect:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint of a run, or None if it has none."""
+    root = Path(run_dir) / "checkpoints"
+    marker = root / LATEST
+    if not marker.is_file():
+        return None
+    path = root / marker.read_text().strip()
+    return path if (path / STATE_FILE).is_file() else None
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """Accept a checkpoint directory, its state.pt, or a run directory (-> its latest checkpoint)."""
+    path = Path(path)
+    if path.is_file() and path.name == STATE_FILE:
+        return path.parent
+    if (path / STATE_FILE).is_file():
+        return path
+    latest = latest_checkpoint(path)
+    if latest is not None:
+        return latest
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    raise CheckpointError(f"{path} is neither a checkpoint directory nor a run directory with checkpoints")
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    ckpt = resolve_checkpoint(path)
+    try:
+        return torch.load(ckpt / STATE_FILE, map_location="cpu", weights_only=True)
+    except Exception as e:  # a truncated or foreign file: one sentence, not a pickle traceback
+        raise CheckpointError(f"checkpoint {ckpt / STATE_FILE} cannot be loaded: {e}") from None

@@ -1,0 +1,355 @@
+"""The training loop: `n_disc_steps` D steps then one G step (each over `accum` micro-batches),
+TTUR learning rates, orthogonal regularization of G, EMA of G. Schedules, evaluation, checkpoints and
+tracking are called from `run`, not inlined in the step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import random
+import signal
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from ..config import Config, ConfigError, to_dict, validate
+from ..data import ShardLoader
+from ..eval.features import FrechetEvaluator, classifier_evaluator
+from ..eval.sampling import random_labels, save_grid, truncated_normal
+from ..losses import LOSSES, add_orthogonal_grad_, ortho_parameters
+from ..models import build_models
+from ..track import make_tracker
+from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .ema import EMA, ema_beta, refresh_batchnorm_stats
+
+log = logging.getLogger(__name__)
+
+EVAL_SEED = 123_456  # fixed latents for every evaluation and grid, independent of training RNG
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device=cuda but no CUDA GPU is available here; use train.device=cpu or auto")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+class GracefulStop:
+    """Turns SIGTERM (preemption, Kubernetes eviction) into a flag the loop checks between steps."""
+
+    def __init__(self):
+        self.requested = False
+
+    def __enter__(self) -> GracefulStop:
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = True
+
+    def __exit__(self, *exc) -> None:
+        signal.signal(signal.SIGTERM, self._previous)
+
+
+class Trainer:
+    def __init__(self, cfg: Config, resume: bool = False, loader=None):
+        """`loader` replaces the shard loader (benchmarks feed random data); it needs `manifest`,
+        `__next__`, `state_dict` and `load_state_dict` like ShardLoader."""
+        validate(cfg, world_size=1)
+        t = cfg.train
+        self.cfg, self.rank, self.world_size = cfg, 0, 1
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise ConfigError(
+                f"WORLD_SIZE={os.environ['WORLD_SIZE']}: multi-process training needs dist.backend support, which this build does not have yet"
+            )
+        self.device = pick_device(t.device)
+        on_cuda = self.device.type == "cuda"
+        self.amp_dtype = (
+            torch.bfloat16 if t.precision == "bf16" or (t.precision == "auto" and on_cuda) else None
+        )
+        self.channels_last = t.channels_last == "on" or (t.channels_last == "auto" and on_cuda)
+        self.run_dir = Path(t.run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.micro_batch = t.batch // (self.world_size * t.accum)
+
+        self.loader = loader or ShardLoader(
+            cfg.data.path, self.micro_batch, cfg.model.resolution, self.device, self.rank, self.world_size,
+            t.seed, cfg.data.num_workers, cfg.data.shuffle_buffer, cfg.data.hflip, cfg.data.verify_checksums,
+        )  # fmt: skip
+        manifest = self.loader.manifest
+        self.num_classes = cfg.model.num_classes or max(manifest.num_classes, 1)
+        if manifest.num_classes and self.num_classes != manifest.num_classes:
+            raise ConfigError(
+                f"model.num_classes={self.num_classes} but {cfg.data.path} has {manifest.num_classes} classes"
+            )
+        self.dataset_name = manifest.name
+
+        torch.manual_seed(t.seed)  # identical initial weights on every rank
+        G, D = build_models(cfg.model, self.num_classes)
+        memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
+        self.G = G.to(self.device, memory_format=memory_format).train()
+        self.D = D.to(self.device, memory_format=memory_format).train()
+        self.ema = EMA(self.G)
+        fused = cfg.optim.fused and on_cuda
+        betas = (cfg.optim.beta1, cfg.optim.beta2)
+        self.opt_g = torch.optim.Adam(
+            self.G.parameters(), cfg.optim.lr_g, betas, cfg.optim.eps, fused=fused or None
+        )
+        self.opt_d = torch.optim.Adam(
+            self.D.parameters(), cfg.optim.lr_d, betas, cfg.optim.eps, fused=fused or None
+        )
+        self.d_loss, self.g_loss = LOSSES[cfg.loss.name]
+        self.ortho_params = ortho_parameters(self.G) if cfg.loss.ortho_strength > 0 else []
+        self.G_step = torch.compile(self.G) if t.compile else self.G
+        self.D_step = torch.compile(self.D) if t.compile else self.D
+        self.noise = torch.Generator(self.device).manual_seed(t.seed * 1000 + self.rank)
+
+        self.images = 0  # real images shown to D, all ranks together: the kimg counter
+        self.iteration = 0
+        self._sums = torch.zeros(4, device=self.device)  # loss_d, loss_g, D(real), D(fake) since last log
+        self._sum_steps = 0
+        self.last_metrics: dict[str, float] = {}
+        self._evaluator: FrechetEvaluator | None = None
+        if resume:
+            ckpt = latest_checkpoint(self.run_dir)
+            if ckpt is None:
+                log.info("no checkpoint in %s: starting a new run", self.run_dir)
+            else:
+                self.load_state_dict(load_checkpoint(ckpt))
+                log.info("resumed from %s at %.3f kimg", ckpt, self.kimg)
+        run_name = cfg.track.run_name or f"{cfg.model.name}{cfg.model.resolution}-{self.dataset_name}"
+        self.tracker = make_tracker(cfg, self.run_dir, self.rank, run_name)
+
+    # ------------------------------------------------------------------ the step
+
+    @property
+    def kimg(self) -> float:
+        return self.images / 1000.0
+
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def _latents(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        z = torch.randn(n, self.cfg.model.z_dim, device=self.device, generator=self.noise)
+        return z, random_labels(n, self.num_classes, self.noise, self.device)
+
+    def _real(self) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = next(self.loader)
+        return (x.contiguous(memory_format=torch.channels_last) if self.channels_last else x), y
+
+    def train_step(self) -> None:
+        """One iteration: n_disc_steps D steps, then one G step, then the EMA update."""
+        t, G, D = self.cfg.train, self.G_step, self.D_step
+        for _ in range(t.n_disc_steps):
+            self.opt_d.zero_grad(set_to_none=True)
+            for _ in range(t.accum):
+                x, y = self._real()
+                z, y_fake = self._latents(self.micro_batch)
+                with torch.no_grad(), self._autocast():
+                    fake = G(z, y_fake)
+                with self._autocast():  # one D pass over real and fake: one SN power iteration
+                    logits = D(torch.cat([x, fake]), torch.cat([y, y_fake])).float()
+                    real_logits, fake_logits = logits.split(self.micro_batch)
+                    loss_d = self.d_loss(real_logits, fake_logits) / t.accum
+                loss_d.backward()
+            self.opt_d.step()
+        self.D.requires_grad_(False)  # the G step must not leave gradients in D
+        self.opt_g.zero_grad(set_to_none=True)
+        for _ in range(t.accum):
+            z, y_fake = self._latents(self.micro_batch)
+            with self._autocast():
+                loss_g = self.g_loss(D(G(z, y_fake), y_fake).float()) / t.accum
+            loss_g.backward()
+        if self.ortho_params:
+            add_orthogonal_grad_(self.ortho_params, self.cfg.loss.ortho_strength)
+        self.opt_g.step()
+        self.D.requires_grad_(True)
+
+        self.images += t.n_disc_steps * t.batch
+        e = self.cfg.ema
+        beta = 0.0 if self.kimg < e.start_kimg else ema_beta(t.batch, e.halflife_kimg, self.kimg, e.rampup)
+        self.ema.update(self.G, beta)
+        self.iteration += 1
+        # Metrics stay on the device until a log point: no host sync here.
+        self._sums += torch.stack(
+            [
+                loss_d.detach() * t.accum,
+                loss_g.detach() * t.accum,
+                real_logits.detach().mean(),
+                fake_logits.detach().mean(),
+            ]
+        )
+        self._sum_steps += 1
+
+    # ------------------------------------------------------------------ around the step
+
+    def _eval_latents(self, n: int, generator: torch.Generator, truncation: float = 0.0):
+        z = truncated_normal((n, self.cfg.model.z_dim), truncation, generator, self.device)
+        return z, random_labels(n, self.num_classes, generator, self.device)
+
+    @torch.no_grad()
+    def _generate(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        with self._autocast():
+            return self.ema.model(z, y).float()
+
+    def evaluate(self) -> dict[str, float]:
+        """Frechet distance of G_ema samples, and a sample grid; logged with step = kimg."""
+        cfg = self.cfg.eval
+        if self._evaluator is None:
+            data = Path(self.cfg.data.path)
+            self._evaluator = classifier_evaluator(data, self.loader.manifest, self.device, data / "eval")
+        started = time.time()
+        generator = torch.Generator(self.device).manual_seed(EVAL_SEED)
+        refresh_batchnorm_stats(
+            self.ema.model,
+            lambda: self._eval_latents(self.micro_batch, generator),
+            self.cfg.ema.standing_stats_batches,
+        )
+        distance = self._evaluator(
+            lambda n: self._generate(*self._eval_latents(n, generator, cfg.truncation)),
+            cfg.num_samples,
+            cfg.batch,
+        )
+        grid = self.save_grid()
+        metrics = {self._evaluator.name: distance, "eval_seconds": time.time() - started}
+        self.tracker.log_metrics(metrics, step=int(self.kimg))
+        self.tracker.log_artifact(grid, "samples")
+        log.info("kimg %.2f: %s = %.3f", self.kimg, self._evaluator.name, distance)
+        self.last_metrics.update(metrics)
+        return metrics
+
+    def save_grid(self) -> Path:
+        """G_ema on fixed latents (call after the standing-stats refresh); row r shows class r."""
+        n = self.cfg.eval.grid_size
+        z, _ = self._eval_latents(
+            n * n, torch.Generator(self.device).manual_seed(EVAL_SEED + 1), self.cfg.eval.truncation
+        )
+        y = (torch.arange(n * n, device=self.device) // n) % self.num_classes
+        return save_grid(
+            self._generate(z, y), self.run_dir / "samples" / f"kimg-{self.kimg:09.2f}.png", nrow=n
+        )
+
+    def log_metrics(self, elapsed: float, images: int) -> dict[str, float]:
+        sums = (self._sums / max(self._sum_steps, 1)).tolist()  # the host sync, once per log point
+        self._sums.zero_()
+        self._sum_steps = 0
+        metrics = dict(zip(("loss_d", "loss_g", "d_real", "d_fake"), sums))
+        metrics.update(
+            kimg=self.kimg,
+            img_per_s=images / max(elapsed, 1e-9),
+            lr_g=self.opt_g.param_groups[0]["lr"],
+            lr_d=self.opt_d.param_groups[0]["lr"],
+        )
+        metrics["data_skipped_corrupt"] = self.loader.skipped_corrupt
+        if self.device.type == "cuda":
+            metrics["gpu_mem_peak_gib"] = torch.cuda.max_memory_allocated(self.device) / 2**30
+        self.tracker.log_metrics(metrics, step=int(self.kimg))
+        self.last_metrics.update(metrics)
+        return metrics
+
+    def save(self) -> Path:
+        path = save_checkpoint(
+            self.run_dir,
+            f"step-{self.iteration:08d}",
+            self.state_dict(),
+            to_dict(self.cfg),
+            self.cfg.train.keep_checkpoints,
+        )
+        log.info("checkpoint %s (%.2f kimg)", path, self.kimg)
+        return path
+
+    def run(self) -> str:
+        """Train to `train.total_kimg`. Returns "finished", or "terminated" after a SIGTERM checkpoint."""
+        t, cfg = self.cfg.train, self.cfg
+        total = int(t.total_kimg * 1000)
+        eval_every = int(cfg.eval.every_kimg * 1000)
+        ckpt_every = int(t.ckpt_every_kimg * 1000)
+        crossed = lambda before, every: every > 0 and before // every != self.images // every  # noqa: E731
+        status = "finished"
+        bar = tqdm(
+            total=t.total_kimg,
+            initial=self.kimg,
+            unit="kimg",
+            desc="train",
+            bar_format="{l_bar}{bar}| {n:.2f}/{total:.2f} kimg [{elapsed}<{remaining}{postfix}]",
+            mininterval=1.0,
+            disable=self.rank != 0,
+        )
+        with GracefulStop() as stop:
+            if self.images == 0 and eval_every:
+                self.evaluate()
+            window_start, window_images = time.time(), self.images
+            while self.images < total:
+                if stop.requested:
+                    status = "terminated"
+                    log.warning("SIGTERM: saving a checkpoint at %.2f kimg and stopping", self.kimg)
+                    break
+                before = self.images
+                self.train_step()
+                bar.update(min(self.images, total) / 1000.0 - bar.n)
+                if self.iteration % t.log_every == 0:
+                    m = self.log_metrics(time.time() - window_start, self.images - window_images)
+                    bar.set_postfix_str(
+                        f"{m['img_per_s']:.0f} img/s, loss_d {m['loss_d']:.3f}, loss_g {m['loss_g']:.3f}"
+                    )
+                    window_start, window_images = time.time(), self.images
+                if crossed(before, eval_every) and self.images < total:
+                    self.evaluate()
+                if crossed(before, ckpt_every) and self.images < total:
+                    self.save()
+        bar.close()
+        if status == "finished" and eval_every:
+            self.evaluate()
+        self.save()
+        self.tracker.close("FINISHED" if status == "finished" else "KILLED")
+        return status
+
+    # ------------------------------------------------------------------ checkpoint state
+
+    def state_dict(self) -> dict:
+        state = {
+            "G": self.G.state_dict(),
+            "D": self.D.state_dict(),
+            "G_ema": self.ema.model.state_dict(),
+            "opt_g": self.opt_g.state_dict(),
+            "opt_d": self.opt_d.state_dict(),
+            "images": self.images,
+            "iteration": self.iteration,
+            "loader": self.loader.state_dict(),
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "python": random.getstate(),
+                "noise": self.noise.get_state(),
+            },
+            "num_classes": self.num_classes,
+            "config": to_dict(self.cfg),
+        }
+        if self.device.type == "cuda":
+            state["rng"]["cuda"] = torch.cuda.get_rng_state(self.device)
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        try:
+            self.G.load_state_dict(state["G"])
+            self.D.load_state_dict(state["D"])
+            self.ema.model.load_state_dict(state["G_ema"])
+        except RuntimeError as e:
+            raise ConfigError(
+                f"the checkpoint's model does not match this config's model section: {str(e).splitlines()[0]}"
+            ) from None
+        self.opt_g.load_state_dict(state["opt_g"])
+        self.opt_d.load_state_dict(state["opt_d"])
+        self.images, self.iteration = int(state["images"]), int(state["iteration"])
+        self.loader.load_state_dict(state["loader"])
+        torch.set_rng_state(state["rng"]["torch"])
+        random.setstate(state["rng"]["python"])
+        self.noise.set_state(state["rng"]["noise"])
+        if "cuda" in state["rng"] and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)

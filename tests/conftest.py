@@ -1,0 +1,84 @@
+"""Shared fixtures: real shards made by the project itself (demo digits, or id-stamped images)."""
+
+from __future__ import annotations
+
+import io
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import webdataset as wds
+from PIL import Image
+
+from bigtrain.data.manifest import MANIFEST_NAME, Manifest, ShardInfo, sha256_file
+from bigtrain.data.writer import prepare
+
+REPO = Path(__file__).resolve().parents[1]
+PYTHON = sys.executable
+BIGTRAIN = str(Path(sys.executable).parent / "bigtrain")
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def demo_shards(tmp_path_factory) -> Path:
+    """The embedded demo set as the user gets it: 1,797 digits at 32x32 in 9 shards."""
+    out = tmp_path_factory.mktemp("data") / "digits"
+    prepare("demo", out, resolution=32, shard_size=200)
+    return out
+
+
+def id_image(i: int, resolution: int = 8) -> Image.Image:
+    """An image whose first pixel encodes `i` (R = i // 256, G = i % 256): lossless in PNG."""
+    a = np.full((resolution, resolution, 3), 128, dtype=np.uint8)
+    a[0, 0] = (i // 256, i % 256, 7)
+    return Image.fromarray(a)
+
+
+def image_id(x_uint8: torch.Tensor) -> list[int]:
+    """Inverse of id_image on a (B, 3, R, R) uint8 batch."""
+    return [int(r) * 256 + int(g) for r, g in zip(x_uint8[:, 0, 0, 0], x_uint8[:, 1, 0, 0])]
+
+
+def png_bytes(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def write_shards(folder: Path, shards: list[list[dict]], classes: list[str], resolution: int = 8) -> Manifest:
+    """Write raw samples (dicts of extension -> bytes) as tar shards plus a manifest, by hand."""
+    folder.mkdir(parents=True, exist_ok=True)
+    infos = []
+    key = 0
+    for s, samples in enumerate(shards):
+        path = folder / f"shard-{s:05d}.tar"
+        with wds.TarWriter(str(path), encoder=False) as w:
+            for sample in samples:
+                w.write({"__key__": f"{key:08d}", **sample})
+                key += 1
+        infos.append(ShardInfo(path.name, len(samples), sha256_file(path), path.stat().st_size))
+    m = Manifest(name=folder.name, resolution=resolution, image_format="png", classes=classes, shards=infos)
+    (folder / MANIFEST_NAME).write_text(m.to_json())
+    return m
+
+
+@pytest.fixture
+def id_shards(tmp_path) -> Path:
+    """8 shards x 25 id-stamped images (ids 0..199), labels id % 4."""
+    shards = [
+        [{"png": png_bytes(id_image(i)), "cls": str(i % 4).encode()} for i in range(s * 25, (s + 1) * 25)]
+        for s in range(8)
+    ]
+    write_shards(tmp_path / "ids", shards, ["a", "b", "c", "d"])
+    return tmp_path / "ids"
+
+
+def cli_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env

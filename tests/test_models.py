@@ -1,0 +1,88 @@
+import pytest
+import torch
+
+from bigtrain.config import ConfigError, load_config
+from bigtrain.models import build_models
+from bigtrain.models.biggan import ARCHITECTURES, Discriminator, Generator
+from bigtrain.models.layers import SelfAttention, sn_conv2d, sn_linear
+
+Z_FOR = {32: 120, 64: 120, 128: 120, 256: 140, 512: 128}  # divisible by blocks + 1
+
+
+@pytest.mark.parametrize("resolution", ARCHITECTURES)
+def test_every_architecture_has_the_right_shapes(resolution):
+    torch.manual_seed(0)
+    attn = (min(64, resolution // 2),)  # BigGAN puts attention at 64 (at 16 for 32x32)
+    G = Generator(resolution, ch=8, z_dim=Z_FOR[resolution], shared_dim=16, attn_res=attn, num_classes=5)
+    D = Discriminator(resolution, ch=8, attn_res=attn, num_classes=5)
+    z, y = torch.randn(2, Z_FOR[resolution]), torch.tensor([0, 4])
+    x = G(z, y)
+    assert x.shape == (2, 3, resolution, resolution)
+    assert float(x.detach().abs().max()) <= 1.0
+    assert D(x, y).shape == (2,)
+    assert len(G.attention) == 1 and len(D.attention) == 1
+
+
+def test_unconditional_variant_and_wrong_input_shape():
+    G = Generator(32, ch=8, z_dim=120, num_classes=1, attn_res=())
+    D = Discriminator(32, ch=8, num_classes=1, attn_res=())
+    assert G.shared is None and D.embed is None
+    x = G(torch.randn(3, 120), torch.zeros(3, dtype=torch.long))
+    assert D(x, torch.zeros(3, dtype=torch.long)).shape == (3,)
+    with pytest.raises(ValueError, match=r"expected shape \(None, 3, 32, 32\), got \(3, 3, 16, 16\)"):
+        D(torch.zeros(3, 3, 16, 16), torch.zeros(3, dtype=torch.long))
+
+
+def test_z_dim_must_split_into_chunks_and_resolution_must_exist():
+    with pytest.raises(ConfigError, match="model.z_dim=100"):
+        Generator(128, ch=8, z_dim=100)
+    with pytest.raises(ConfigError, match="model.resolution=16"):
+        build_models(load_config(None, ["model.resolution=16"]).model, 10)
+
+
+def test_projection_discriminator_uses_the_label():
+    torch.manual_seed(0)
+    D = Discriminator(32, ch=8, attn_res=(), num_classes=10).eval()
+    x = torch.randn(4, 3, 32, 32)
+    a, b = D(x, torch.tensor([0, 1, 2, 3])), D(x, torch.tensor([5, 6, 7, 8]))
+    assert (a - b).abs().min() > 1e-4, "D's output does not depend on y"
+    # ... and only through <embed(y), phi(x)>: with the embedding zeroed, labels stop mattering.
+    D.embed = torch.nn.Embedding(10, D.embed.weight.shape[1])
+    torch.nn.init.zeros_(D.embed.weight)
+    assert torch.allclose(D(x, torch.tensor([0, 1, 2, 3])), D(x, torch.tensor([5, 6, 7, 8])))
+
+
+def test_generator_uses_the_label():
+    torch.manual_seed(0)
+    G = Generator(32, ch=8, z_dim=120, shared_dim=16, num_classes=10, attn_res=()).eval()
+    z = torch.randn(2, 120)
+    assert not torch.allclose(G(z, torch.tensor([1, 1])), G(z, torch.tensor([2, 2])))
+
+
+def test_spectral_norm_bounds_the_top_singular_value():
+    torch.manual_seed(0)
+    for layer in (sn_linear(64, 32), sn_conv2d(16, 32, 3)):
+        with torch.no_grad():
+            layer.parametrizations.weight.original.mul_(25.0)  # far from unit norm before SN
+        layer.train()
+        for _ in range(30):  # power iterations converge over forward passes
+            layer(torch.randn(2, 64) if isinstance(layer, torch.nn.Linear) else torch.randn(2, 16, 8, 8))
+        layer.eval()
+        w = layer.weight.reshape(layer.weight.shape[0], -1)
+        sigma = torch.linalg.matrix_norm(w, ord=2).item()
+        assert abs(sigma - 1.0) < 1e-3, f"top singular value {sigma:.5f}, expected 1"
+
+
+def test_self_attention_matches_the_explicit_softmax_form():
+    torch.manual_seed(0)
+    attn = SelfAttention(16).eval()
+    with torch.no_grad():
+        attn.gamma.fill_(0.7)
+    x = torch.randn(2, 16, 8, 8)
+    theta = attn.theta(x).flatten(2)  # (B, C/8, HW)
+    phi = torch.nn.functional.max_pool2d(attn.phi(x), 2).flatten(2)
+    g = torch.nn.functional.max_pool2d(attn.g(x), 2).flatten(2)
+    beta = torch.softmax(theta.transpose(1, 2) @ phi, dim=-1)  # (B, HW, HW/4), SAGAN: no scaling
+    o = (g @ beta.transpose(1, 2)).view(2, 8, 8, 8)
+    expected = x + 0.7 * attn.o(o)
+    assert torch.allclose(attn(x), expected, atol=1e-5)

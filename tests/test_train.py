@@ -1,0 +1,103 @@
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+import torch
+from conftest import BIGTRAIN, REPO, cli_env
+
+from bigtrain.config import load_config
+from bigtrain.train.checkpoint import LATEST, STATE_FILE, latest_checkpoint, load_checkpoint
+from bigtrain.train.loop import Trainer
+
+DEMO = REPO / "configs" / "biggan" / "digits32.yaml"
+
+
+def tiny(data, run_dir, *extra):
+    return load_config(DEMO, [f"data.path={data}", f"train.run_dir={run_dir}", "track.enabled=false",
+                              "eval.every_kimg=0", "train.batch=16", "data.num_workers=2", *extra])  # fmt: skip
+
+
+def test_resume_gives_identical_weights(demo_shards, tmp_path):
+    whole = Trainer(tiny(demo_shards, tmp_path / "whole", "train.total_kimg=0.32"))
+    whole.run()
+    first = Trainer(tiny(demo_shards, tmp_path / "split", "train.total_kimg=0.16"))
+    first.run()
+    assert first.iteration == 10
+    second = Trainer(tiny(demo_shards, tmp_path / "split", "train.total_kimg=0.32"), resume=True)
+    assert second.iteration == 10 and second.images == 160
+    second.run()
+    assert second.iteration == whole.iteration == 20
+    for name, a, b in [("G_ema", whole.ema.model, second.ema.model), ("D", whole.D, second.D)]:
+        for (key, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
+            assert torch.equal(x, y), (
+                f"{name}.{key} differs after resume (max |diff| {(x - y).abs().max():.3g})"
+            )
+    assert second.loader.state_dict() == whole.loader.state_dict()
+
+
+def test_checkpoint_is_atomic_complete_and_weights_only(demo_shards, tmp_path):
+    t = Trainer(tiny(demo_shards, tmp_path / "run", "train.total_kimg=0.08", "train.keep_checkpoints=2"))
+    t.run()
+    root = tmp_path / "run" / "checkpoints"
+    ckpt = latest_checkpoint(tmp_path / "run")
+    assert (root / LATEST).read_text().strip() == ckpt.name
+    assert not [p for p in root.iterdir() if p.name.startswith(".tmp")], "temp checkpoint left behind"
+    state = torch.load(ckpt / STATE_FILE, weights_only=True)  # raises on any pickled object
+    assert set(state) >= {"G", "D", "G_ema", "opt_g", "opt_d", "images", "loader", "rng", "config"}
+    for _ in range(3):  # pruning keeps the newest two
+        t.iteration += 1
+        t.save()
+    assert len([p for p in root.iterdir() if p.name.startswith("step-")]) == 2
+    # A checkpoint half-written when the process died is never what `latest` names.
+    (root / ".tmp-step-99999999-1").mkdir()
+    assert latest_checkpoint(tmp_path / "run").name == f"step-{t.iteration:08d}"
+
+
+def test_corrupt_checkpoint_is_one_clear_error(tmp_path):
+    bad = tmp_path / "ckpt"
+    bad.mkdir()
+    (bad / STATE_FILE).write_bytes(b"not a checkpoint")
+    from bigtrain.train.checkpoint import CheckpointError
+
+    with pytest.raises(CheckpointError, match="cannot be loaded"):
+        load_checkpoint(bad)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "missing")
+
+
+def test_sigterm_saves_a_checkpoint_and_resume_continues(demo_shards, tmp_path):
+    run = tmp_path / "run"
+    args = [BIGTRAIN, "train", str(DEMO), f"data.path={demo_shards}", f"train.run_dir={run}", "track.enabled=false",
+            "eval.every_kimg=0", "train.batch=16", "train.total_kimg=1000", "train.log_every=1"]  # fmt: skip
+    proc = subprocess.Popen(args, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and "img/s" not in (line := proc.stdout.readline()):
+        assert line or proc.poll() is None, "trainer exited before training"
+    os.kill(proc.pid, signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 143, out[-2000:]
+    state = load_checkpoint(run)
+    stopped_at = int(state["images"])
+    assert stopped_at > 0
+    resume = subprocess.run(args[:-2] + [f"train.total_kimg={(stopped_at + 64) / 1000}", "--resume"], env=cli_env(),
+                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert resume.returncode == 0, resume.stderr[-2000:]
+    assert int(load_checkpoint(run)["images"]) == stopped_at + 64
+
+
+@pytest.mark.slow
+def test_demo_run_learns(demo_shards, tmp_path):
+    """The `make train` recipe, shortened: the Frechet distance must fall clearly."""
+    cfg = load_config(DEMO, [f"data.path={demo_shards}", f"train.run_dir={tmp_path / 'run'}", "track.enabled=false",
+                             "train.total_kimg=12", "eval.every_kimg=12"])  # fmt: skip
+    t = Trainer(cfg)
+    start = t.evaluate()["fd_digits"]
+    t.run()
+    end = t.last_metrics["fd_digits"]
+    assert end < 0.8 * start, (
+        f"fd_digits went from {start:.2f} to {end:.2f}; expected below {0.8 * start:.2f}"
+    )
+    grids = sorted((tmp_path / "run" / "samples").glob("*.png"))
+    assert len(grids) >= 2 and grids[-1].stat().st_size > 1000
