@@ -25,7 +25,7 @@ class ConfigError(ValueError):
 @dataclass
 class DataConfig:
     path: str = "data/digits"  # folder with manifest.json and the shards (from `bigtrain prepare`)
-    loader: str = "auto"  # auto | webdataset | dali
+    loader: str = "auto"  # auto | webdataset (DALI GPU decoding: its own issue)
     num_workers: int = 2  # loader worker processes per rank
     shuffle_buffer: int = 512  # samples held for in-stream shuffling (per worker)
     hflip: bool = False  # random horizontal flip of real images
@@ -125,7 +125,7 @@ class Config:
 
 
 CHOICES: dict[str, tuple[str, ...]] = {
-    "data.loader": ("auto", "webdataset", "dali"),
+    "data.loader": ("auto", "webdataset"),
     "model.name": ("biggan",),
     "loss.name": ("hinge", "nonsat"),
     "train.device": ("auto", "cpu", "cuda"),

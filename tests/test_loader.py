@@ -1,8 +1,8 @@
 import pytest
 import torch
-from conftest import id_image, image_id, png_bytes, write_shards
 
 from bigtrain.data import DataError, ShardLoader
+from conftest import id_image, image_id, png_bytes, write_shards
 
 
 def _ids(loader: ShardLoader, batches: int) -> list[int]:

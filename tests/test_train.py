@@ -5,11 +5,11 @@ import time
 
 import pytest
 import torch
-from conftest import BIGTRAIN, REPO, cli_env
 
 from bigtrain.config import load_config
 from bigtrain.train.checkpoint import LATEST, STATE_FILE, latest_checkpoint, load_checkpoint
 from bigtrain.train.loop import Trainer
+from conftest import BIGTRAIN, REPO, cli_env
 
 DEMO = REPO / "configs" / "biggan" / "digits32.yaml"
 

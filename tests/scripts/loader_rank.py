@@ -7,9 +7,8 @@ import sys
 import torch.distributed as dist
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from conftest import image_id  # noqa: E402
-
 from bigtrain.data import ShardLoader  # noqa: E402
+from conftest import image_id  # noqa: E402
 
 shards, out = sys.argv[1], sys.argv[2]
 dist.init_process_group("gloo")
