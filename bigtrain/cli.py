@@ -36,11 +36,19 @@ def _prepare(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     from .config import load_config
-    from .train.loop import Trainer
+    from .train.loop import NonFiniteLoss, Trainer
 
     cfg = load_config(args.config, args.overrides)
     trainer = Trainer(cfg, resume=args.resume)
-    status = trainer.run()
+    try:
+        status = trainer.run()
+    except NonFiniteLoss as e:
+        print(f"bigtrain train: error: {e}", file=sys.stderr)
+        return 1
+    finally:
+        trainer.backend.close()
+    if trainer.rank != 0:
+        return EXIT_TERMINATED if status == "terminated" else 0
     run_dir = trainer.run_dir.resolve()
     print(f"\nrun: {run_dir}")
     print(f"  samples:     {run_dir / 'samples'}")

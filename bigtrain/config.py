@@ -25,8 +25,8 @@ class ConfigError(ValueError):
 @dataclass
 class DataConfig:
     path: str = "data/digits"  # folder with manifest.json and the shards (from `bigtrain prepare`)
-    loader: str = "auto"  # auto | webdataset (DALI GPU decoding: its own issue)
-    num_workers: int = 2  # loader worker processes per rank
+    loader: str = "auto"  # auto (DALI on CUDA when installed, else webdataset) | webdataset | dali
+    num_workers: int = 2  # loader worker processes (webdataset) or decoding threads (dali) per rank
     shuffle_buffer: int = 512  # samples held for in-stream shuffling (per worker)
     hflip: bool = False  # random horizontal flip of real images
     verify_checksums: bool = True  # sha256 of this rank's shards against the manifest at start
@@ -78,6 +78,8 @@ class TrainConfig:
     log_every: int = 20  # iterations between logged (host-synced) metrics
     ckpt_every_kimg: float = 10.0
     keep_checkpoints: int = 3
+    check_finite: bool = True  # skip an optimizer step whose loss is not finite on any rank (1 sync/step)
+    max_nonfinite_steps: int = 10  # consecutive skipped steps before training stops
 
 
 @dataclass
@@ -109,6 +111,8 @@ class TrackConfig:
 @dataclass
 class DistConfig:
     backend: str = "ddp"  # ddp (torch DistributedDataParallel when world size > 1)
+    sync_bn: bool = False  # cross-replica BatchNorm in G
+    timeout_minutes: float = 30.0  # collective timeout (a hung rank fails the job instead of idling)
 
 
 @dataclass
@@ -125,7 +129,7 @@ class Config:
 
 
 CHOICES: dict[str, tuple[str, ...]] = {
-    "data.loader": ("auto", "webdataset"),
+    "data.loader": ("auto", "webdataset", "dali"),
     "model.name": ("biggan",),
     "loss.name": ("hinge", "nonsat"),
     "train.device": ("auto", "cpu", "cuda"),
@@ -311,7 +315,7 @@ def validate(cfg: Config, world_size: int = 1) -> None:
     positive("loss.ortho_strength", cfg.loss.ortho_strength, allow_zero=True)
     for key in ("total_kimg", "ckpt_every_kimg"):
         positive(f"train.{key}", getattr(t, key))
-    for key in ("batch", "accum", "n_disc_steps", "log_every", "keep_checkpoints"):
+    for key in ("batch", "accum", "n_disc_steps", "log_every", "keep_checkpoints", "max_nonfinite_steps"):
         positive(f"train.{key}", getattr(t, key))
     if world_size < 1:
         raise ConfigError(f"world size {world_size} must be at least 1")
@@ -330,3 +334,4 @@ def validate(cfg: Config, world_size: int = 1) -> None:
     for key in ("num_samples", "batch", "grid_size"):
         positive(f"eval.{key}", getattr(cfg.eval, key))
     positive("eval.truncation", cfg.eval.truncation, allow_zero=True)
+    positive("dist.timeout_minutes", cfg.dist.timeout_minutes)

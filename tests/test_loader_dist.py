@@ -1,13 +1,16 @@
 import json
 import subprocess
 
+import pytest
+
 from conftest import PYTHON, REPO
 
 
-def test_two_torchrun_ranks_read_disjoint_shards(id_shards, tmp_path):
+@pytest.mark.parametrize("kind", ["webdataset", "dali"])
+def test_two_torchrun_ranks_read_disjoint_shards(id_shards, tmp_path, kind):
     out = tmp_path / "seen.json"
     cmd = [PYTHON, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           str(REPO / "tests" / "scripts" / "loader_rank.py"), str(id_shards), str(out)]  # fmt: skip
+           str(REPO / "tests" / "scripts" / "loader_rank.py"), str(id_shards), str(out), kind]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     seen = {r["rank"]: r["ids"] for r in json.loads(out.read_text())}

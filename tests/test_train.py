@@ -91,7 +91,7 @@ def test_sigterm_saves_a_checkpoint_and_resume_continues(demo_shards, tmp_path):
 def test_demo_run_learns(demo_shards, tmp_path):
     """The `make train` recipe, shortened: the Frechet distance must fall clearly."""
     cfg = load_config(DEMO, [f"data.path={demo_shards}", f"train.run_dir={tmp_path / 'run'}", "track.enabled=false",
-                             "train.total_kimg=12", "eval.every_kimg=12"])  # fmt: skip
+                             "train.total_kimg=16", "eval.every_kimg=16"])  # fmt: skip
     t = Trainer(cfg)
     start = t.evaluate()["fd_digits"]
     t.run()

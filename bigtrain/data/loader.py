@@ -26,7 +26,7 @@ import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from .images import BadImage, decode_rgb, to_hwc_uint8
-from .manifest import DataError, Manifest, check_shards, load_manifest
+from .manifest import DataError, Manifest, ShardInfo, check_shards, load_manifest
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +141,26 @@ class _ShardStream(IterableDataset):
             state.epoch, state.emitted = state.epoch + 1, 0
 
 
+def select_rank_shards(
+    path: str | Path, resolution: int, rank: int, world_size: int, verify_checksums: bool
+) -> tuple[Manifest, list[ShardInfo]]:
+    """The manifest and this rank's shards (shards[rank::world_size]), checked to be usable."""
+    m = load_manifest(path)
+    if resolution > m.resolution:
+        raise DataError(
+            f"resolution {resolution} asked of {path}, whose shards hold {m.resolution}x{m.resolution} "
+            "images; re-run `bigtrain prepare` at the larger resolution"
+        )
+    if len(m.shards) < world_size:
+        raise DataError(
+            f"{path} has {len(m.shards)} shards for {world_size} ranks; every rank needs at least one "
+            "(re-run `bigtrain prepare` with a smaller --shard-size)"
+        )
+    shards = m.shards[rank::world_size]
+    check_shards(path, shards, verify_checksums)
+    return m, shards
+
+
 class ShardLoader:
     """Infinite iterator of `(x, y)`: x float32 in [-1, 1], (B, 3, R, R), on `device`; y int64 (B,)."""
 
@@ -158,20 +178,10 @@ class ShardLoader:
         hflip: bool = False,
         verify_checksums: bool = True,
     ):
-        self.path, self.manifest = Path(path), load_manifest(path)
-        m: Manifest = self.manifest
-        if resolution > m.resolution:
-            raise DataError(
-                f"resolution {resolution} asked of {self.path}, whose shards hold {m.resolution}x{m.resolution} "
-                "images; re-run `bigtrain prepare` at the larger resolution"
-            )
-        if len(m.shards) < world_size:
-            raise DataError(
-                f"{self.path} has {len(m.shards)} shards for {world_size} ranks; every rank needs at least one "
-                "(re-run `bigtrain prepare` with a smaller --shard-size)"
-            )
-        self.rank_shards = m.shards[rank::world_size]
-        check_shards(self.path, self.rank_shards, verify_checksums)
+        self.path = Path(path)
+        self.manifest, self.rank_shards = select_rank_shards(
+            path, resolution, rank, world_size, verify_checksums
+        )
         self.num_roles = max(1, min(num_workers, len(self.rank_shards)))
         if num_workers > self.num_roles:
             log.warning(
@@ -256,6 +266,17 @@ class ShardLoader:
         self.roles = [RoleState(*r) for r in state["roles"]]
         self.next_role = int(state["next_role"])
         self.close()
+
+    def reconfigure(self, resolution: int | None = None, batch_size: int | None = None) -> None:
+        """Change resolution or batch size (a new training phase) and continue from the same position."""
+        if resolution is not None and resolution > self.manifest.resolution:
+            raise DataError(
+                f"resolution {resolution} asked of {self.path}, whose shards hold "
+                f"{self.manifest.resolution}x{self.manifest.resolution} images"
+            )
+        self.resolution = resolution or self.resolution
+        self.batch_size = batch_size or self.batch_size
+        self.close()  # prefetched batches are dropped; the position is that of the last consumed batch
 
     def close(self) -> None:
         self._iter = None  # drops the DataLoader iterator, which stops its workers

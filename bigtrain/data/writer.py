@@ -2,6 +2,7 @@
 
 Layout of the output folder:
     OUT/shard-00000.tar ...   samples `{key}.png|jpg` (RGB, resolution x resolution) and `{key}.cls`
+    OUT/shard-00000.idx ...   DALI's webdataset index of each shard (byte offsets of every file)
     OUT/manifest.json         shard names, counts, sha256, resolution, class names, skipped files
 
 Writing is atomic: everything goes to a sibling temp folder that is renamed to OUT at the end, so an
@@ -15,6 +16,7 @@ import multiprocessing as mp
 import os
 import random
 import shutil
+import tarfile
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -105,6 +107,28 @@ def _encode_one(args: tuple[EncodeJob, Candidate]) -> tuple[Candidate, bytes | N
         return cand, None, f"cannot read: {e}"
 
 
+DALI_INDEX_VERSION = "v1.2"
+
+
+def write_dali_index(shard: Path) -> Path:
+    """DALI's webdataset index next to a shard: a header `v1.2 <samples>`, then one line per sample
+    listing `<ext> <data offset> <size> <member name>` for each of its files, so DALI can seek."""
+    samples: list[list[str]] = []
+    last_key = None
+    with tarfile.open(shard) as tar:
+        for member in tar:
+            if not member.isreg():
+                continue
+            key, ext = member.name.split(".", 1) if "." in member.name else (member.name, "")
+            if key != last_key:
+                samples.append([])
+                last_key = key
+            samples[-1].append(f"{ext} {member.offset_data} {member.size} {member.name}")
+    index = shard.with_suffix(".idx")
+    index.write_text(f"{DALI_INDEX_VERSION} {len(samples)}\n" + "".join(" ".join(s) + "\n" for s in samples))
+    return index
+
+
 class _ShardSink:
     """Writes samples into numbered tar shards of at most `shard_size` samples."""
 
@@ -131,6 +155,7 @@ class _ShardSink:
         self._writer.close()
         with open(self._path, "rb+") as f:
             os.fsync(f.fileno())
+        write_dali_index(self._path)
         self.shards.append(
             ShardInfo(self._path.name, self._count, sha256_file(self._path), self._path.stat().st_size)
         )

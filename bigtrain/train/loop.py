@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import random
 import signal
 import time
@@ -17,8 +16,10 @@ import torch
 from tqdm import tqdm
 
 from ..config import Config, ConfigError, to_dict, validate
-from ..data import ShardLoader
+from ..data import make_loader
+from ..dist import make_backend, pick_device
 from ..eval.features import FrechetEvaluator, classifier_evaluator
+from ..eval.frechet import FeatureStats, frechet_distance_of
 from ..eval.sampling import random_labels, save_grid, truncated_normal
 from ..losses import LOSSES, add_orthogonal_grad_, ortho_parameters
 from ..models import build_models
@@ -31,12 +32,11 @@ log = logging.getLogger(__name__)
 EVAL_SEED = 123_456  # fixed latents for every evaluation and grid, independent of training RNG
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device=cuda but no CUDA GPU is available here; use train.device=cpu or auto")
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+__all__ = ["NonFiniteLoss", "Trainer", "pick_device"]
+
+
+class NonFiniteLoss(RuntimeError):
+    """Training stopped after too many consecutive non-finite losses."""
 
 
 class GracefulStop:
@@ -60,14 +60,11 @@ class Trainer:
     def __init__(self, cfg: Config, resume: bool = False, loader=None):
         """`loader` replaces the shard loader (benchmarks feed random data); it needs `manifest`,
         `__next__`, `state_dict` and `load_state_dict` like ShardLoader."""
-        validate(cfg, world_size=1)
+        self.backend = backend = make_backend(cfg)
+        self.rank, self.world_size, self.device = backend.rank, backend.world_size, backend.device
+        validate(cfg, world_size=self.world_size)
         t = cfg.train
-        self.cfg, self.rank, self.world_size = cfg, 0, 1
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            raise ConfigError(
-                f"WORLD_SIZE={os.environ['WORLD_SIZE']}: multi-process training needs dist.backend support, which this build does not have yet"
-            )
-        self.device = pick_device(t.device)
+        self.cfg = cfg
         on_cuda = self.device.type == "cuda"
         self.amp_dtype = (
             torch.bfloat16 if t.precision == "bf16" or (t.precision == "auto" and on_cuda) else None
@@ -77,10 +74,7 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.micro_batch = t.batch // (self.world_size * t.accum)
 
-        self.loader = loader or ShardLoader(
-            cfg.data.path, self.micro_batch, cfg.model.resolution, self.device, self.rank, self.world_size,
-            t.seed, cfg.data.num_workers, cfg.data.shuffle_buffer, cfg.data.hflip, cfg.data.verify_checksums,
-        )  # fmt: skip
+        self.loader = loader or make_loader(cfg, self.micro_batch, self.device, self.rank, self.world_size)
         manifest = self.loader.manifest
         self.num_classes = cfg.model.num_classes or max(manifest.num_classes, 1)
         if manifest.num_classes and self.num_classes != manifest.num_classes:
@@ -91,29 +85,33 @@ class Trainer:
 
         torch.manual_seed(t.seed)  # identical initial weights on every rank
         G, D = build_models(cfg.model, self.num_classes)
+        G = backend.convert(G)
         memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
         self.G = G.to(self.device, memory_format=memory_format).train()
         self.D = D.to(self.device, memory_format=memory_format).train()
         self.ema = EMA(self.G)
-        fused = cfg.optim.fused and on_cuda
+        fused = (cfg.optim.fused and on_cuda) or None
         betas = (cfg.optim.beta1, cfg.optim.beta2)
-        self.opt_g = torch.optim.Adam(
-            self.G.parameters(), cfg.optim.lr_g, betas, cfg.optim.eps, fused=fused or None
-        )
-        self.opt_d = torch.optim.Adam(
-            self.D.parameters(), cfg.optim.lr_d, betas, cfg.optim.eps, fused=fused or None
-        )
+        self.opt_g = torch.optim.Adam(self.G.parameters(), cfg.optim.lr_g, betas, cfg.optim.eps, fused=fused)
+        self.opt_d = torch.optim.Adam(self.D.parameters(), cfg.optim.lr_d, betas, cfg.optim.eps, fused=fused)
+        backend.wrap(self.G, self.D, self.opt_g, self.opt_d)
+        self.g_train = torch.compile(backend.g_train) if t.compile else backend.g_train
+        self.d_train = torch.compile(backend.d_train) if t.compile else backend.d_train
         self.d_loss, self.g_loss = LOSSES[cfg.loss.name]
         self.ortho_params = ortho_parameters(self.G) if cfg.loss.ortho_strength > 0 else []
-        self.G_step = torch.compile(self.G) if t.compile else self.G
-        self.D_step = torch.compile(self.D) if t.compile else self.D
-        self.noise = torch.Generator(self.device).manual_seed(t.seed * 1000 + self.rank)
+        # Latents are drawn for the global batch on every rank (same seed) and each rank takes its
+        # slice: the run is then the same computation at any world size.
+        self.noise = torch.Generator(self.device).manual_seed(t.seed * 1000 + 1)
 
         self.images = 0  # real images shown to D, all ranks together: the kimg counter
         self.iteration = 0
         self._sums = torch.zeros(4, device=self.device)  # loss_d, loss_g, D(real), D(fake) since last log
         self._sum_steps = 0
         self.last_metrics: dict[str, float] = {}
+        self.skipped_steps = 0  # optimizer steps skipped for a non-finite loss
+        self._bad_in_a_row = 0
+        self.stop = GracefulStop()
+        self._stop_agreed = False
         self._evaluator: FrechetEvaluator | None = None
         if resume:
             ckpt = latest_checkpoint(self.run_dir)
@@ -137,8 +135,10 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
     def _latents(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        z = torch.randn(n, self.cfg.model.z_dim, device=self.device, generator=self.noise)
-        return z, random_labels(n, self.num_classes, self.noise, self.device)
+        z = torch.randn(n * self.world_size, self.cfg.model.z_dim, device=self.device, generator=self.noise)
+        y = random_labels(n * self.world_size, self.num_classes, self.noise, self.device)
+        mine = slice(self.rank * n, (self.rank + 1) * n)
+        return z[mine], y[mine]
 
     def _real(self) -> tuple[torch.Tensor, torch.Tensor]:
         x, y = next(self.loader)
@@ -146,30 +146,31 @@ class Trainer:
 
     def train_step(self) -> None:
         """One iteration: n_disc_steps D steps, then one G step, then the EMA update."""
-        t, G, D = self.cfg.train, self.G_step, self.D_step
+        t, b = self.cfg.train, self.backend
         for _ in range(t.n_disc_steps):
-            self.opt_d.zero_grad(set_to_none=True)
-            for _ in range(t.accum):
+            b.zero_grad("d")
+            for i in range(t.accum):
                 x, y = self._real()
                 z, y_fake = self._latents(self.micro_batch)
                 with torch.no_grad(), self._autocast():
-                    fake = G(z, y_fake)
-                with self._autocast():  # one D pass over real and fake: one SN power iteration
-                    logits = D(torch.cat([x, fake]), torch.cat([y, y_fake])).float()
+                    fake = self.G(z, y_fake)  # plain G: no gradients, no communication
+                with b.accumulating("d", last=i == t.accum - 1), self._autocast():
+                    # One D pass over real and fake: one SN power iteration per step.
+                    logits = self.d_train(torch.cat([x, fake]), torch.cat([y, y_fake])).float()
                     real_logits, fake_logits = logits.split(self.micro_batch)
                     loss_d = self.d_loss(real_logits, fake_logits) / t.accum
-                loss_d.backward()
-            self.opt_d.step()
-        self.D.requires_grad_(False)  # the G step must not leave gradients in D
-        self.opt_g.zero_grad(set_to_none=True)
-        for _ in range(t.accum):
+                    b.backward(loss_d, "d")
+            self._guarded_step("d", loss_d)
+        self.D.requires_grad_(False)  # frozen D in the G step: no D gradients computed or all-reduced
+        b.zero_grad("g")
+        for i in range(t.accum):
             z, y_fake = self._latents(self.micro_batch)
-            with self._autocast():
-                loss_g = self.g_loss(D(G(z, y_fake), y_fake).float()) / t.accum
-            loss_g.backward()
+            with b.accumulating("g", last=i == t.accum - 1), self._autocast():
+                loss_g = self.g_loss(self.D(self.g_train(z, y_fake), y_fake).float()) / t.accum
+                b.backward(loss_g, "g")
         if self.ortho_params:
             add_orthogonal_grad_(self.ortho_params, self.cfg.loss.ortho_strength)
-        self.opt_g.step()
+        self._guarded_step("g", loss_g, check_stop=True)
         self.D.requires_grad_(True)
 
         self.images += t.n_disc_steps * t.batch
@@ -177,16 +178,44 @@ class Trainer:
         beta = 0.0 if self.kimg < e.start_kimg else ema_beta(t.batch, e.halflife_kimg, self.kimg, e.rampup)
         self.ema.update(self.G, beta)
         self.iteration += 1
-        # Metrics stay on the device until a log point: no host sync here.
-        self._sums += torch.stack(
-            [
-                loss_d.detach() * t.accum,
-                loss_g.detach() * t.accum,
-                real_logits.detach().mean(),
-                fake_logits.detach().mean(),
-            ]
-        )
+        # Metrics stay on the device until a log point.
+        losses = [
+            loss_d.detach() * t.accum,
+            loss_g.detach() * t.accum,
+            real_logits.detach().mean(),
+            fake_logits.detach().mean(),
+        ]
+        self._sums += torch.stack(losses)
         self._sum_steps += 1
+
+    def _guarded_step(self, which: str, loss: torch.Tensor, check_stop: bool = False) -> None:
+        """Optimizer step, unless the loss is non-finite on any rank (then every rank skips it).
+        The G step's collective also carries the SIGTERM flag, so all ranks stop at the same step."""
+        check_finite = self.cfg.train.check_finite
+        wants_stop = check_stop and self.stop.requested
+        if check_finite or (check_stop and self.world_size > 1):  # one small collective, one host sync
+            bad, stop = self.backend.flags_any(check_finite and ~torch.isfinite(loss.detach()), wants_stop)
+        else:
+            bad, stop = False, wants_stop
+        self._stop_agreed = self._stop_agreed or stop
+        if not bad:
+            self.backend.step(which)
+            self._bad_in_a_row = 0
+            return
+        self.backend.zero_grad(which)
+        self.skipped_steps += 1
+        self._bad_in_a_row += 1
+        log.warning(
+            "non-finite %s loss at %.3f kimg: step skipped (%d in a row)",
+            which.upper(),
+            self.kimg,
+            self._bad_in_a_row,
+        )
+        if self._bad_in_a_row >= self.cfg.train.max_nonfinite_steps:
+            raise NonFiniteLoss(
+                f"{self._bad_in_a_row} consecutive non-finite losses (train.max_nonfinite_steps); training "
+                f"stopped at {self.kimg:.3f} kimg, last good checkpoint: {latest_checkpoint(self.run_dir) or 'none yet'}"
+            )
 
     # ------------------------------------------------------------------ around the step
 
@@ -199,29 +228,50 @@ class Trainer:
         with self._autocast():
             return self.ema.model(z, y).float()
 
-    def evaluate(self) -> dict[str, float]:
-        """Frechet distance of G_ema samples, and a sample grid; logged with step = kimg."""
-        cfg = self.cfg.eval
+    def _evaluator_once(self) -> FrechetEvaluator:
+        """Rank 0 trains the feature net (or loads its cache); the other ranks then load the cache."""
         if self._evaluator is None:
             data = Path(self.cfg.data.path)
-            self._evaluator = classifier_evaluator(data, self.loader.manifest, self.device, data / "eval")
+            if self.rank == 0:
+                self._evaluator = classifier_evaluator(data, self.loader.manifest, self.device, data / "eval")
+            self.backend.barrier()
+            if self.rank != 0:
+                self._evaluator = classifier_evaluator(data, self.loader.manifest, self.device, data / "eval")
+        return self._evaluator
+
+    def _all_reduce_stats(self, stats: FeatureStats) -> FeatureStats:
+        """Sum the ranks' feature statistics: exactly the statistics of all their samples together."""
+        if self.world_size == 1:
+            return stats
+        packed = torch.cat(
+            [torch.tensor([float(stats.count)], dtype=torch.float64), stats.total, stats.outer.flatten()]
+        )
+        packed = self.backend.all_reduce_sum(packed.to(self.device)).cpu()
+        dim = stats.total.numel()
+        return FeatureStats(int(packed[0]), packed[1 : 1 + dim], packed[1 + dim :].view(dim, dim))
+
+    def evaluate(self) -> dict[str, float]:
+        """Frechet distance of G_ema samples, each rank generating its share; logged with step = kimg."""
+        cfg = self.cfg.eval
+        evaluator = self._evaluator_once()
         started = time.time()
-        generator = torch.Generator(self.device).manual_seed(EVAL_SEED)
+        generator = torch.Generator(self.device).manual_seed(EVAL_SEED + self.rank)
         refresh_batchnorm_stats(
             self.ema.model,
             lambda: self._eval_latents(self.micro_batch, generator),
             self.cfg.ema.standing_stats_batches,
         )
-        distance = self._evaluator(
-            lambda n: self._generate(*self._eval_latents(n, generator, cfg.truncation)),
-            cfg.num_samples,
-            cfg.batch,
+        share = cfg.num_samples // self.world_size + (self.rank < cfg.num_samples % self.world_size)
+        stats = evaluator.generated_stats(
+            lambda n: self._generate(*self._eval_latents(n, generator, cfg.truncation)), share, cfg.batch
         )
-        grid = self.save_grid()
-        metrics = {self._evaluator.name: distance, "eval_seconds": time.time() - started}
-        self.tracker.log_metrics(metrics, step=int(self.kimg))
-        self.tracker.log_artifact(grid, "samples")
-        log.info("kimg %.2f: %s = %.3f", self.kimg, self._evaluator.name, distance)
+        distance = frechet_distance_of(self._all_reduce_stats(stats), evaluator.reference)
+        metrics = {evaluator.name: distance, "eval_seconds": time.time() - started}
+        if self.rank == 0:
+            grid = self.save_grid()
+            self.tracker.log_metrics(metrics, step=int(self.kimg))
+            self.tracker.log_artifact(grid, "samples")
+            log.info("kimg %.2f: %s = %.3f", self.kimg, evaluator.name, distance)
         self.last_metrics.update(metrics)
         return metrics
 
@@ -248,21 +298,26 @@ class Trainer:
             lr_d=self.opt_d.param_groups[0]["lr"],
         )
         metrics["data_skipped_corrupt"] = self.loader.skipped_corrupt
+        metrics["skipped_steps"] = self.skipped_steps
         if self.device.type == "cuda":
             metrics["gpu_mem_peak_gib"] = torch.cuda.max_memory_allocated(self.device) / 2**30
         self.tracker.log_metrics(metrics, step=int(self.kimg))
         self.last_metrics.update(metrics)
         return metrics
 
-    def save(self) -> Path:
-        path = save_checkpoint(
-            self.run_dir,
-            f"step-{self.iteration:08d}",
-            self.state_dict(),
-            to_dict(self.cfg),
-            self.cfg.train.keep_checkpoints,
-        )
-        log.info("checkpoint %s (%.2f kimg)", path, self.kimg)
+    def save(self) -> Path | None:
+        """Every rank takes part (buffers synchronized, loader positions gathered); rank 0 writes."""
+        self.backend.broadcast_buffers(self.G)
+        self.backend.broadcast_buffers(self.ema.model)
+        state = self.state_dict()
+        path = None
+        if self.rank == 0:
+            name = f"step-{self.iteration:08d}"
+            path = save_checkpoint(
+                self.run_dir, name, state, to_dict(self.cfg), self.cfg.train.keep_checkpoints
+            )
+            log.info("checkpoint %s (%.2f kimg)", path, self.kimg)
+        self.backend.barrier()  # nobody moves on (or exits) before the checkpoint is complete
         return path
 
     def run(self) -> str:
@@ -282,12 +337,12 @@ class Trainer:
             mininterval=1.0,
             disable=self.rank != 0,
         )
-        with GracefulStop() as stop:
+        with self.stop:
             if self.images == 0 and eval_every:
                 self.evaluate()
             window_start, window_images = time.time(), self.images
             while self.images < total:
-                if stop.requested:
+                if self._stop_agreed:
                     status = "terminated"
                     log.warning("SIGTERM: saving a checkpoint at %.2f kimg and stopping", self.kimg)
                     break
@@ -314,15 +369,21 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoint state
 
     def state_dict(self) -> dict:
+        """Everything needed to resume exactly; the loader positions of every rank (collective call)."""
+        loader_states = [self.loader.state_dict()]
+        if self.world_size > 1:
+            loader_states = [None] * self.world_size
+            torch.distributed.all_gather_object(loader_states, self.loader.state_dict())
         state = {
             "G": self.G.state_dict(),
             "D": self.D.state_dict(),
             "G_ema": self.ema.model.state_dict(),
-            "opt_g": self.opt_g.state_dict(),
-            "opt_d": self.opt_d.state_dict(),
+            **self.backend.optimizer_state(),
             "images": self.images,
             "iteration": self.iteration,
-            "loader": self.loader.state_dict(),
+            "skipped_steps": self.skipped_steps,
+            "loader": loader_states,
+            "world_size": self.world_size,
             "rng": {
                 "torch": torch.get_rng_state(),
                 "python": random.getstate(),
@@ -336,6 +397,11 @@ class Trainer:
         return state
 
     def load_state_dict(self, state: dict) -> None:
+        if int(state["world_size"]) != self.world_size:
+            raise ConfigError(
+                f"the checkpoint was written by {state['world_size']} processes and this run has {self.world_size}; "
+                "resume with the same world size (the data position is per rank)"
+            )
         try:
             self.G.load_state_dict(state["G"])
             self.D.load_state_dict(state["D"])
@@ -344,10 +410,10 @@ class Trainer:
             raise ConfigError(
                 f"the checkpoint's model does not match this config's model section: {str(e).splitlines()[0]}"
             ) from None
-        self.opt_g.load_state_dict(state["opt_g"])
-        self.opt_d.load_state_dict(state["opt_d"])
+        self.backend.load_optimizer_state(state)
         self.images, self.iteration = int(state["images"]), int(state["iteration"])
-        self.loader.load_state_dict(state["loader"])
+        self.skipped_steps = int(state["skipped_steps"])
+        self.loader.load_state_dict(state["loader"][self.rank])
         torch.set_rng_state(state["rng"]["torch"])
         random.setstate(state["rng"]["python"])
         self.noise.set_state(state["rng"]["noise"])

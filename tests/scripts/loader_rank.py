@@ -1,4 +1,4 @@
-"""Run under torchrun: each rank reads batches from the shards and rank 0 writes what every rank saw."""
+"""Run under torchrun (args: SHARDS OUT webdataset|dali): each rank reads batches from the shards and rank 0 writes what every rank saw."""
 
 import json
 import os

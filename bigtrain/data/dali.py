@@ -1,0 +1,193 @@
+"""NVIDIA DALI loader over the same WebDataset shards: JPEG/PNG decoded on the GPU ("mixed" decoder),
+resized to the phase's resolution, flipped, normalized to [-1, 1], NCHW, all inside DALI.
+
+Same interface and output as `ShardLoader`: an infinite iterator of `(x, y)` with x float32 in
+[-1, 1] (B, 3, R, R) on the training device and y int64. Rank r reads shards[r::W]; DALI's reader
+shuffles through a buffer seeded from `seed + rank`. The position is DALI's own pipeline checkpoint
+(reader progress and RNG states), stored in bigtrain's checkpoint and restored on resume.
+
+On a machine without a GPU the same pipeline runs on the CPU (`device_id=None`, CPU decoder), so the
+reader, shard and position logic are tested in CI.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from .loader import select_rank_shards
+from .manifest import DataError
+
+log = logging.getLogger(__name__)
+
+LABEL_BYTES = 8  # `.cls` holds the label as ASCII digits; DALI pads it to this fixed width
+DALI_ERRORS = "cannot read or decode a sample"
+
+
+def dali_available() -> bool:
+    try:
+        import nvidia.dali  # noqa: F401
+        import nvidia.dali.plugin.pytorch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def ascii_labels(padded: torch.Tensor) -> torch.Tensor:
+    """(B, LABEL_BYTES) uint8 ASCII digits, zero-padded on the right -> (B,) int64."""
+    digits = padded.long()
+    value = torch.zeros(digits.shape[0], dtype=torch.long, device=digits.device)
+    for column in digits.unbind(1):
+        present = column != 0
+        value = torch.where(present, value * 10 + (column - 48), value)
+    return value
+
+
+class DaliLoader:
+    """Infinite iterator of `(x, y)` decoded by DALI; see the module docstring."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        batch_size: int,
+        resolution: int,
+        device: torch.device | str = "cpu",
+        rank: int = 0,
+        world_size: int = 1,
+        seed: int = 0,
+        num_threads: int = 4,
+        shuffle_buffer: int = 512,
+        hflip: bool = False,
+        verify_checksums: bool = True,
+    ):
+        if not dali_available():
+            raise DataError(
+                "data.loader=dali needs NVIDIA DALI (pip install nvidia-dali-cuda130, or -cuda120); "
+                "use data.loader=webdataset or auto"
+            )
+        self.path = Path(path)
+        self.manifest, self.rank_shards = select_rank_shards(
+            path, resolution, rank, world_size, verify_checksums
+        )
+        self.shard_paths = [str(self.path / s.name) for s in self.rank_shards]
+        self.index_paths = [str(Path(p).with_suffix(".idx")) for p in self.shard_paths]
+        missing = [p for p in self.index_paths if not Path(p).is_file()]
+        if missing:
+            raise DataError(
+                f"DALI index {missing[0]} is missing; re-run `bigtrain prepare` to write the index files"
+            )
+        self.batch_size, self.resolution, self.device = batch_size, resolution, torch.device(device)
+        self.seed, self.rank, self.num_threads = seed, rank, num_threads
+        self.shuffle_buffer, self.hflip = shuffle_buffer, hflip
+        self.labelled = self.manifest.num_classes > 0
+        self._checkpoint: str | None = None
+        self._iter = None
+
+    # ------------------------------------------------------------------ pipeline
+
+    def _pipeline(self):
+        from nvidia.dali import fn, pipeline_def, types
+
+        on_gpu = self.device.type == "cuda"
+        device_id = (self.device.index or 0) if on_gpu else None
+
+        @pipeline_def(
+            batch_size=self.batch_size,
+            num_threads=self.num_threads,
+            device_id=device_id,
+            seed=self.seed * 1000 + self.rank,
+            enable_checkpointing=True,
+            checkpoint=self._checkpoint,
+            prefetch_queue_depth=2,
+        )
+        def pipeline():
+            encoded, label = fn.readers.webdataset(
+                paths=self.shard_paths,
+                index_paths=self.index_paths,
+                ext=["png;jpg;jpeg", "cls"],
+                missing_component_behavior="error",
+                random_shuffle=self.shuffle_buffer > 1,
+                initial_fill=max(self.shuffle_buffer, 1),
+                name="reader",
+            )
+            images = fn.decoders.image(encoded, device="mixed" if on_gpu else "cpu", output_type=types.RGB)
+            # Always resized, even to the stored size: a checkpoint restores into a graph of the same
+            # operators, and a phase change must not add one.
+            images = fn.resize(
+                images,
+                size=[self.resolution, self.resolution],
+                antialias=True,
+                interp_type=types.INTERP_LINEAR,
+            )
+            mirror = fn.random.coin_flip(probability=0.5) if self.hflip else 0
+            images = fn.crop_mirror_normalize(
+                images,
+                dtype=types.FLOAT,
+                output_layout="CHW",
+                mean=[127.5] * 3,
+                std=[127.5] * 3,
+                mirror=mirror,
+            )
+            label = fn.pad(label, axes=[0], shape=[LABEL_BYTES], fill_value=0)
+            return images, label.gpu() if on_gpu else label
+
+        return pipeline()
+
+    def _start(self) -> None:
+        from nvidia.dali.plugin.pytorch import DALIGenericIterator
+
+        pipe = self._pipeline()
+        pipe.build()
+        self._iter = DALIGenericIterator([pipe], ["x", "y"], size=-1, auto_reset=True)
+        self._started_from = self._checkpoint
+
+    def __iter__(self) -> DaliLoader:
+        return self
+
+    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._iter is None:
+            self._start()
+        try:
+            out = next(self._iter)[0]
+        except RuntimeError as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise DataError(f"DALI {DALI_ERRORS} in shards of {self.path}: {first}") from None
+        x = out["x"].to(self.device, non_blocking=True)
+        y = ascii_labels(out["y"]) if self.labelled else torch.zeros(x.shape[0], dtype=torch.long)
+        return x, y.to(self.device, non_blocking=True)
+
+    def next_uint8(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """For tests and benchmarks that compare with ShardLoader: the batch back in uint8."""
+        x, y = next(self)
+        return ((x.float() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8).cpu(), y.cpu()
+
+    # ------------------------------------------------------------------ position
+
+    def state_dict(self) -> dict:
+        if self._iter is None:
+            return {"dali_checkpoint": self._checkpoint}
+        return {"dali_checkpoint": self._iter.checkpoints()[0]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._checkpoint = state["dali_checkpoint"]
+        self.close()
+
+    def reconfigure(self, resolution: int | None = None, batch_size: int | None = None) -> None:
+        if resolution is not None and resolution > self.manifest.resolution:
+            raise DataError(
+                f"resolution {resolution} asked of {self.path}, whose shards hold "
+                f"{self.manifest.resolution}x{self.manifest.resolution} images"
+            )
+        state = self.state_dict()
+        self.resolution = resolution or self.resolution
+        self.batch_size = batch_size or self.batch_size
+        self.load_state_dict(state)
+
+    def close(self) -> None:
+        self._iter = None
+
+    @property
+    def skipped_corrupt(self) -> int:
+        return 0  # DALI stops on a corrupt sample with a DataError instead of skipping it

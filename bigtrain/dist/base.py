@@ -1,0 +1,113 @@
+"""The Backend interface: what the trainer asks of a distributed engine, and the one-process default.
+
+The trainer never touches DDP, DeepSpeed or Accelerate directly. It asks the backend for
+- the modules to call in each phase (`d_train`, `g_train`, and the plain `G`/`D` for no-grad or
+  frozen use: D is called unwrapped in the G step, so none of D's gradients are all-reduced there),
+- `backward`, `step`, `zero_grad` per network, `accumulating` for micro-batches that must not sync,
+- collective helpers (`all_reduce_sum`, `flags_any`, `broadcast_buffers`, `barrier`),
+- optimizer state for checkpoints.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from ..config import Config, ConfigError
+
+
+def pick_device(name: str, local_rank: int = 0) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device=cuda but no CUDA GPU is available here; use train.device=cpu or auto")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
+    return torch.device(name)
+
+
+def launch_env() -> tuple[int, int, int]:
+    """(rank, world_size, local_rank) from torchrun / deepspeed / accelerate launchers, else (0, 1, 0)."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
+
+
+class Backend:
+    """One process, no wrapping: also what every backend does at world size 1 (no overhead)."""
+
+    name = "single"
+    supports_grad_hooks = True  # p.grad is the full gradient after backward (closed-form regularizers)
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.rank, self.world_size, self.local_rank = launch_env()
+        self.device = pick_device(cfg.train.device, self.local_rank)
+
+    # ----------------------------------------------------------------- wrapping
+
+    def wrap(self, G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer) -> None:
+        self.G, self.D, self.opt_g, self.opt_d = G, D, opt_g, opt_d
+        self.g_train, self.d_train = G, D
+
+    def optimizer(self, which: str) -> torch.optim.Optimizer:
+        return self.opt_g if which == "g" else self.opt_d
+
+    # ----------------------------------------------------------------- one optimizer step
+
+    def accumulating(self, which: str, last: bool):
+        """Context for one micro-batch; non-last micro-batches skip the gradient all-reduce."""
+        return contextlib.nullcontext()
+
+    def backward(self, loss: torch.Tensor, which: str) -> None:
+        loss.backward()
+
+    def step(self, which: str) -> None:
+        self.optimizer(which).step()
+
+    def zero_grad(self, which: str) -> None:
+        self.optimizer(which).zero_grad(set_to_none=True)
+
+    # ----------------------------------------------------------------- collectives
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.distributed:
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        return tensor
+
+    def flags_any(self, *flags: bool | torch.Tensor) -> list[bool]:
+        """Each flag true on any rank -> true on every rank (one small collective, one host sync)."""
+        t = torch.stack([torch.as_tensor(f, dtype=torch.float32).to(self.device).reshape(()) for f in flags])
+        if self.distributed:
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return [bool(v) for v in t.tolist()]
+
+    def broadcast_buffers(self, module: nn.Module) -> None:
+        """Rank 0's buffers (BN statistics) to every rank, so replicas are identical at checkpoints."""
+        if self.distributed:
+            for b in module.buffers():
+                dist.broadcast(b, src=0)
+
+    def barrier(self) -> None:
+        if self.distributed:
+            dist.barrier()
+
+    # ----------------------------------------------------------------- checkpoint state
+
+    def optimizer_state(self) -> dict:
+        return {"opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict()}
+
+    def load_optimizer_state(self, state: dict) -> None:
+        self.opt_g.load_state_dict(state["opt_g"])
+        self.opt_d.load_state_dict(state["opt_d"])
+
+    def close(self) -> None:
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()

@@ -1,0 +1,53 @@
+"""torch DistributedDataParallel: NCCL on GPU, gloo on CPU, initialized from torchrun's environment.
+
+G and D are wrapped separately. The D step calls the wrapped D (its gradients are all-reduced) and a
+plain G under no_grad; the G step calls the wrapped G and the plain, frozen D, so no D gradient is
+computed or communicated there. Micro-batches before the last one run under `no_sync`.
+"""
+
+from __future__ import annotations
+
+import datetime
+
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from ..config import Config
+from .base import Backend
+
+
+class DDPBackend(Backend):
+    name = "ddp"
+
+    def __init__(self, cfg: Config):
+        super().__init__(cfg)
+        if self.distributed and not dist.is_initialized():
+            backend = "nccl" if self.device.type == "cuda" else "gloo"
+            dist.init_process_group(backend, timeout=datetime.timedelta(minutes=cfg.dist.timeout_minutes))
+        if self.distributed:
+            assert dist.get_world_size() == self.world_size, "WORLD_SIZE disagrees with the process group"
+            assert dist.get_rank() == self.rank, "RANK disagrees with the process group"
+
+    def convert(self, G: nn.Module) -> nn.Module:
+        """Cross-replica BatchNorm for G (BigGAN's "cross-replica BN") when `dist.sync_bn`."""
+        if self.distributed and self.cfg.dist.sync_bn:
+            return nn.SyncBatchNorm.convert_sync_batchnorm(G)
+        return G
+
+    def wrap(self, G, D, opt_g, opt_d) -> None:
+        super().wrap(G, D, opt_g, opt_d)
+        if self.distributed:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            # Buffers are not broadcast at every forward: SN vectors follow identical weights on every
+            # rank, and BN statistics are synchronized at checkpoints and before evaluation.
+            self.g_train = DDP(G, device_ids=ids, broadcast_buffers=False, gradient_as_bucket_view=True)
+            self.d_train = DDP(D, device_ids=ids, broadcast_buffers=False, gradient_as_bucket_view=True)
+
+    def accumulating(self, which: str, last: bool):
+        module = self.g_train if which == "g" else self.d_train
+        if self.distributed and not last:
+            return module.no_sync()
+        return super().accumulating(which, last)
+
+
