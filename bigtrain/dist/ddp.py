@@ -8,6 +8,7 @@ computed or communicated there. Micro-batches before the last one run under `no_
 from __future__ import annotations
 
 import datetime
+import inspect
 
 import torch.distributed as dist
 from torch import nn
@@ -41,8 +42,13 @@ class DDPBackend(Backend):
             ids = [self.device.index] if self.device.type == "cuda" else None
             # Buffers are not broadcast at every forward: SN vectors follow identical weights on every
             # rank, and BN statistics are synchronized at checkpoints and before evaluation.
-            self.g_train = DDP(G, device_ids=ids, broadcast_buffers=False, gradient_as_bucket_view=True)
-            self.d_train = DDP(D, device_ids=ids, broadcast_buffers=False, gradient_as_bucket_view=True)
+            no_buffer_sync = (
+                {"forward_sync_buffers": False}  # newer torch: the same switch, renamed
+                if "forward_sync_buffers" in inspect.signature(DDP).parameters
+                else {"broadcast_buffers": False}
+            )
+            self.g_train = DDP(G, device_ids=ids, gradient_as_bucket_view=True, **no_buffer_sync)
+            self.d_train = DDP(D, device_ids=ids, gradient_as_bucket_view=True, **no_buffer_sync)
 
     def accumulating(self, which: str, last: bool):
         module = self.g_train if which == "g" else self.d_train

@@ -51,6 +51,16 @@ class FeatureStats:
         return cls(int(d["count"]), d["total"], d["outer"])
 
 
+def all_reduce_stats(stats: FeatureStats, all_reduce_sum, device: torch.device) -> FeatureStats:
+    """Sum every rank's statistics with one collective: the exact statistics of all their samples."""
+    dim = stats.total.numel()
+    packed = torch.cat(
+        [torch.tensor([float(stats.count)], dtype=torch.float64), stats.total, stats.outer.flatten()]
+    )
+    packed = all_reduce_sum(packed.to(device)).cpu()
+    return FeatureStats(int(packed[0]), packed[1 : 1 + dim], packed[1 + dim :].view(dim, dim))
+
+
 def _sqrt_psd(matrix: np.ndarray) -> np.ndarray:
     values, vectors = np.linalg.eigh((matrix + matrix.T) / 2)
     return (vectors * np.sqrt(np.clip(values, 0, None))) @ vectors.T

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils.parametrizations import spectral_norm
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.utils.parametrizations import _SpectralNorm, spectral_norm
 
 
 def assert_shape(tensor: torch.Tensor, shape: tuple, what: str) -> None:
@@ -85,3 +88,24 @@ class SelfAttention(nn.Module):
         attended = F.scaled_dot_product_attention(query[:, None], key[:, None], value[:, None], scale=1.0)
         attended = attended[:, 0].transpose(1, 2).reshape(b, c // 2, h, w)
         return x + self.gamma * self.o(attended)
+
+
+@contextlib.contextmanager
+def frozen_state(module: nn.Module, batchnorm: bool = False):
+    """Run `module` without advancing its state: spectral-norm power iterations paused (the stored
+    u, v are used as they are) and, with `batchnorm`, BN running statistics kept (momentum 0) while BN
+    still normalizes with batch statistics. Parameters and autograd are unaffected."""
+    sn = [m for m in module.modules() if isinstance(m, _SpectralNorm) and m.training]
+    bns = [m for m in module.modules() if batchnorm and isinstance(m, _BatchNorm) and m.training]
+    momenta = [bn.momentum for bn in bns]
+    for m in sn:
+        m.training = False
+    for bn in bns:
+        bn.momentum = 0.0
+    try:
+        yield module
+    finally:
+        for m in sn:
+            m.training = True
+        for bn, momentum in zip(bns, momenta):
+            bn.momentum = momentum

@@ -12,6 +12,7 @@ import signal
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -19,10 +20,11 @@ from ..config import Config, ConfigError, to_dict, validate
 from ..data import make_loader
 from ..dist import make_backend, pick_device
 from ..eval.features import FrechetEvaluator, classifier_evaluator
-from ..eval.frechet import FeatureStats, frechet_distance_of
+from ..eval.frechet import all_reduce_stats, frechet_distance_of
 from ..eval.sampling import random_labels, save_grid, truncated_normal
 from ..losses import LOSSES, add_orthogonal_grad_, ortho_parameters
 from ..models import build_models
+from ..models.layers import frozen_state
 from ..track import make_tracker
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .ema import EMA, ema_beta, refresh_batchnorm_stats
@@ -33,6 +35,11 @@ EVAL_SEED = 123_456  # fixed latents for every evaluation and grid, independent 
 
 
 __all__ = ["NonFiniteLoss", "Trainer", "pick_device"]
+
+
+def seed_for(*parts: int) -> int:
+    """A well-mixed 63-bit seed from integers (neighbouring slots get unrelated streams)."""
+    return int(np.random.SeedSequence(list(parts)).generate_state(2, dtype=np.uint64)[0] >> np.uint64(1))
 
 
 class NonFiniteLoss(RuntimeError):
@@ -99,9 +106,11 @@ class Trainer:
         self.d_train = torch.compile(backend.d_train) if t.compile else backend.d_train
         self.d_loss, self.g_loss = LOSSES[cfg.loss.name]
         self.ortho_params = ortho_parameters(self.G) if cfg.loss.ortho_strength > 0 else []
-        # Latents are drawn for the global batch on every rank (same seed) and each rank takes its
-        # slice: the run is then the same computation at any world size.
-        self.noise = torch.Generator(self.device).manual_seed(t.seed * 1000 + 1)
+        # Latents of micro-batch slot k come from a generator seeded by (seed, k), and rank r of W fills
+        # slots r, r + W, ...: one process with accum A x W runs the same computation as W processes
+        # with accum A, and a resumed run only needs the slot counter.
+        self.noise = torch.Generator(self.device)
+        self.latent_draws = 0
 
         self.images = 0  # real images shown to D, all ranks together: the kimg counter
         self.iteration = 0
@@ -109,7 +118,7 @@ class Trainer:
         self._sum_steps = 0
         self.last_metrics: dict[str, float] = {}
         self.skipped_steps = 0  # optimizer steps skipped for a non-finite loss
-        self._bad_in_a_row = 0
+        self._bad_in_a_row = {"d": 0, "g": 0}  # consecutive skipped steps per network
         self.stop = GracefulStop()
         self._stop_agreed = False
         self._evaluator: FrechetEvaluator | None = None
@@ -135,27 +144,35 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
     def _latents(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        z = torch.randn(n * self.world_size, self.cfg.model.z_dim, device=self.device, generator=self.noise)
-        y = random_labels(n * self.world_size, self.num_classes, self.noise, self.device)
-        mine = slice(self.rank * n, (self.rank + 1) * n)
-        return z[mine], y[mine]
+        slot = self.latent_draws * self.world_size + self.rank
+        self.latent_draws += 1
+        self.noise.manual_seed(seed_for(self.cfg.train.seed, slot))
+        z = torch.randn(n, self.cfg.model.z_dim, device=self.device, generator=self.noise)
+        return z, random_labels(n, self.num_classes, self.noise, self.device)
 
     def _real(self) -> tuple[torch.Tensor, torch.Tensor]:
         x, y = next(self.loader)
         return (x.contiguous(memory_format=torch.channels_last) if self.channels_last else x), y
 
     def train_step(self) -> None:
-        """One iteration: n_disc_steps D steps, then one G step, then the EMA update."""
+        """One iteration: n_disc_steps D steps, then one G step, then the EMA update.
+
+        A network's state (SN power iterations, BN statistics) advances only in its own step, once per
+        step whatever the accumulation: the D step does not touch G, nor the G step D."""
         t, b = self.cfg.train, self.backend
         for _ in range(t.n_disc_steps):
             b.zero_grad("d")
             for i in range(t.accum):
                 x, y = self._real()
                 z, y_fake = self._latents(self.micro_batch)
-                with torch.no_grad(), self._autocast():
+                with torch.no_grad(), frozen_state(self.G, batchnorm=True), self._autocast():
                     fake = self.G(z, y_fake)  # plain G: no gradients, no communication
-                with b.accumulating("d", last=i == t.accum - 1), self._autocast():
-                    # One D pass over real and fake: one SN power iteration per step.
+                with (
+                    b.accumulating("d", last=i == t.accum - 1),
+                    self._first_only(self.D, i),
+                    self._autocast(),
+                ):
+                    # One D pass over real and fake together.
                     logits = self.d_train(torch.cat([x, fake]), torch.cat([y, y_fake])).float()
                     real_logits, fake_logits = logits.split(self.micro_batch)
                     loss_d = self.d_loss(real_logits, fake_logits) / t.accum
@@ -165,7 +182,12 @@ class Trainer:
         b.zero_grad("g")
         for i in range(t.accum):
             z, y_fake = self._latents(self.micro_batch)
-            with b.accumulating("g", last=i == t.accum - 1), self._autocast():
+            with (
+                b.accumulating("g", last=i == t.accum - 1),
+                self._first_only(self.G, i),
+                frozen_state(self.D),
+                self._autocast(),
+            ):
                 loss_g = self.g_loss(self.D(self.g_train(z, y_fake), y_fake).float()) / t.accum
                 b.backward(loss_g, "g")
         if self.ortho_params:
@@ -188,6 +210,11 @@ class Trainer:
         self._sums += torch.stack(losses)
         self._sum_steps += 1
 
+    @staticmethod
+    def _first_only(module: torch.nn.Module, micro_batch: int):
+        """SN power iteration on the first micro-batch of a step only."""
+        return frozen_state(module) if micro_batch > 0 else contextlib.nullcontext()
+
     def _guarded_step(self, which: str, loss: torch.Tensor, check_stop: bool = False) -> None:
         """Optimizer step, unless the loss is non-finite on any rank (then every rank skips it).
         The G step's collective also carries the SIGTERM flag, so all ranks stop at the same step."""
@@ -200,20 +227,18 @@ class Trainer:
         self._stop_agreed = self._stop_agreed or stop
         if not bad:
             self.backend.step(which)
-            self._bad_in_a_row = 0
+            self._bad_in_a_row[which] = 0
             return
         self.backend.zero_grad(which)
         self.skipped_steps += 1
-        self._bad_in_a_row += 1
+        self._bad_in_a_row[which] += 1
+        in_a_row = self._bad_in_a_row[which]
         log.warning(
-            "non-finite %s loss at %.3f kimg: step skipped (%d in a row)",
-            which.upper(),
-            self.kimg,
-            self._bad_in_a_row,
+            "non-finite %s loss at %.3f kimg: step skipped (%d in a row)", which.upper(), self.kimg, in_a_row
         )
-        if self._bad_in_a_row >= self.cfg.train.max_nonfinite_steps:
+        if in_a_row >= self.cfg.train.max_nonfinite_steps:
             raise NonFiniteLoss(
-                f"{self._bad_in_a_row} consecutive non-finite losses (train.max_nonfinite_steps); training "
+                f"{in_a_row} consecutive non-finite {which.upper()} losses (train.max_nonfinite_steps); training "
                 f"stopped at {self.kimg:.3f} kimg, last good checkpoint: {latest_checkpoint(self.run_dir) or 'none yet'}"
             )
 
@@ -239,17 +264,6 @@ class Trainer:
                 self._evaluator = classifier_evaluator(data, self.loader.manifest, self.device, data / "eval")
         return self._evaluator
 
-    def _all_reduce_stats(self, stats: FeatureStats) -> FeatureStats:
-        """Sum the ranks' feature statistics: exactly the statistics of all their samples together."""
-        if self.world_size == 1:
-            return stats
-        packed = torch.cat(
-            [torch.tensor([float(stats.count)], dtype=torch.float64), stats.total, stats.outer.flatten()]
-        )
-        packed = self.backend.all_reduce_sum(packed.to(self.device)).cpu()
-        dim = stats.total.numel()
-        return FeatureStats(int(packed[0]), packed[1 : 1 + dim], packed[1 + dim :].view(dim, dim))
-
     def evaluate(self) -> dict[str, float]:
         """Frechet distance of G_ema samples, each rank generating its share; logged with step = kimg."""
         cfg = self.cfg.eval
@@ -265,7 +279,9 @@ class Trainer:
         stats = evaluator.generated_stats(
             lambda n: self._generate(*self._eval_latents(n, generator, cfg.truncation)), share, cfg.batch
         )
-        distance = frechet_distance_of(self._all_reduce_stats(stats), evaluator.reference)
+        if self.world_size > 1:
+            stats = all_reduce_stats(stats, self.backend.all_reduce_sum, self.device)
+        distance = frechet_distance_of(stats, evaluator.reference)
         metrics = {evaluator.name: distance, "eval_seconds": time.time() - started}
         if self.rank == 0:
             grid = self.save_grid()
@@ -384,11 +400,8 @@ class Trainer:
             "skipped_steps": self.skipped_steps,
             "loader": loader_states,
             "world_size": self.world_size,
-            "rng": {
-                "torch": torch.get_rng_state(),
-                "python": random.getstate(),
-                "noise": self.noise.get_state(),
-            },
+            "latent_draws": self.latent_draws,
+            "rng": {"torch": torch.get_rng_state(), "python": random.getstate()},
             "num_classes": self.num_classes,
             "config": to_dict(self.cfg),
         }
@@ -416,6 +429,6 @@ class Trainer:
         self.loader.load_state_dict(state["loader"][self.rank])
         torch.set_rng_state(state["rng"]["torch"])
         random.setstate(state["rng"]["python"])
-        self.noise.set_state(state["rng"]["noise"])
+        self.latent_draws = int(state["latent_draws"])
         if "cuda" in state["rng"] and self.device.type == "cuda":
             torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)

@@ -1,0 +1,56 @@
+"""Run in one process or under torchrun: trains a tiny BigGAN on a deterministic in-memory data stream
+and writes every rank's final weights to OUT/rank{r}.pt.
+
+Args: OUT ACCUM ITERATIONS [overrides...]. The data stream is sliced by slot like the trainer's latents
+(slot = call * world + rank), so 1 process x accum 2 sees exactly what 2 processes x accum 1 see.
+"""
+
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bigtrain.config import load_config  # noqa: E402
+from bigtrain.data.manifest import Manifest  # noqa: E402
+from bigtrain.train.loop import Trainer, seed_for  # noqa: E402
+
+torch.set_num_threads(1)
+
+
+class SlotLoader:
+    def __init__(self, batch: int, rank: int, world: int):
+        self.batch, self.rank, self.world, self.calls = batch, rank, world, 0
+        self.manifest = Manifest("slots", 32, "png", [str(i) for i in range(10)], [])
+        self.skipped_corrupt = 0
+
+    def __next__(self):
+        g = torch.Generator().manual_seed(seed_for(99, self.calls * self.world + self.rank))
+        self.calls += 1
+        x = torch.rand(self.batch, 3, 32, 32, generator=g) * 2 - 1
+        return x, torch.randint(0, 10, (self.batch,), generator=g)
+
+    def state_dict(self):
+        return {"calls": self.calls}
+
+    def load_state_dict(self, state):
+        self.calls = state["calls"]
+
+
+out, accum, iterations = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+world = int(os.environ.get("WORLD_SIZE", 1))
+cfg = load_config(
+    os.path.join(os.path.dirname(__file__), "..", "..", "configs", "biggan", "digits32.yaml"),
+    ["train.batch=16", f"train.accum={accum}", "track.enabled=false", "eval.every_kimg=0", f"train.run_dir={out}/run",
+     f"train.total_kimg={iterations * 16 / 1000}", "train.ckpt_every_kimg=1000", *sys.argv[4:]],
+)  # fmt: skip
+micro = cfg.train.batch // (world * accum)
+trainer = Trainer(cfg, loader=SlotLoader(micro, int(os.environ.get("RANK", 0)), world))
+trainer.run()
+weights = {
+    f"{name}.{k}": v
+    for name, m in (("G", trainer.G), ("D", trainer.D), ("G_ema", trainer.ema.model))
+    for k, v in m.state_dict().items()
+}
+torch.save(weights, f"{out}/rank{trainer.rank}.pt")
+trainer.backend.close()

@@ -1,0 +1,231 @@
+"""Many processes on this CPU machine: real torchrun workers on gloo, through the project's launcher."""
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from bigtrain.config import load_config
+from bigtrain.data import ShardLoader
+from bigtrain.data.manifest import Manifest
+from bigtrain.train.checkpoint import load_checkpoint
+from bigtrain.train.loop import NonFiniteLoss, Trainer
+from conftest import PYTHON, REPO, cli_env
+
+LAUNCH = str(REPO / "launch" / "torchrun.sh")
+SCRIPTS = REPO / "tests" / "scripts"
+DEMO = REPO / "configs" / "biggan" / "digits32.yaml"
+BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _torchrun(*args, nproc=2, timeout=600):
+    cmd = [
+        PYTHON,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        *map(str, args),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=cli_env())
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+
+def _launch_env(**extra) -> dict:
+    env = cli_env()
+    env.update(PYTHON=PYTHON, **{k: str(v) for k, v in extra.items()})
+    return env
+
+
+def test_two_ranks_are_identical_and_equal_one_process_with_the_same_global_batch(tmp_path):
+    """2 processes x accum 1 against 1 process x accum 2: the same global batch of 16, the same data
+    and latents per micro-batch slot. Tolerance: 1e-6 absolute on every parameter and SN vector."""
+    _torchrun(SCRIPTS / "train_rank.py", tmp_path / "two", 1, 6)
+    subprocess.run(
+        [PYTHON, str(SCRIPTS / "train_rank.py"), str(tmp_path / "one"), "2", "6"],
+        check=True,
+        capture_output=True,
+        env=cli_env(),
+    )
+    r0, r1 = torch.load(tmp_path / "two" / "rank0.pt"), torch.load(tmp_path / "two" / "rank1.pt")
+    single = torch.load(tmp_path / "one" / "rank0.pt")
+    assert any(k.startswith("G_ema.") for k in r0) and any(k.startswith("D.") for k in r0)
+    for key in r0:
+        assert torch.equal(r0[key], r1[key]), f"{key} differs between the two ranks"
+        if key.endswith(BUFFERS):
+            continue  # BN running statistics: each rank's own half-batch, by design
+        diff = (r0[key].float() - single[key].float()).abs().max().item()
+        assert diff <= 1e-6, f"{key}: 2 ranks vs 1 process differ by {diff:.3g} (tolerance 1e-6)"
+
+
+def test_distributed_feature_statistics_equal_the_single_process_ones(tmp_path):
+    _torchrun(SCRIPTS / "stats_rank.py", tmp_path / "stats.pt", nproc=2)
+    out = torch.load(tmp_path / "stats.pt", weights_only=False)
+    assert out["count"] == 1001
+    for combined, whole in zip(out["combined"], out["whole"]):
+        assert np.allclose(combined, whole, rtol=0, atol=1e-9), np.abs(combined - whole).max()
+
+
+def test_two_nodes_on_one_machine_train_together(demo_shards, tmp_path):
+    run_dir, port = tmp_path / "run", _free_port()
+    overrides = [f"data.path={demo_shards}", f"train.run_dir={run_dir}", "track.enabled=false", "train.batch=16",
+                 "train.total_kimg=0.16", "eval.every_kimg=1000", "eval.num_samples=100", "data.num_workers=1"]  # fmt: skip
+    nodes = [
+        subprocess.Popen(
+            [LAUNCH, str(DEMO), *overrides],
+            env=_launch_env(
+                NNODES=2,
+                NODE_RANK=rank,
+                NPROC_PER_NODE=1,
+                MASTER_ADDR="127.0.0.1",
+                MASTER_PORT=port,
+                MAX_RESTARTS=0,
+            ),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )  # fmt: skip
+        for rank in (0, 1)
+    ]
+    outputs = [p.communicate(timeout=600)[0] for p in nodes]
+    assert [p.returncode for p in nodes] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+    state = load_checkpoint(run_dir)
+    assert state["world_size"] == 2 and int(state["images"]) == 160 and int(state["iteration"]) == 10
+    for rank in (0, 1):
+        assert state["loader"][rank] == _expected_loader_state(demo_shards, rank, 10, 8)
+    assert "fd_digits" in outputs[0]
+
+
+def _worker_pids(launcher_pid: int) -> dict[int, int]:
+    """{rank: pid} of torchrun's worker processes, read from their environment."""
+    found = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            env = dict(
+                kv.split("=", 1)
+                for kv in (proc / "environ").read_bytes().decode(errors="ignore").split("\0")
+                if "=" in kv
+            )
+            parent = int((proc / "stat").read_text().split(") ")[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if parent == launcher_pid and "RANK" in env and "LOCAL_RANK" in env:
+            found[int(env["RANK"])] = int(proc.name)
+    return found
+
+
+def _wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.time() + timeout
+    while not predicate():
+        assert time.time() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def _expected_loader_state(shards, rank: int, batches: int, batch: int) -> dict:
+    loader = ShardLoader(shards, batch, 32, rank=rank, world_size=2, seed=0, num_workers=1)
+    for _ in range(batches):
+        loader.next_uint8()
+    return loader.state_dict()
+
+
+def test_sigterm_on_one_rank_checkpoints_every_rank_and_resume_continues(demo_shards, tmp_path):
+    run_dir = tmp_path / "run"
+    overrides = [f"data.path={demo_shards}", f"train.run_dir={run_dir}", "track.enabled=false", "train.batch=16",
+                 "eval.every_kimg=0", "data.num_workers=1", "train.log_every=1"]  # fmt: skip
+    launcher = subprocess.Popen([LAUNCH, str(DEMO), *overrides, "train.total_kimg=100"], env=_launch_env(MAX_RESTARTS=0, NPROC_PER_NODE=2),
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    try:
+        _wait_for(lambda: len(_worker_pids(launcher.pid)) == 2, 120, "two workers")
+        time.sleep(12)  # some iterations
+        os.kill(_worker_pids(launcher.pid)[1], signal.SIGTERM)  # only rank 1 is told
+        out = launcher.communicate(timeout=300)[0]
+    finally:
+        launcher.kill()
+    assert "SIGTERM: saving a checkpoint" in out, out[-3000:]
+    state = load_checkpoint(run_dir)
+    stopped = int(state["iteration"])
+    assert stopped > 0 and int(state["images"]) == stopped * 16
+    for rank in (0, 1):  # each rank's position is its own, and exactly where it stopped
+        assert state["loader"][rank] == _expected_loader_state(demo_shards, rank, stopped, 8)
+    resumed = subprocess.run([LAUNCH, str(DEMO), *overrides, f"train.total_kimg={(stopped + 4) * 16 / 1000}"],
+                             env=_launch_env(MAX_RESTARTS=0, NPROC_PER_NODE=2), capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert int(load_checkpoint(run_dir)["iteration"]) == stopped + 4
+
+
+@pytest.mark.slow
+def test_sigkill_of_a_worker_restarts_the_group_from_latest(demo_shards, tmp_path):
+    run_dir = tmp_path / "run"
+    iterations = 60
+    overrides = [f"data.path={demo_shards}", f"train.run_dir={run_dir}", "track.enabled=false", "train.batch=16",
+                 "eval.every_kimg=0", "data.num_workers=1", f"train.total_kimg={iterations * 16 / 1000}",
+                 "train.ckpt_every_kimg=0.16"]  # fmt: skip
+    launcher = subprocess.Popen([LAUNCH, str(DEMO), *overrides], env=_launch_env(MAX_RESTARTS=1, NPROC_PER_NODE=2),
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    try:
+        _wait_for(lambda: (run_dir / "checkpoints" / "latest").is_file(), 300, "a first checkpoint")
+        os.kill(_worker_pids(launcher.pid)[1], signal.SIGKILL)
+        out = launcher.communicate(timeout=600)[0]
+    finally:
+        launcher.kill()
+    assert launcher.returncode == 0, out[-3000:]
+    assert "resumed from" in out, "the restarted group did not resume from the latest checkpoint"
+    state = load_checkpoint(run_dir)
+    assert int(state["iteration"]) == iterations and int(state["images"]) == iterations * 16
+    for rank in (0, 1):
+        assert state["loader"][rank] == _expected_loader_state(demo_shards, rank, iterations, 8)
+
+
+class _NaNAfter:
+    """Real-looking batches, then NaN images from call `start` on (a data or numerics fault)."""
+
+    def __init__(self, start: int):
+        self.calls, self.start = 0, start
+        self.manifest = Manifest("nan", 32, "png", [str(i) for i in range(10)], [])
+        self.skipped_corrupt = 0
+
+    def __next__(self):
+        self.calls += 1
+        x = torch.rand(16, 3, 32, 32) * 2 - 1
+        return (x * float("nan") if self.calls >= self.start else x), torch.randint(0, 10, (16,))
+
+    def state_dict(self):
+        return {"calls": self.calls}
+
+    def load_state_dict(self, state):
+        self.calls = state["calls"]
+
+
+def test_nonfinite_losses_are_skipped_then_stop_with_the_last_good_checkpoint(tmp_path):
+    cfg = load_config(DEMO, [f"train.run_dir={tmp_path}", "track.enabled=false", "eval.every_kimg=0", "train.batch=16",
+                             "train.total_kimg=10", "train.ckpt_every_kimg=0.08", "train.max_nonfinite_steps=3"])  # fmt: skip
+    trainer = Trainer(cfg, loader=_NaNAfter(start=8))
+    with pytest.raises(
+        NonFiniteLoss, match="3 consecutive non-finite D losses .* last good checkpoint: .*step-00000005"
+    ):
+        trainer.run()
+    assert trainer.skipped_steps == 3
+    good = load_checkpoint(tmp_path)
+    assert int(good["iteration"]) == 5
+    assert all(torch.isfinite(v).all() for v in good["G"].values() if v.is_floating_point())
+
+
+def test_launcher_usage_and_missing_master(tmp_path):
+    usage = subprocess.run([LAUNCH], env=_launch_env(), capture_output=True, text=True)
+    assert usage.returncode == 2 and "usage" in usage.stderr
+    missing = subprocess.run([LAUNCH, str(DEMO)], env=_launch_env(NNODES=2), capture_output=True, text=True)
+    assert missing.returncode != 0 and "MASTER_ADDR" in missing.stderr
