@@ -110,7 +110,8 @@ class TrackConfig:
 
 @dataclass
 class DistConfig:
-    backend: str = "ddp"  # ddp (torch DistributedDataParallel when world size > 1)
+    backend: str = "ddp"  # ddp (torch DDP) | accelerate (HF Accelerate) | deepspeed (ZeRO 1/2 engines)
+    deepspeed_config: str = "configs/deepspeed/zero2.json"  # ZeRO stage and engine settings
     sync_bn: bool = False  # cross-replica BatchNorm in G
     timeout_minutes: float = 30.0  # collective timeout (a hung rank fails the job instead of idling)
 
@@ -136,7 +137,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.precision": ("auto", "fp32", "bf16"),
     "train.channels_last": ("auto", "on", "off"),
     "eval.feature_net": ("classifier",),
-    "dist.backend": ("ddp",),
+    "dist.backend": ("ddp", "accelerate", "deepspeed"),
 }
 
 

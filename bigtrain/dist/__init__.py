@@ -12,4 +12,12 @@ __all__ = ["Backend", "DDPBackend", "launch_env", "make_backend", "pick_device"]
 def make_backend(cfg: Config) -> Backend:
     if cfg.dist.backend == "ddp":
         return DDPBackend(cfg)
+    if cfg.dist.backend == "accelerate":
+        from .accelerate_backend import AccelerateBackend  # imported only when chosen
+
+        return AccelerateBackend(cfg)
+    if cfg.dist.backend == "deepspeed":
+        from .deepspeed_backend import DeepSpeedBackend
+
+        return DeepSpeedBackend(cfg)
     raise AssertionError(f"unhandled dist.backend {cfg.dist.backend}")  # CHOICES in config.py rule it out

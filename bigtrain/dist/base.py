@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -48,6 +49,14 @@ class Backend:
         self.device = pick_device(cfg.train.device, self.local_rank)
 
     # ----------------------------------------------------------------- wrapping
+
+    def convert(self, G: nn.Module) -> nn.Module:
+        """Cross-replica BatchNorm for G (BigGAN's "cross-replica BN") when `dist.sync_bn`."""
+        if self.distributed and self.cfg.dist.sync_bn:
+            if self.device.type != "cuda":
+                raise ConfigError("dist.sync_bn=true needs CUDA GPUs (torch's SyncBatchNorm has no CPU kernel)")
+            return nn.SyncBatchNorm.convert_sync_batchnorm(G)
+        return G
 
     def wrap(self, G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer) -> None:
         self.G, self.D, self.opt_g, self.opt_d = G, D, opt_g, opt_d
@@ -107,6 +116,13 @@ class Backend:
     def load_optimizer_state(self, state: dict) -> None:
         self.opt_g.load_state_dict(state["opt_g"])
         self.opt_d.load_state_dict(state["opt_d"])
+
+    def save_engine_state(self, folder: Path) -> None:
+        """Engines that shard state across ranks write their parts into the checkpoint's staging
+        folder here (every rank calls it); the others keep everything in state.pt."""
+
+    def load_engine_state(self, folder: Path) -> None:
+        pass
 
     def close(self) -> None:
         if dist.is_available() and dist.is_initialized():

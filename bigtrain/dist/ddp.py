@@ -30,12 +30,6 @@ class DDPBackend(Backend):
             assert dist.get_world_size() == self.world_size, "WORLD_SIZE disagrees with the process group"
             assert dist.get_rank() == self.rank, "RANK disagrees with the process group"
 
-    def convert(self, G: nn.Module) -> nn.Module:
-        """Cross-replica BatchNorm for G (BigGAN's "cross-replica BN") when `dist.sync_bn`."""
-        if self.distributed and self.cfg.dist.sync_bn:
-            return nn.SyncBatchNorm.convert_sync_batchnorm(G)
-        return G
-
     def wrap(self, G, D, opt_g, opt_d) -> None:
         super().wrap(G, D, opt_g, opt_d)
         if self.distributed:

@@ -78,7 +78,7 @@ class SelfAttention(nn.Module):
         self.phi = sn_conv2d(ch, ch // 8, 1, bias=False, eps=sn_eps)
         self.g = sn_conv2d(ch, ch // 2, 1, bias=False, eps=sn_eps)
         self.o = sn_conv2d(ch // 2, ch, 1, bias=False, eps=sn_eps)
-        self.gamma = nn.Parameter(torch.zeros(()))
+        self.gamma = nn.Parameter(torch.zeros(1))  # 1-d: some engines cannot broadcast 0-d tensors
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape

@@ -45,19 +45,34 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def save_checkpoint(run_dir: str | Path, name: str, state: dict, config: dict, keep: int = 3) -> Path:
+def staging_dir(run_dir: str | Path, name: str) -> Path:
+    """Where checkpoint `name` is assembled before its rename; the same path on every rank, so engines
+    that shard their state (DeepSpeed ZeRO) can write their parts there first."""
+    return Path(run_dir) / "checkpoints" / f".tmp-{name}"
+
+
+def _fsync_tree(folder: Path) -> None:
+    for path in sorted(folder.rglob("*"), key=lambda p: -len(p.parts)):  # files before their folders
+        _fsync_path(path)
+    _fsync_path(folder)
+
+
+def save_checkpoint(
+    run_dir: str | Path, name: str, state: dict, config: dict, keep: int = 3, staged: bool = False
+) -> Path:
+    """Write state.pt and config.yaml into the staging folder (created here unless `staged`: then it
+    already holds other files), fsync everything, rename it into place, update `latest`, prune."""
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final = root / name
-    tmp = root / f".tmp-{name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    tmp = staging_dir(run_dir, name)
+    if not staged:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
     try:
         torch.save(state, tmp / STATE_FILE)
         (tmp / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-        for f in tmp.iterdir():
-            _fsync_path(f)
-        _fsync_path(tmp)
+        _fsync_tree(tmp)
         if final.exists():  # same step saved twice (e.g. SIGTERM right after a periodic save)
             shutil.rmtree(final)
         os.rename(tmp, final)

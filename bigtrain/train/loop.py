@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -22,11 +23,11 @@ from ..dist import make_backend, pick_device
 from ..eval.features import FrechetEvaluator, classifier_evaluator
 from ..eval.frechet import all_reduce_stats, frechet_distance_of
 from ..eval.sampling import random_labels, save_grid, truncated_normal
-from ..losses import LOSSES, add_orthogonal_grad_, ortho_parameters
+from ..losses import LOSSES, add_orthogonal_grad_, ortho_parameters, orthogonal_penalty
 from ..models import build_models
 from ..models.layers import frozen_state
 from ..track import make_tracker
-from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, staging_dir
 from .ema import EMA, ema_beta, refresh_batchnorm_stats
 
 log = logging.getLogger(__name__)
@@ -128,6 +129,7 @@ class Trainer:
                 log.info("no checkpoint in %s: starting a new run", self.run_dir)
             else:
                 self.load_state_dict(load_checkpoint(ckpt))
+                self.backend.load_engine_state(ckpt)
                 log.info("resumed from %s at %.3f kimg", ckpt, self.kimg)
         run_name = cfg.track.run_name or f"{cfg.model.name}{cfg.model.resolution}-{self.dataset_name}"
         self.tracker = make_tracker(cfg, self.run_dir, self.rank, run_name)
@@ -182,16 +184,19 @@ class Trainer:
         b.zero_grad("g")
         for i in range(t.accum):
             z, y_fake = self._latents(self.micro_batch)
+            last = i == t.accum - 1
             with (
-                b.accumulating("g", last=i == t.accum - 1),
+                b.accumulating("g", last=last),
                 self._first_only(self.G, i),
                 frozen_state(self.D),
                 self._autocast(),
             ):
                 loss_g = self.g_loss(self.D(self.g_train(z, y_fake), y_fake).float()) / t.accum
+                if last and self.ortho_params and not b.supports_grad_hooks:
+                    loss_g = loss_g + self._ortho_penalty()  # engines that own the gradients
                 b.backward(loss_g, "g")
-        if self.ortho_params:
-            add_orthogonal_grad_(self.ortho_params, self.cfg.loss.ortho_strength)
+        if self.ortho_params and b.supports_grad_hooks:
+            add_orthogonal_grad_(self.ortho_params, self.cfg.loss.ortho_strength)  # closed form, no graph
         self._guarded_step("g", loss_g, check_stop=True)
         self.D.requires_grad_(True)
 
@@ -209,6 +214,10 @@ class Trainer:
         ]
         self._sums += torch.stack(losses)
         self._sum_steps += 1
+
+    def _ortho_penalty(self) -> torch.Tensor:
+        strength = self.cfg.loss.ortho_strength
+        return torch.stack([orthogonal_penalty(p.float(), strength) for p in self.ortho_params]).sum()
 
     @staticmethod
     def _first_only(module: torch.nn.Module, micro_batch: int):
@@ -322,15 +331,23 @@ class Trainer:
         return metrics
 
     def save(self) -> Path | None:
-        """Every rank takes part (buffers synchronized, loader positions gathered); rank 0 writes."""
+        """Every rank takes part (buffers synchronized, loader positions gathered, engine shards
+        written to the staging folder); rank 0 writes state.pt and renames the folder into place."""
         self.backend.broadcast_buffers(self.G)
         self.backend.broadcast_buffers(self.ema.model)
         state = self.state_dict()
+        name = f"step-{self.iteration:08d}"
+        staging = staging_dir(self.run_dir, name)
+        if self.rank == 0:
+            shutil.rmtree(staging, ignore_errors=True)
+            staging.mkdir(parents=True)
+        self.backend.barrier()
+        self.backend.save_engine_state(staging)
+        self.backend.barrier()
         path = None
         if self.rank == 0:
-            name = f"step-{self.iteration:08d}"
             path = save_checkpoint(
-                self.run_dir, name, state, to_dict(self.cfg), self.cfg.train.keep_checkpoints
+                self.run_dir, name, state, to_dict(self.cfg), self.cfg.train.keep_checkpoints, staged=True
             )
             log.info("checkpoint %s (%.2f kimg)", path, self.kimg)
         self.backend.barrier()  # nobody moves on (or exits) before the checkpoint is complete

@@ -1,7 +1,7 @@
 """Run in one process or under torchrun: trains a tiny BigGAN on a deterministic in-memory data stream
-and writes every rank's final weights to OUT/rank{r}.pt.
+and writes every rank's final weights and probe outputs to OUT/rank{r}.pt.
 
-Args: OUT ACCUM ITERATIONS [overrides...]. The data stream is sliced by slot like the trainer's latents
+Args: OUT ACCUM ITERATIONS [overrides...]; RESUME=1 continues OUT/run from its latest checkpoint. The data stream is sliced by slot like the trainer's latents
 (slot = call * world + rank), so 1 process x accum 2 sees exactly what 2 processes x accum 1 see.
 """
 
@@ -13,6 +13,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bigtrain.config import load_config  # noqa: E402
 from bigtrain.data.manifest import Manifest  # noqa: E402
+from bigtrain.models.layers import frozen_state  # noqa: E402
 from bigtrain.train.loop import Trainer, seed_for  # noqa: E402
 
 torch.set_num_threads(1)
@@ -45,12 +46,20 @@ cfg = load_config(
      f"train.total_kimg={iterations * 16 / 1000}", "train.ckpt_every_kimg=1000", *sys.argv[4:]],
 )  # fmt: skip
 micro = cfg.train.batch // (world * accum)
-trainer = Trainer(cfg, loader=SlotLoader(micro, int(os.environ.get("RANK", 0)), world))
+resume = os.environ.get("RESUME") == "1"  # continue OUT/run from its latest checkpoint
+trainer = Trainer(cfg, resume=resume, loader=SlotLoader(micro, int(os.environ.get("RANK", 0)), world))
 trainer.run()
+# Probes: outputs on fixed inputs (BN on the probe batch's statistics, no state change).
+probe = torch.Generator().manual_seed(7)
+z, y = torch.randn(32, cfg.model.z_dim, generator=probe), torch.randint(0, 10, (32,), generator=probe)
+images = torch.rand(32, 3, 32, 32, generator=probe) * 2 - 1
+with torch.no_grad(), frozen_state(trainer.ema.model, batchnorm=True), frozen_state(trainer.D):
+    trainer.ema.model.train()
+    probes = {"probe.G_ema": trainer.ema.model(z, y), "probe.D": trainer.D(images, y)}
 weights = {
     f"{name}.{k}": v
     for name, m in (("G", trainer.G), ("D", trainer.D), ("G_ema", trainer.ema.model))
     for k, v in m.state_dict().items()
 }
-torch.save(weights, f"{out}/rank{trainer.rank}.pt")
+torch.save({**weights, **probes}, f"{out}/rank{trainer.rank}.pt")
 trainer.backend.close()
