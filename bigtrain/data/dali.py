@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from .loader import select_rank_shards
+from .loader import check_resolution, select_rank_shards
 from .manifest import DataError
 
 log = logging.getLogger(__name__)
@@ -175,11 +175,9 @@ class DaliLoader:
         self.close()
 
     def reconfigure(self, resolution: int | None = None, batch_size: int | None = None) -> None:
-        if resolution is not None and resolution > self.manifest.resolution:
-            raise DataError(
-                f"resolution {resolution} asked of {self.path}, whose shards hold "
-                f"{self.manifest.resolution}x{self.manifest.resolution} images"
-            )
+        """Change resolution or batch size (a new training phase) and continue from the same position."""
+        if resolution is not None:
+            check_resolution(self.path, self.manifest, resolution)
         state = self.state_dict()
         self.resolution = resolution or self.resolution
         self.batch_size = batch_size or self.batch_size

@@ -141,16 +141,21 @@ class _ShardStream(IterableDataset):
             state.epoch, state.emitted = state.epoch + 1, 0
 
 
+def check_resolution(path: str | Path, manifest: Manifest, resolution: int) -> None:
+    """Loaders downscale on the fly; they cannot invent detail the shards do not hold."""
+    if resolution > manifest.resolution:
+        raise DataError(
+            f"resolution {resolution} asked of {path}, whose shards hold {manifest.resolution}x{manifest.resolution} "
+            "images; re-run `bigtrain prepare` at the larger resolution"
+        )
+
+
 def select_rank_shards(
     path: str | Path, resolution: int, rank: int, world_size: int, verify_checksums: bool
 ) -> tuple[Manifest, list[ShardInfo]]:
     """The manifest and this rank's shards (shards[rank::world_size]), checked to be usable."""
     m = load_manifest(path)
-    if resolution > m.resolution:
-        raise DataError(
-            f"resolution {resolution} asked of {path}, whose shards hold {m.resolution}x{m.resolution} "
-            "images; re-run `bigtrain prepare` at the larger resolution"
-        )
+    check_resolution(path, m, resolution)
     if len(m.shards) < world_size:
         raise DataError(
             f"{path} has {len(m.shards)} shards for {world_size} ranks; every rank needs at least one "
@@ -269,11 +274,8 @@ class ShardLoader:
 
     def reconfigure(self, resolution: int | None = None, batch_size: int | None = None) -> None:
         """Change resolution or batch size (a new training phase) and continue from the same position."""
-        if resolution is not None and resolution > self.manifest.resolution:
-            raise DataError(
-                f"resolution {resolution} asked of {self.path}, whose shards hold "
-                f"{self.manifest.resolution}x{self.manifest.resolution} images"
-            )
+        if resolution is not None:
+            check_resolution(self.path, self.manifest, resolution)
         self.resolution = resolution or self.resolution
         self.batch_size = batch_size or self.batch_size
         self.close()  # prefetched batches are dropped; the position is that of the last consumed batch

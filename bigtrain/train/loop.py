@@ -67,7 +67,7 @@ class GracefulStop:
 class Trainer:
     def __init__(self, cfg: Config, resume: bool = False, loader=None):
         """`loader` replaces the shard loader (benchmarks feed random data); it needs `manifest`,
-        `__next__`, `state_dict` and `load_state_dict` like ShardLoader."""
+        `__next__`, `state_dict`, `load_state_dict` and `skipped_corrupt` like ShardLoader."""
         self.backend = backend = make_backend(cfg)
         self.rank, self.world_size, self.device = backend.rank, backend.world_size, backend.device
         validate(cfg, world_size=self.world_size)
