@@ -101,3 +101,15 @@ def test_demo_run_learns(demo_shards, tmp_path):
     )
     grids = sorted((tmp_path / "run" / "samples").glob("*.png"))
     assert len(grids) >= 2 and grids[-1].stat().st_size > 1000
+
+
+def test_training_in_a_thread_runs_without_signal_handlers(demo_shards, tmp_path):
+    """Hosts such as notebooks or trial runners call the trainer outside the main thread."""
+    import threading
+
+    trainer = Trainer(tiny(demo_shards, tmp_path / "run", "train.total_kimg=0.032"))
+    result = {}
+    worker = threading.Thread(target=lambda: result.update(status=trainer.run()))
+    worker.start()
+    worker.join(timeout=120)
+    assert result.get("status") == "finished" and trainer.iteration == 2

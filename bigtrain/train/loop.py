@@ -10,6 +10,7 @@ import logging
 import random
 import shutil
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -54,14 +55,18 @@ class GracefulStop:
         self.requested = False
 
     def __enter__(self) -> GracefulStop:
-        self._previous = signal.signal(signal.SIGTERM, self._handle)
+        # Only the main thread may install handlers; elsewhere (a trial thread) the host owns signals.
+        self._installed = threading.current_thread() is threading.main_thread()
+        if self._installed:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
         return self
 
     def _handle(self, signum, frame) -> None:
         self.requested = True
 
     def __exit__(self, *exc) -> None:
-        signal.signal(signal.SIGTERM, self._previous)
+        if self._installed:
+            signal.signal(signal.SIGTERM, self._previous)
 
 
 class Trainer:
