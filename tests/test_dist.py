@@ -114,6 +114,15 @@ def test_deepspeed_backend_agrees_with_ddp_through_a_resume(tmp_path, ddp_refere
     _assert_agrees_with_ddp(tmp_path, ddp_reference, f"deepspeed ZeRO {zero}")
 
 
+def test_deepspeed_accumulation_agrees_with_ddp(tmp_path, ddp_reference):
+    """One process x accum 2 through DeepSpeed's accumulation boundary against 2 ddp processes x
+    accum 1 (which equal one process x accum 2 bit for bit, see the first test)."""
+    overrides = ["dist.backend=deepspeed", f"dist.deepspeed_config={REPO}/configs/deepspeed/zero2.json"]
+    _torchrun(SCRIPTS / "train_rank.py", tmp_path, 2, 6, *overrides, nproc=1, DS_ACCELERATOR="cpu")
+    (tmp_path / "rank1.pt").symlink_to(tmp_path / "rank0.pt")  # one process: nothing to compare across ranks
+    _assert_agrees_with_ddp(tmp_path, ddp_reference, "deepspeed ZeRO 2, accum 2")
+
+
 def test_distributed_feature_statistics_equal_the_single_process_ones(tmp_path):
     _torchrun(SCRIPTS / "stats_rank.py", tmp_path / "stats.pt", nproc=2)
     out = torch.load(tmp_path / "stats.pt", weights_only=False)
