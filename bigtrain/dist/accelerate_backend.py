@@ -31,9 +31,8 @@ class AccelerateBackend(Backend):
         return self.prepared_g if which == "g" else self.prepared_d
 
     def accumulating(self, which: str, last: bool):
-        module = self.g_train if which == "g" else self.d_train
         if self.distributed and not last:
-            return self.accelerator.no_sync(module)
+            return self.accelerator.no_sync(self.train_module(which))
         return super().accumulating(which, last)
 
     def backward(self, loss, which: str) -> None:

@@ -62,6 +62,10 @@ class Backend:
         self.G, self.D, self.opt_g, self.opt_d = G, D, opt_g, opt_d
         self.g_train, self.d_train = G, D
 
+    def train_module(self, which: str) -> nn.Module:
+        """The (wrapped) network trained in step `which` ("g" or "d")."""
+        return self.g_train if which == "g" else self.d_train
+
     def optimizer(self, which: str) -> torch.optim.Optimizer:
         return self.opt_g if which == "g" else self.opt_d
 

@@ -45,9 +45,8 @@ class DDPBackend(Backend):
             self.d_train = DDP(D, device_ids=ids, gradient_as_bucket_view=True, **no_buffer_sync)
 
     def accumulating(self, which: str, last: bool):
-        module = self.g_train if which == "g" else self.d_train
         if self.distributed and not last:
-            return module.no_sync()
+            return self.train_module(which).no_sync()
         return super().accumulating(which, last)
 
 

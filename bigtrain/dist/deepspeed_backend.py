@@ -43,7 +43,6 @@ class DeepSpeedBackend(Backend):
 
         self._deepspeed = deepspeed
         deepspeed.init_distributed(dist_backend="nccl" if self.device.type == "cuda" else "gloo")
-        self.world_size = int(os.environ.get("WORLD_SIZE", 1))
 
     def _engine_config(self) -> dict:
         t = self.cfg.train
@@ -54,25 +53,22 @@ class DeepSpeedBackend(Backend):
     def wrap(self, G, D, opt_g, opt_d) -> None:
         super().wrap(G, D, opt_g, opt_d)
         config = self._engine_config()
-        self.engine_g, *_ = self._deepspeed.initialize(model=G, optimizer=opt_g, config=config)
-        self.engine_d, *_ = self._deepspeed.initialize(model=D, optimizer=opt_d, config=config)
-        self.g_train, self.d_train = self.engine_g, self.engine_d
-
-    def _engine(self, which: str):
-        return self.engine_g if which == "g" else self.engine_d
+        # The engines are the trained modules: train_module(which) is the G or D engine.
+        self.g_train, *_ = self._deepspeed.initialize(model=G, optimizer=opt_g, config=config)
+        self.d_train, *_ = self._deepspeed.initialize(model=D, optimizer=opt_d, config=config)
 
     def accumulating(self, which: str, last: bool):
-        self._engine(which).set_gradient_accumulation_boundary(last)
+        self.train_module(which).set_gradient_accumulation_boundary(last)
         return super().accumulating(which, last)
 
     def backward(self, loss, which: str) -> None:
-        self._engine(which).backward(loss, scale_wrt_gas=False)
+        self.train_module(which).backward(loss, scale_wrt_gas=False)
 
     def step(self, which: str) -> None:
-        self._engine(which).step()
+        self.train_module(which).step()
 
     def zero_grad(self, which: str) -> None:
-        engine = self._engine(which)
+        engine = self.train_module(which)
         engine.optimizer.zero_grad(set_to_none=True)  # ZeRO's own (partitioned) gradient buffers too
         engine.zero_grad()
 
@@ -84,10 +80,10 @@ class DeepSpeedBackend(Backend):
 
     def save_engine_state(self, folder: Path) -> None:
         for which, tag in ENGINE_TAGS.items():
-            self._engine(which).save_checkpoint(str(folder), tag=tag, save_latest=False)
+            self.train_module(which).save_checkpoint(str(folder), tag=tag, save_latest=False)
 
     def load_engine_state(self, folder: Path) -> None:
         for which, tag in ENGINE_TAGS.items():
-            path, _ = self._engine(which).load_checkpoint(str(folder), tag=tag, load_optimizer_states=True)
+            path, _ = self.train_module(which).load_checkpoint(str(folder), tag=tag, load_optimizer_states=True)
             if path is None:
                 raise ConfigError(f"checkpoint {folder} has no DeepSpeed state for {tag}; it was not written by dist.backend=deepspeed")

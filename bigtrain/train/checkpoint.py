@@ -51,24 +51,26 @@ def staging_dir(run_dir: str | Path, name: str) -> Path:
     return Path(run_dir) / "checkpoints" / f".tmp-{name}"
 
 
+def begin_checkpoint(run_dir: str | Path, name: str) -> Path:
+    """A fresh, empty staging folder for checkpoint `name` (a leftover from a crash is discarded)."""
+    tmp = staging_dir(run_dir, name)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
 def _fsync_tree(folder: Path) -> None:
     for path in sorted(folder.rglob("*"), key=lambda p: -len(p.parts)):  # files before their folders
         _fsync_path(path)
     _fsync_path(folder)
 
 
-def save_checkpoint(
-    run_dir: str | Path, name: str, state: dict, config: dict, keep: int = 3, staged: bool = False
-) -> Path:
-    """Write state.pt and config.yaml into the staging folder (created here unless `staged`: then it
-    already holds other files), fsync everything, rename it into place, update `latest`, prune."""
+def save_checkpoint(run_dir: str | Path, name: str, state: dict, config: dict, keep: int = 3) -> Path:
+    """Write state.pt and config.yaml into the staging folder from `begin_checkpoint` (which may hold
+    engine files already), fsync everything, rename it into place, update `latest`, prune."""
     root = Path(run_dir) / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
     final = root / name
     tmp = staging_dir(run_dir, name)
-    if not staged:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
     try:
         torch.save(state, tmp / STATE_FILE)
         (tmp / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))

@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
-import shutil
 import signal
 import threading
 import time
@@ -28,7 +27,7 @@ from ..losses import LOSSES, add_orthogonal_grad_, ortho_parameters, orthogonal_
 from ..models import build_models
 from ..models.layers import frozen_state
 from ..track import make_tracker
-from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, staging_dir
+from .checkpoint import begin_checkpoint, latest_checkpoint, load_checkpoint, save_checkpoint, staging_dir
 from .ema import EMA, ema_beta, refresh_batchnorm_stats
 
 log = logging.getLogger(__name__)
@@ -198,8 +197,9 @@ class Trainer:
             ):
                 loss_g = self.g_loss(self.D(self.g_train(z, y_fake), y_fake).float()) / t.accum
                 if last and self.ortho_params and not b.supports_grad_hooks:
-                    loss_g = loss_g + self._ortho_penalty()  # engines that own the gradients
-                b.backward(loss_g, "g")
+                    b.backward(loss_g + self._ortho_penalty(), "g")  # engines that own the gradients
+                else:
+                    b.backward(loss_g, "g")
         if self.ortho_params and b.supports_grad_hooks:
             add_orthogonal_grad_(self.ortho_params, self.cfg.loss.ortho_strength)  # closed form, no graph
         self._guarded_step("g", loss_g, check_stop=True)
@@ -342,17 +342,15 @@ class Trainer:
         self.backend.broadcast_buffers(self.ema.model)
         state = self.state_dict()
         name = f"step-{self.iteration:08d}"
-        staging = staging_dir(self.run_dir, name)
         if self.rank == 0:
-            shutil.rmtree(staging, ignore_errors=True)
-            staging.mkdir(parents=True)
+            begin_checkpoint(self.run_dir, name)
         self.backend.barrier()
-        self.backend.save_engine_state(staging)
+        self.backend.save_engine_state(staging_dir(self.run_dir, name))
         self.backend.barrier()
         path = None
         if self.rank == 0:
             path = save_checkpoint(
-                self.run_dir, name, state, to_dict(self.cfg), self.cfg.train.keep_checkpoints, staged=True
+                self.run_dir, name, state, to_dict(self.cfg), self.cfg.train.keep_checkpoints
             )
             log.info("checkpoint %s (%.2f kimg)", path, self.kimg)
         self.backend.barrier()  # nobody moves on (or exits) before the checkpoint is complete
