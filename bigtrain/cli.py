@@ -31,6 +31,8 @@ def _prepare(args: argparse.Namespace) -> int:
     print(
         f"{args.out}: {m.num_samples} images in {len(m.shards)} shards, {m.num_classes} classes, {m.num_skipped} skipped"
     )
+    if args.fid_stats:
+        return _fid_stats(args)
     return 0
 
 
@@ -100,28 +102,67 @@ def _sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _floats(text: str, flag: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(
+            f"{flag} {text!r} must be a number or comma-separated numbers such as 0.5,1.0"
+        ) from None
+    if not values or any(v < 0 for v in values):
+        raise ValueError(f"{flag} {text!r} must hold numbers >= 0 (0: no truncation)")
+    return values
+
+
 def _eval(args: argparse.Namespace) -> int:
     import torch
 
     from .data.manifest import load_manifest
-    from .eval.features import classifier_evaluator
     from .eval.generate import load_generator
+    from .eval.metrics import parse_metric
+    from .eval.plots import plot_lines
+    from .eval.suite import MetricSuite
+    from .train.checkpoint import resolve_checkpoint
 
-    gen = load_generator(args.checkpoint, args.device)
+    names = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    for name in names:
+        parse_metric(name)  # a typo fails before the checkpoint is even read
+    truncations = _floats(args.truncation, "--truncation")
+    ckpt = resolve_checkpoint(args.checkpoint)
+    gen = load_generator(str(ckpt), args.device)
     data = Path(args.data or gen.cfg.data.path)
-    evaluator = classifier_evaluator(data, load_manifest(data), gen.device, data / "eval")
-    rng = torch.Generator(gen.device).manual_seed(args.seed)
-    gen.refresh_stats(args.truncation, rng, args.standing_stats)
-    value = evaluator(lambda n: gen(*gen.latents(n, args.truncation, rng)), args.num_samples, 250)
-    result = {
-        "checkpoint": str(args.checkpoint),
-        "kimg": gen.kimg,
-        "truncation": args.truncation,
-        "num_samples": args.num_samples,
-        evaluator.name: value,
-    }
-    print(f"{'metric':<14}{'value':>12}\n{evaluator.name:<14}{value:>12.4f}")
-    print(json.dumps(result))
+    suite = MetricSuite(names, data, load_manifest(data), gen.device, args.num_samples, args.reference_images)
+    rows = []
+    for truncation in truncations:
+        rng = torch.Generator(gen.device).manual_seed(args.seed)
+        gen.refresh_stats(truncation, rng, args.standing_stats)
+        metrics = suite.compute(lambda n: gen(*gen.latents(n, truncation, rng)), args.batch)  # noqa: B023
+        rows.append(metrics)
+        result = {"checkpoint": str(ckpt), "kimg": gen.kimg, "truncation": truncation, **metrics}
+        print(f"\ntruncation {truncation:g}, {gen.kimg:.2f} kimg")
+        print(f"{'metric':<22}{'value':>14}")
+        for k, v in metrics.items():
+            print(f"{k:<22}{v:>14.6g}")
+        print(json.dumps(result))
+    if len(truncations) > 1 and rows[0]:
+        out = Path(args.plot) if args.plot else ckpt.parent.parent / f"truncation_sweep-{ckpt.name}.png"
+        plot = plot_lines(
+            truncations, {k: [r[k] for r in rows] for k in rows[0]}, "truncation threshold", out
+        )
+        if plot:
+            print(f"plot: {plot}")
+    return 0
+
+
+def _fid_stats(args: argparse.Namespace) -> int:
+    from .eval.reference import inception_reference, reference_path
+    from .train.loop import pick_device
+
+    device = pick_device(args.device)
+    ref = inception_reference(args.out, device, args.fid_images)
+    print(
+        f"{args.out}: Inception reference statistics of {ref['count']} images in {reference_path(args.out)}"
+    )
     return 0
 
 
@@ -143,6 +184,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0, help="seed of the order images are written in")
     s.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     s.add_argument("--exist-ok", action="store_true", help="do nothing if OUT already holds a manifest")
+    s.add_argument(
+        "--fid-stats",
+        action="store_true",
+        help="also compute the Inception reference statistics for FID/KID/PR (stored in OUT/eval)",
+    )
+    s.add_argument("--fid-images", type=int, default=0, help="real images in those statistics (default: all)")
+    s.add_argument("--device", default="auto", help="device for --fid-stats: auto | cpu | cuda")
     s.set_defaults(fn=_prepare)
 
     s = sub.add_parser("train", help="train a GAN from a recipe", description="Train from a YAML recipe with "
@@ -167,13 +215,27 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="cpu")
     s.set_defaults(fn=_sample)
 
-    s = sub.add_parser("eval", help="Frechet distance of a checkpoint's G_ema against its dataset",
-                       description="Computes fd_<dataset> (features of a classifier trained on the dataset's "
-                       "labels; Inception FID is not part of this build). Prints a table and one JSON line.")  # fmt: skip
+    s = sub.add_parser("eval", help="FID, KID, precision/recall, IS or fd of a checkpoint's G_ema",
+                       description="Metrics of G_ema against its dataset: fid<N>, kid<N>, pr<N>, is<N> on the "
+                       "standard TF-Inception features (N generated images, e.g. fid50k_full; the dataset's Inception "
+                       "reference is computed on first use and cached), or fd (a classifier trained on the dataset's "
+                       "labels). Prints a table and one JSON line per truncation threshold.")  # fmt: skip
     s.add_argument("checkpoint", help="checkpoint directory or run directory")
+    s.add_argument(
+        "--metrics", default="fd", help="comma-separated, e.g. fid50k_full,kid50k,pr50k,is50k (default fd)"
+    )
     s.add_argument("--data", help="shard folder (default: the checkpoint config's data.path)")
-    s.add_argument("--num-samples", type=int, default=2000)
-    s.add_argument("--truncation", type=float, default=0.0)
+    s.add_argument("--num-samples", type=int, default=2000, help="generated images for fd (default 2000)")
+    s.add_argument(
+        "--reference-images", type=int, default=0, help="real images in a new Inception reference (0: all)"
+    )
+    s.add_argument(
+        "--truncation", default="0", help="threshold, or several (0.5,1.0,2.0) for a sweep; 0 = none"
+    )
+    s.add_argument(
+        "--plot", help="PNG for a truncation sweep (default: RUN/checkpoints/truncation_sweep-<ckpt>.png)"
+    )
+    s.add_argument("--batch", type=int, default=100)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--standing-stats", type=int, default=16)
     s.add_argument("--device", default="cpu")

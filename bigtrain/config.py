@@ -17,6 +17,8 @@ from typing import Any
 
 import yaml
 
+from .eval.metrics import parse_metric
+
 
 class ConfigError(ValueError):
     """A config value a user gave (file or override) that bigtrain cannot run with."""
@@ -93,11 +95,17 @@ class EMAConfig:
 @dataclass
 class EvalConfig:
     every_kimg: float = 5.0  # 0 disables evaluation during training
-    num_samples: int = 2000  # generated images per evaluation
-    feature_net: str = "classifier"  # classifier: a small net trained on the dataset's labels
+    # fd: Frechet distance in a classifier trained on the dataset's labels (eval.num_samples samples);
+    # fid<N>, kid<N>, pr<N>, is<N>: the standard Inception metrics on N samples (fid10k, kid50k, ...).
+    # The first one picks the best checkpoint.
+    metrics: list[str] = field(default_factory=lambda: ["fd"])
+    num_samples: int = 2000  # generated images for fd
     batch: int = 200
     truncation: float = 0.0  # 0: plain normal z; >0: truncated normal at this threshold
     grid_size: int = 8  # sample grid is grid_size x grid_size
+    keep_best: bool = True  # keep checkpoints/best: the checkpoint with the best first metric
+    truncation_sweep: list[float] = field(default_factory=lambda: [])  # at the end: metrics per threshold
+    reference_images: int = 0  # real images in the Inception reference statistics (0: all)
 
 
 @dataclass
@@ -136,7 +144,6 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.device": ("auto", "cpu", "cuda"),
     "train.precision": ("auto", "fp32", "bf16"),
     "train.channels_last": ("auto", "on", "off"),
-    "eval.feature_net": ("classifier",),
     "dist.backend": ("ddp", "accelerate", "deepspeed"),
 }
 
@@ -335,4 +342,12 @@ def validate(cfg: Config, world_size: int = 1) -> None:
     for key in ("num_samples", "batch", "grid_size"):
         positive(f"eval.{key}", getattr(cfg.eval, key))
     positive("eval.truncation", cfg.eval.truncation, allow_zero=True)
+    for i, value in enumerate(cfg.eval.truncation_sweep):
+        positive(f"eval.truncation_sweep[{i}]", value, allow_zero=True)
+    positive("eval.reference_images", cfg.eval.reference_images, allow_zero=True)
+    for i, name in enumerate(cfg.eval.metrics):
+        try:
+            parse_metric(name)
+        except ValueError as e:
+            raise ConfigError(f"eval.metrics[{i}]: {e}") from None
     positive("dist.timeout_minutes", cfg.dist.timeout_minutes)

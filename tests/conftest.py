@@ -31,6 +31,21 @@ def demo_shards(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def learned_run(tmp_path_factory, demo_shards) -> dict:
+    """The `make train` recipe shortened to 16 kimg: its run folder and fd_digits at start and end."""
+    from bigtrain.config import load_config
+    from bigtrain.train.loop import Trainer
+
+    run_dir = tmp_path_factory.mktemp("learned") / "run"
+    cfg = load_config(REPO / "configs/biggan/digits32.yaml", [f"data.path={demo_shards}", f"train.run_dir={run_dir}",
+                      "track.enabled=false", "train.total_kimg=16", "eval.every_kimg=16"])  # fmt: skip
+    trainer = Trainer(cfg)
+    trainer.run()
+    history = trainer.metric_history
+    return {"run_dir": run_dir, "start": history[0]["fd_digits"], "end": history[-1]["fd_digits"]}
+
+
 def id_image(i: int, resolution: int = 8) -> Image.Image:
     """An image whose first pixel encodes `i` (R = i // 256, G = i % 256): lossless in PNG."""
     a = np.full((resolution, resolution, 3), 128, dtype=np.uint8)

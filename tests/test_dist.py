@@ -129,6 +129,11 @@ def test_distributed_feature_statistics_equal_the_single_process_ones(tmp_path):
     assert out["count"] == 1001
     for combined, whole in zip(out["combined"], out["whole"]):
         assert np.allclose(combined, whole, rtol=0, atol=1e-9), np.abs(combined - whole).max()
+    assert out["gathered_equal"], "features gathered from 2 ranks differ from the single-process set"
+    assert out["kid"][0] == out["kid"][1], f"KID distributed {out['kid'][0]} vs single {out['kid'][1]}"
+    assert out["pr"][0] == out["pr"][1], (
+        f"precision/recall distributed {out['pr'][0]} vs single {out['pr'][1]}"
+    )
 
 
 def test_two_nodes_on_one_machine_train_together(demo_shards, tmp_path):

@@ -128,3 +128,15 @@ def test_interrupted_prepare_leaves_no_manifest(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         prepare("demo", tmp_path / "d", resolution=8, shard_size=200)
     assert list(tmp_path.iterdir()) == [], "an interrupted prepare left files behind"
+
+
+def test_a_wrapper_folder_around_the_class_folders_is_not_a_class():
+    """CIFAR-10's zips hold train/<class>/<n>.jpg: ten classes, not one called `train`."""
+    from bigtrain.data.writer import scan
+
+    keep, _ = scan(["train/cat/1.jpg", "train/dog/2.jpg", "train/dog/3.png"])
+    assert sorted({c for _, c in keep}) == ["cat", "dog"], keep
+    keep, _ = scan(["cat/1.jpg", "dog/2.jpg"])
+    assert sorted({c for _, c in keep}) == ["cat", "dog"], keep
+    keep, _ = scan(["a.jpg", "b.jpg"])
+    assert {c for _, c in keep} == {None}, keep

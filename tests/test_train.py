@@ -88,19 +88,18 @@ def test_sigterm_saves_a_checkpoint_and_resume_continues(demo_shards, tmp_path):
 
 
 @pytest.mark.slow
-def test_demo_run_learns(demo_shards, tmp_path):
+def test_demo_run_learns(learned_run):
     """The `make train` recipe, shortened: the Frechet distance must fall clearly."""
-    cfg = load_config(DEMO, [f"data.path={demo_shards}", f"train.run_dir={tmp_path / 'run'}", "track.enabled=false",
-                             "train.total_kimg=16", "eval.every_kimg=16"])  # fmt: skip
-    t = Trainer(cfg)
-    start = t.evaluate()["fd_digits"]
-    t.run()
-    end = t.last_metrics["fd_digits"]
+    start, end = learned_run["start"], learned_run["end"]
     assert end < 0.8 * start, (
         f"fd_digits went from {start:.2f} to {end:.2f}; expected below {0.8 * start:.2f}"
     )
-    grids = sorted((tmp_path / "run" / "samples").glob("*.png"))
+    run_dir = learned_run["run_dir"]
+    grids = sorted((run_dir / "samples").glob("*.png"))
     assert len(grids) >= 2 and grids[-1].stat().st_size > 1000
+    assert (run_dir / "metrics.png").stat().st_size > 1000, "no metric plot"
+    best = load_checkpoint(run_dir / "checkpoints" / "best")
+    assert best["best"]["kimg"] == 16 and best["best"]["value"] == pytest.approx(end), best["best"]
 
 
 def test_training_in_a_thread_runs_without_signal_handlers(demo_shards, tmp_path):
@@ -113,3 +112,14 @@ def test_training_in_a_thread_runs_without_signal_handlers(demo_shards, tmp_path
     worker.start()
     worker.join(timeout=120)
     assert result.get("status") == "finished" and trainer.iteration == 2
+
+
+def test_truncation_sweep_logs_each_threshold_and_plots(demo_shards, tmp_path):
+    cfg = tiny(demo_shards, tmp_path / "run", "train.total_kimg=0.032", "eval.every_kimg=1",
+               "eval.num_samples=100", "eval.truncation_sweep=[0.5, 2.0]")  # fmt: skip
+    trainer = Trainer(cfg)
+    assert trainer.run() == "finished"
+    rows = trainer.truncation_sweep()
+    assert [r["truncation"] for r in rows] == [0.5, 2.0] and all(r["fd_digits"] > 0 for r in rows), rows
+    assert (tmp_path / "run" / "truncation_sweep.png").stat().st_size > 1000
+    assert len(trainer.metric_history) == 2, "the sweep must not join the kimg history"

@@ -67,8 +67,16 @@ def scan(relative_paths: list[str]) -> tuple[list[tuple[str, str | None]], list[
         elif rel.suffix.lower() not in IMAGE_EXTENSIONS:
             skipped.append({"file": p, "reason": f"not an image file extension ({rel.suffix or 'none'})"})
         else:
-            keep.append((p, _class_of(rel)))
-    return keep, skipped
+            keep.append((p, rel))
+    # A zip of `train/<class>/<n>.jpg` wraps its class folders in one folder: labels come from below it.
+    depth = 0
+    while (
+        keep
+        and all(len(r.parts) > depth + 2 for _, r in keep)
+        and len({r.parts[depth] for _, r in keep}) == 1
+    ):
+        depth += 1
+    return [(p, _class_of(PurePosixPath(*r.parts[depth:]))) for p, r in keep], skipped
 
 
 def _list_source(src: Path) -> tuple[list[str], bool]:

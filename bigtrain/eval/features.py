@@ -53,7 +53,7 @@ class SmallClassifier(nn.Module):
         return self.head(self.embed(x))
 
 
-def _manifest_digest(data_path: Path) -> str:
+def manifest_digest(data_path: Path) -> str:
     return hashlib.sha256((data_path / MANIFEST_NAME).read_bytes()).hexdigest()
 
 
@@ -120,11 +120,11 @@ def classifier_evaluator(
     data_path = Path(data_path)
     if manifest.num_classes < 2:
         raise DataError(
-            f"eval.feature_net=classifier needs class labels, and {data_path} has none; "
-            "set eval.every_kimg=0 to train without evaluation"
+            f"the fd metric needs class labels, and {data_path} has none; use an Inception metric "
+            "(eval.metrics=[fid10k]) or set eval.every_kimg=0 to train without evaluation"
         )
     cache = Path(cache_dir) / f"classifier-v{CLASSIFIER_VERSION}.pt"
-    digest = _manifest_digest(data_path)
+    digest = manifest_digest(data_path)
     net = SmallClassifier(manifest.num_classes)
     if cache.is_file():
         saved = torch.load(cache, map_location="cpu", weights_only=True)

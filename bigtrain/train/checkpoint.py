@@ -65,9 +65,12 @@ def _fsync_tree(folder: Path) -> None:
     _fsync_path(folder)
 
 
-def save_checkpoint(run_dir: str | Path, name: str, state: dict, config: dict, keep: int = 3) -> Path:
+def save_checkpoint(
+    run_dir: str | Path, name: str, state: dict, config: dict, keep: int = 3, mark_latest: bool = True
+) -> Path:
     """Write state.pt and config.yaml into the staging folder from `begin_checkpoint` (which may hold
-    engine files already), fsync everything, rename it into place, update `latest`, prune."""
+    engine files already), fsync everything, rename it into place, update `latest` (unless this is a
+    named checkpoint such as `best`), prune old `step-*` ones."""
     root = Path(run_dir) / "checkpoints"
     final = root / name
     tmp = staging_dir(run_dir, name)
@@ -75,12 +78,17 @@ def save_checkpoint(run_dir: str | Path, name: str, state: dict, config: dict, k
         torch.save(state, tmp / STATE_FILE)
         (tmp / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
         _fsync_tree(tmp)
-        if final.exists():  # same step saved twice (e.g. SIGTERM right after a periodic save)
-            shutil.rmtree(final)
-        os.rename(tmp, final)
+        if final.exists():  # same step saved twice (SIGTERM right after a periodic save), or a new best
+            old = final.with_name(f".old-{name}-{os.getpid()}")
+            os.rename(final, old)
+            os.rename(tmp, final)
+            shutil.rmtree(old)
+        else:
+            os.rename(tmp, final)
         _fsync_path(root)
-        _write_atomic(root / LATEST, name + "\n")
-        _fsync_path(root)
+        if mark_latest:
+            _write_atomic(root / LATEST, name + "\n")
+            _fsync_path(root)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -20,9 +20,9 @@ from tqdm import tqdm
 from ..config import Config, ConfigError, to_dict, validate
 from ..data import make_loader
 from ..dist import make_backend, pick_device
-from ..eval.features import FrechetEvaluator, classifier_evaluator
-from ..eval.frechet import all_reduce_stats, frechet_distance_of
+from ..eval.plots import plot_lines
 from ..eval.sampling import random_labels, save_grid, truncated_normal
+from ..eval.suite import MetricSuite
 from ..losses import LOSSES, add_orthogonal_grad_, ortho_parameters, orthogonal_penalty
 from ..models import build_models
 from ..models.layers import frozen_state
@@ -126,7 +126,16 @@ class Trainer:
         self._bad_in_a_row = {"d": 0, "g": 0}  # consecutive skipped steps per network
         self.stop = GracefulStop()
         self._stop_agreed = False
-        self._evaluator: FrechetEvaluator | None = None
+        self.metrics = MetricSuite(
+            cfg.eval.metrics,
+            cfg.data.path,
+            manifest,
+            self.device,
+            cfg.eval.num_samples,
+            cfg.eval.reference_images,
+        )
+        self.metric_history: list[dict[str, float]] = []  # one entry per evaluation, with its kimg
+        self.best: dict[str, float] = {}  # {"value", "kimg"} of the best first metric so far
         if resume:
             ckpt = latest_checkpoint(self.run_dir)
             if ckpt is None:
@@ -267,21 +276,12 @@ class Trainer:
         with self._autocast():
             return self.ema.model(z, y).float()
 
-    def _evaluator_once(self) -> FrechetEvaluator:
-        """Rank 0 trains the feature net (or loads its cache); the other ranks then load the cache."""
-        if self._evaluator is None:
-            data = Path(self.cfg.data.path)
-            if self.rank == 0:
-                self._evaluator = classifier_evaluator(data, self.loader.manifest, self.device, data / "eval")
-            self.backend.barrier()
-            if self.rank != 0:
-                self._evaluator = classifier_evaluator(data, self.loader.manifest, self.device, data / "eval")
-        return self._evaluator
-
-    def evaluate(self) -> dict[str, float]:
-        """Frechet distance of G_ema samples, each rank generating its share; logged with step = kimg."""
+    def evaluate(self, truncation: float | None = None, record: bool = True) -> dict[str, float]:
+        """`eval.metrics` of G_ema samples, each rank generating its share; logged with step = kimg.
+        With `record`, the result joins the history (plot) and may become the best checkpoint."""
         cfg = self.cfg.eval
-        evaluator = self._evaluator_once()
+        truncation = cfg.truncation if truncation is None else truncation
+        self.metrics.prepare()  # references are built once, outside the timing
         started = time.time()
         generator = torch.Generator(self.device).manual_seed(EVAL_SEED + self.rank)
         refresh_batchnorm_stats(
@@ -289,21 +289,73 @@ class Trainer:
             lambda: self._eval_latents(self.micro_batch, generator),
             self.cfg.ema.standing_stats_batches,
         )
-        share = cfg.num_samples // self.world_size + (self.rank < cfg.num_samples % self.world_size)
-        stats = evaluator.generated_stats(
-            lambda n: self._generate(*self._eval_latents(n, generator, cfg.truncation)), share, cfg.batch
+        metrics = self.metrics.compute(
+            lambda n: self._generate(*self._eval_latents(n, generator, truncation)), cfg.batch
         )
-        if self.world_size > 1:
-            stats = all_reduce_stats(stats, self.backend.all_reduce_sum, self.device)
-        distance = frechet_distance_of(stats, evaluator.reference)
-        metrics = {evaluator.name: distance, "eval_seconds": time.time() - started}
+        if not record:
+            return metrics
+        metrics["eval_seconds"] = time.time() - started
+        self.metric_history.append({"kimg": self.kimg, **metrics})
         if self.rank == 0:
             grid = self.save_grid()
             self.tracker.log_metrics(metrics, step=int(self.kimg))
             self.tracker.log_artifact(grid, "samples")
-            log.info("kimg %.2f: %s = %.3f", self.kimg, evaluator.name, distance)
+            plot = self.plot_history()
+            if plot is not None:
+                self.tracker.log_artifact(plot, "plots")
+            log.info("kimg %.2f: %s", self.kimg, ", ".join(f"{k} = {v:.4g}" for k, v in metrics.items()))
         self.last_metrics.update(metrics)
+        self._keep_if_best(metrics)
         return metrics
+
+    def plot_history(self) -> Path | None:
+        names = [k for k in self.metric_history[-1] if k not in ("kimg", "eval_seconds")]
+        kimgs = [h["kimg"] for h in self.metric_history]
+        series = {n: [h.get(n, float("nan")) for h in self.metric_history] for n in names}
+        return plot_lines(kimgs, series, "kimg", self.run_dir / "metrics.png", self.tracker_title())
+
+    def tracker_title(self) -> str:
+        return f"{self.cfg.model.name}{self.cfg.model.resolution} on {self.dataset_name}"
+
+    def _keep_if_best(self, metrics: dict[str, float]) -> None:
+        """Save checkpoints/best when the first metric improves (same decision on every rank)."""
+        primary = self.metrics.primary
+        if not self.cfg.eval.keep_best or primary is None or self.images == 0 or primary[0] not in metrics:
+            return
+        name, lower_is_better = primary
+        value = metrics[name]
+        if self.best and not (value < self.best["value"] if lower_is_better else value > self.best["value"]):
+            return
+        self.best = {"value": value, "kimg": self.kimg}
+        path = self.save(name="best")
+        if self.rank == 0:
+            log.info("best %s so far (%.4g at %.2f kimg): %s", name, value, self.kimg, path)
+            self.tracker.log_metrics({f"best_{name}": value}, step=int(self.kimg))
+
+    def truncation_sweep(self) -> list[dict[str, float]]:
+        """The metrics at each `eval.truncation_sweep` threshold: MLflow metrics (step = threshold x 100)
+        and a PNG plot of each metric against the threshold."""
+        rows = []
+        for t in self.cfg.eval.truncation_sweep:
+            metrics = self.evaluate(truncation=t, record=False)
+            rows.append({"truncation": t, **metrics})
+            if self.rank == 0:
+                self.tracker.log_metrics(
+                    {f"trunc_sweep/{k}": v for k, v in metrics.items()}, step=round(100 * t)
+                )
+                log.info("truncation %.2f: %s", t, ", ".join(f"{k} = {v:.4g}" for k, v in metrics.items()))
+        if rows and self.rank == 0:
+            names = [k for k in rows[0] if k != "truncation"]
+            plot = plot_lines(
+                [r["truncation"] for r in rows],
+                {n: [r[n] for r in rows] for n in names},
+                "truncation threshold",
+                self.run_dir / "truncation_sweep.png",
+                self.tracker_title(),
+            )
+            if plot is not None:
+                self.tracker.log_artifact(plot, "plots")
+        return rows
 
     def save_grid(self) -> Path:
         """G_ema on fixed latents (call after the standing-stats refresh); row r shows class r."""
@@ -335,13 +387,15 @@ class Trainer:
         self.last_metrics.update(metrics)
         return metrics
 
-    def save(self) -> Path | None:
+    def save(self, name: str | None = None) -> Path | None:
         """Every rank takes part (buffers synchronized, loader positions gathered, engine shards
-        written to the staging folder); rank 0 writes state.pt and renames the folder into place."""
+        written to the staging folder); rank 0 writes state.pt and renames the folder into place.
+        `name`: a named checkpoint (e.g. "best") that `latest` does not point to and pruning keeps."""
         self.backend.broadcast_buffers(self.G)
         self.backend.broadcast_buffers(self.ema.model)
         state = self.state_dict()
-        name = f"step-{self.iteration:08d}"
+        periodic = name is None
+        name = name or f"step-{self.iteration:08d}"
         if self.rank == 0:
             begin_checkpoint(self.run_dir, name)
         self.backend.barrier()
@@ -350,7 +404,12 @@ class Trainer:
         path = None
         if self.rank == 0:
             path = save_checkpoint(
-                self.run_dir, name, state, to_dict(self.cfg), self.cfg.train.keep_checkpoints
+                self.run_dir,
+                name,
+                state,
+                to_dict(self.cfg),
+                self.cfg.train.keep_checkpoints,
+                mark_latest=periodic,
             )
             log.info("checkpoint %s (%.2f kimg)", path, self.kimg)
         self.backend.barrier()  # nobody moves on (or exits) before the checkpoint is complete
@@ -398,6 +457,8 @@ class Trainer:
         bar.close()
         if status == "finished" and eval_every:
             self.evaluate()
+        if status == "finished" and self.cfg.eval.truncation_sweep:
+            self.truncation_sweep()
         self.save()
         self.tracker.close("FINISHED" if status == "finished" else "KILLED")
         return status
@@ -423,6 +484,8 @@ class Trainer:
             "latent_draws": self.latent_draws,
             "rng": {"torch": torch.get_rng_state(), "python": random.getstate()},
             "num_classes": self.num_classes,
+            "metric_history": self.metric_history,
+            "best": self.best,
             "config": to_dict(self.cfg),
         }
         if self.device.type == "cuda":
@@ -450,5 +513,7 @@ class Trainer:
         torch.set_rng_state(state["rng"]["torch"])
         random.setstate(state["rng"]["python"])
         self.latent_draws = int(state["latent_draws"])
+        self.metric_history = list(state.get("metric_history", []))
+        self.best = dict(state.get("best", {}))
         if "cuda" in state["rng"] and self.device.type == "cuda":
             torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)

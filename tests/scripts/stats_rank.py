@@ -1,5 +1,5 @@
-"""Under torchrun: each rank reduces the statistics of its slice of a fixed feature set; rank 0 writes
-the combined mean/cov and the single-process ones to OUT (a .pt file)."""
+"""Under torchrun: each rank holds its share of a fixed feature set; rank 0 writes the combined FID
+statistics and the gathered features (for KID and precision/recall) beside the single-process ones."""
 
 import sys
 
@@ -7,12 +7,17 @@ import torch
 import torch.distributed as dist
 
 from bigtrain.eval.frechet import FeatureStats, all_reduce_stats
+from bigtrain.eval.metrics import kernel_inception_distance, precision_recall
+from bigtrain.eval.suite import gather_rows, share
 
 dist.init_process_group("gloo")
 rank, world = dist.get_rank(), dist.get_world_size()
 features = torch.randn(1001, 16, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 3 + 1
+real = torch.randn(400, 16, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * 3 + 1.5
+start = sum(share(len(features), r, world) for r in range(rank))
+mine_rows = features[start : start + share(len(features), rank, world)]
 mine = FeatureStats.empty(16)
-mine.add(features[rank::world])
+mine.add(mine_rows)
 
 
 def reduce_sum(t):
@@ -21,6 +26,7 @@ def reduce_sum(t):
 
 
 combined = all_reduce_stats(mine, reduce_sum, torch.device("cpu"))
+gathered = gather_rows(mine_rows, torch.device("cpu"))
 if rank == 0:
     whole = FeatureStats.empty(16)
     whole.add(features)
@@ -29,6 +35,12 @@ if rank == 0:
             "count": combined.count,
             "combined": (combined.mean, combined.cov),
             "whole": (whole.mean, whole.cov),
+            "gathered_equal": torch.equal(gathered, features),
+            "kid": (
+                kernel_inception_distance(real, gathered, 5, 300),
+                kernel_inception_distance(real, features, 5, 300),
+            ),
+            "pr": (precision_recall(real, gathered), precision_recall(real, features)),
         },
         sys.argv[1],
     )

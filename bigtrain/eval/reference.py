@@ -1,0 +1,86 @@
+"""A dataset's Inception reference: exact feature statistics for FID, and real features for KID and
+precision/recall, computed once and stored beside the manifest.
+
+    DATA/eval/inception-<sha1[:12]>.pt   {extractor_sha1, manifest_sha256, count, stats, features}
+
+The file is reused by every run and trial on those shards, and rebuilt only when the shards or the
+extractor change, or when more images are asked for than it holds.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from ..data.loader import ShardLoader
+from ..data.manifest import load_manifest
+from .features import manifest_digest
+from .frechet import FeatureStats
+from .inception import INCEPTION_SHA1, inception_for
+
+log = logging.getLogger(__name__)
+
+MAX_STORED_FEATURES = 50_000  # real features kept for KID and precision/recall (float16)
+
+
+def reference_path(data_path: str | Path) -> Path:
+    return Path(data_path) / "eval" / f"inception-{INCEPTION_SHA1[:12]}.pt"
+
+
+def _usable(saved: dict, digest: str, wanted: int) -> bool:
+    return (
+        saved.get("extractor_sha1") == INCEPTION_SHA1
+        and saved.get("manifest_sha256") == digest
+        and int(saved["count"]) >= wanted
+    )
+
+
+def inception_reference(
+    data_path: str | Path, device: torch.device, max_images: int = 0, batch: int = 100
+) -> dict:
+    """Load (or compute and store) the reference of the first `max_images` images (0: all of them).
+    Returns {"count", "stats": FeatureStats, "features": (min(count, 50k), 2048) float16}."""
+    data_path = Path(data_path)
+    manifest = load_manifest(data_path)
+    wanted = manifest.num_samples if max_images <= 0 else min(max_images, manifest.num_samples)
+    path, digest = reference_path(data_path), manifest_digest(data_path)
+    if path.is_file():
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        if _usable(saved, digest, wanted):
+            log.info("Inception reference statistics of %d images from %s", saved["count"], path)
+            return {**saved, "stats": FeatureStats.from_state_dict(saved["stats"])}
+        log.info("%s does not match these shards or holds too few images; recomputing it", path)
+
+    net = inception_for(device)
+    loader = ShardLoader(
+        data_path, batch, manifest.resolution, device, seed=0, num_workers=0, shuffle_buffer=0
+    )
+    stats = FeatureStats.empty(net.feature_dim)
+    kept: list[torch.Tensor] = []
+    with tqdm(total=wanted, desc=f"Inception reference of {data_path.name}", unit="img") as bar:
+        while stats.count < wanted:
+            x, _ = loader.next_uint8()
+            x = x[: wanted - stats.count].to(device).float().div(127.5).sub(1)
+            features = net(x)
+            stats.add(features)
+            if sum(len(k) for k in kept) < MAX_STORED_FEATURES:
+                kept.append(features.half().cpu())
+            bar.update(len(x))
+    loader.close()
+    saved = {
+        "extractor_sha1": INCEPTION_SHA1,
+        "manifest_sha256": digest,
+        "count": stats.count,
+        "stats": stats.state_dict(),
+        "features": torch.cat(kept)[:MAX_STORED_FEATURES],
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save(saved, tmp)
+    tmp.replace(path)  # atomic: a reader sees the old file or the complete new one
+    log.info("Inception reference statistics of %d images written to %s", stats.count, path)
+    return {**saved, "stats": stats}

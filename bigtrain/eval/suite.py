@@ -1,0 +1,203 @@
+"""Every requested metric from one pass of generated images, shared across ranks.
+
+Each rank generates and embeds its share of the samples; FID statistics are summed across ranks (exact),
+and the features KID and precision/recall need are gathered. The trainer and `bigtrain eval` both
+call `MetricSuite.compute`, so a metric means the same thing during training and afterwards.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from ..data.manifest import Manifest
+from .features import FrechetEvaluator, classifier_evaluator
+from .frechet import FeatureStats, all_reduce_stats, frechet_distance_of
+from .inception import inception_for, to_uint8_range
+from .metrics import (
+    LOWER_IS_BETTER,
+    MetricSpec,
+    inception_score,
+    inception_score_extractor,
+    kernel_inception_distance,
+    parse_metric,
+    precision_recall,
+)
+from .reference import inception_reference
+
+log = logging.getLogger(__name__)
+
+
+def share(total: int, rank: int, world_size: int) -> int:
+    """Rank `rank`'s part of `total` samples (parts differ by at most one)."""
+    return total // world_size + (rank < total % world_size)
+
+
+def gather_rows(rows: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """All ranks' rows concatenated in rank order (rows per rank may differ by one)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return rows
+    counts = [torch.zeros(1, dtype=torch.long, device=device) for _ in range(dist.get_world_size())]
+    dist.all_gather(counts, torch.tensor([rows.shape[0]], device=device))
+    most = int(max(c.item() for c in counts))
+    padded = torch.zeros(most, *rows.shape[1:], dtype=rows.dtype, device=device)
+    padded[: rows.shape[0]] = rows.to(device)
+    parts = [torch.empty_like(padded) for _ in counts]
+    dist.all_gather(parts, padded)
+    return torch.cat([p[: int(c.item())] for p, c in zip(parts, counts)]).cpu()
+
+
+def _all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(t)
+    return t
+
+
+def _barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+class MetricSuite:
+    """The metrics of `eval.metrics` for one dataset; references are loaded (or built) once."""
+
+    def __init__(
+        self,
+        names: list[str],
+        data_path: str | Path,
+        manifest: Manifest,
+        device: torch.device,
+        fd_samples: int = 2000,
+        reference_images: int = 0,
+    ):
+        self.specs = [parse_metric(n) for n in names]
+        self.data_path, self.manifest, self.device = Path(data_path), manifest, device
+        self.fd_samples, self.reference_images = fd_samples, reference_images
+        self.rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+        self.world_size = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        self._classifier: FrechetEvaluator | None = None
+        self._reference: dict | None = None
+        self._is_net = None
+        self._is_checked = False
+
+    @property
+    def primary(self) -> tuple[str, bool] | None:
+        """(logged name, lower is better) of the metric that picks the best checkpoint: the first one."""
+        if not self.specs:
+            return None
+        spec = self.specs[0]
+        name = self.logged_name(spec)
+        return name, LOWER_IS_BETTER[spec.kind]
+
+    def logged_name(self, spec: MetricSpec) -> str:
+        return {
+            "fd": f"fd_{self.manifest.name}",
+            "pr": f"{spec.name}_precision",
+            "is": f"{spec.name}_mean",
+        }.get(spec.kind, spec.name)
+
+    # ------------------------------------------------------------------ references, once per process
+
+    def _once_on_rank0_first(self, build: Callable[[], object]) -> object:
+        """Rank 0 builds (and caches on disk) first; the others then load the cache."""
+        result = build() if self.rank == 0 else None
+        _barrier()
+        return result if self.rank == 0 else build()
+
+    def classifier(self) -> FrechetEvaluator:
+        if self._classifier is None:
+            self._classifier = self._once_on_rank0_first(
+                lambda: classifier_evaluator(
+                    self.data_path, self.manifest, self.device, self.data_path / "eval"
+                )
+            )
+        return self._classifier
+
+    def reference(self) -> dict:
+        if self._reference is None:
+            self._reference = self._once_on_rank0_first(
+                lambda: inception_reference(self.data_path, self.device, self.reference_images)
+            )
+        return self._reference
+
+    def _is_extractor(self):
+        if not self._is_checked:
+            self._is_net, self._is_checked = inception_score_extractor(self.device), True
+        return self._is_net
+
+    def prepare(self) -> None:
+        """Build the references up front (so the first evaluation's timing is only evaluation)."""
+        kinds = {s.kind for s in self.specs}
+        if "fd" in kinds:
+            self.classifier()
+        if kinds & {"fid", "kid", "pr"}:
+            self.reference()
+            inception_for(self.device)
+
+    # ------------------------------------------------------------------ one evaluation
+
+    def compute(self, generate: Callable[[int], torch.Tensor], batch: int = 100) -> dict[str, float]:
+        """`generate(n)` returns n images in [-1, 1] from this rank's latent stream."""
+        self.prepare()  # may train the fd classifier: outside no_grad
+        with torch.no_grad():
+            return self._compute(generate, batch)
+
+    def _compute(self, generate: Callable[[int], torch.Tensor], batch: int) -> dict[str, float]:
+        counts = {
+            s.name: share(s.num_samples or self.fd_samples, self.rank, self.world_size) for s in self.specs
+        }
+        if not counts:
+            return {}
+        kinds = {s.kind for s in self.specs}
+        inception_n = max([counts[s.name] for s in self.specs if s.uses_inception], default=0)
+        is_n = max([counts[s.name] for s in self.specs if s.kind == "is"], default=0)
+        is_net = self._is_extractor() if is_n else None
+        fd_n = counts.get("fd", 0)
+        fd_stats = FeatureStats.empty(self.classifier().net.feature_dim) if "fd" in kinds else None
+        inception_rows: list[torch.Tensor] = []
+        logits_rows: list[torch.Tensor] = []
+        made = 0
+        while made < max(counts.values()):
+            images = generate(min(batch, max(counts.values()) - made))
+            if made < fd_n:
+                fd_stats.add(self.classifier().net.embed(images[: fd_n - made]))
+            if made < inception_n:
+                inception_rows.append(inception_for(self.device)(images[: inception_n - made]).cpu())
+            if is_net is not None and made < is_n:
+                logits_rows.append(is_net(to_uint8_range(images[: is_n - made]).to(torch.uint8))[0].cpu())
+            made += images.shape[0]
+
+        results: dict[str, float] = {}
+        if fd_stats is not None:
+            if self.world_size > 1:
+                fd_stats = all_reduce_stats(fd_stats, _all_reduce_sum, self.device)
+            results[self.logged_name(parse_metric("fd"))] = frechet_distance_of(
+                fd_stats, self.classifier().reference
+            )
+        fake = torch.cat(inception_rows) if inception_rows else torch.zeros(0, 2048)
+        gathered: torch.Tensor | None = None
+        for spec in self.specs:
+            mine = fake[: counts[spec.name]]
+            if spec.kind == "fid":
+                stats = FeatureStats.empty(2048)
+                stats.add(mine)
+                if self.world_size > 1:
+                    stats = all_reduce_stats(stats, _all_reduce_sum, self.device)
+                results[spec.name] = frechet_distance_of(stats, self.reference()["stats"])
+            elif spec.kind in ("kid", "pr"):
+                if gathered is None or gathered.shape[0] < spec.num_samples:
+                    gathered = gather_rows(mine, self.device)
+                real = self.reference()["features"][: spec.num_samples].float()
+                if spec.kind == "kid":
+                    results[spec.name] = kernel_inception_distance(real, gathered[: spec.num_samples])
+                else:
+                    p, r = precision_recall(real, gathered[: spec.num_samples])
+                    results[f"{spec.name}_precision"], results[f"{spec.name}_recall"] = p, r
+            elif spec.kind == "is" and is_net is not None:
+                logits = gather_rows(torch.cat(logits_rows)[: counts[spec.name]], self.device)
+                results[f"{spec.name}_mean"], results[f"{spec.name}_std"] = inception_score(logits)
+        return results
