@@ -166,6 +166,26 @@ def _fid_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tune(args: argparse.Namespace) -> int:
+    from .tune.runner import run_sweep
+
+    summary = run_sweep(args.sweep, address=args.address, resume=args.resume, num_cpus=args.num_cpus)
+    print(f"\nsweep: {summary['finished']} of {summary['trials']} trials finished "
+          f"({summary['stopped_early']} stopped early, {summary['failed']} failed) in {summary['seconds']:.0f} s")  # fmt: skip
+    for failure in summary["failures"]:
+        print(f"  failed trial {failure['trial']}: {failure['error']}")
+    if summary["best"]:
+        best = summary["best"]
+        print(
+            f"  best trial:  {best['trial_id']}: {best['metric']} = {best['value']:.5g} with {best['values']}"
+        )
+        print(f"  best recipe: {summary['best_yaml']}  (bigtrain train {summary['best_yaml']})")
+    if summary["mlflow_parent_run_id"]:
+        print(f"  MLflow:      parent run {summary['mlflow_parent_run_id']} at {summary['tracking_uri']}")
+    print(json.dumps(summary, default=str))
+    return 0 if summary["best"] else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bigtrain", description="Train BigGAN-family GANs on sharded data.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -240,6 +260,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--standing-stats", type=int, default=16)
     s.add_argument("--device", default="cpu")
     s.set_defaults(fn=_eval)
+
+    s = sub.add_parser("tune", help="a Ray Tune sweep of training runs (ASHA or PBT), tracked in MLflow",
+                       description="Run the sweep file's trials (each a real training run reporting its metric at "
+                       "every evaluation), one MLflow child run per trial under a parent run, and write the best "
+                       "config as a ready-to-run recipe. Local Ray by default.")  # fmt: skip
+    s.add_argument("sweep", help="sweep YAML (see configs/tune/)")
+    s.add_argument("--address", help="an existing Ray cluster (e.g. auto or ray://host:10001)")
+    s.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all)")
+    s.add_argument("--resume", action="store_true", help="continue an interrupted sweep of the same name")
+    s.set_defaults(fn=_tune)
     return p
 
 

@@ -113,7 +113,8 @@ class TrackConfig:
     enabled: bool = True
     tracking_uri: str = ""  # "" -> $MLFLOW_TRACKING_URI, else a sqlite store in the run directory
     experiment: str = "bigtrain"
-    run_name: str = ""  # "" -> <model>-<dataset>
+    run_name: str = ""  # "" -> <model><resolution>-<dataset>-<run folder name>
+    parent_run_id: str = ""  # nest this run under an MLflow parent run (set by `bigtrain tune`)
 
 
 @dataclass

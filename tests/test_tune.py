@@ -1,0 +1,102 @@
+"""`bigtrain tune`: real Ray (local, 2 CPUs), real training trials, a real MLflow server."""
+
+import json
+import subprocess
+
+import mlflow
+import pytest
+import yaml
+
+from bigtrain.config import ConfigError, load_config
+from bigtrain.train.loop import Trainer
+from bigtrain.tune.sweep import load_sweep
+from conftest import BIGTRAIN, REPO, cli_env
+
+DIGITS_SWEEP = REPO / "configs" / "tune" / "biggan_digits.yaml"
+
+
+def _sweep_file(tmp_path, demo_shards, name="sweep", **changes) -> str:
+    spec = yaml.safe_load(DIGITS_SWEEP.read_text())
+    spec["base"] = str(REPO / spec["base"])
+    spec["overrides"] = [*spec["overrides"], f"data.path={demo_shards}"]
+    spec["storage"] = str(tmp_path / "tune")
+    spec.update(changes)
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return str(path)
+
+
+def _tune(sweep: str):
+    proc = subprocess.run([BIGTRAIN, "tune", sweep, "--num-cpus", "2"], capture_output=True, text=True,
+                          timeout=900, env=cli_env())  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_a_bad_search_space_fails_before_any_trial_with_the_key_named(tmp_path, demo_shards):
+    unknown = _sweep_file(tmp_path, demo_shards, "unknown", space={"optim.lr_dd": {"uniform": [1e-4, 1e-3]}})
+    with pytest.raises(ConfigError, match=r"optim\.lr_dd is not a config key \(did you mean optim\.lr_d\?\)"):
+        load_sweep(unknown)
+    rejected = _sweep_file(tmp_path, demo_shards, "rejected", space={"train.batch": {"choice": [16, 0]}})
+    with pytest.raises(ConfigError, match=r"sweep space train\.batch: the value 0 is rejected"):
+        load_sweep(rejected)
+    negative = _sweep_file(
+        tmp_path, demo_shards, "negative", space={"optim.lr_d": {"uniform": [-1e-3, 1e-3]}}
+    )
+    with pytest.raises(ConfigError, match=r"sweep space optim\.lr_d: the value -0\.001 is rejected"):
+        load_sweep(negative)
+    proc = subprocess.run(
+        [BIGTRAIN, "tune", rejected], capture_output=True, text=True, timeout=120, env=cli_env()
+    )
+    assert proc.returncode == 2 and "train.batch" in proc.stderr.splitlines()[-1], proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and not (tmp_path / "tune").exists(), (
+        "work started before the check"
+    )
+
+
+@pytest.mark.slow
+def test_asha_sweep_logs_parent_and_children_to_mlflow_and_its_best_recipe_trains(
+    tmp_path, demo_shards, mlflow_server
+):
+    sweep = _sweep_file(tmp_path, demo_shards, "asha")
+    spec = yaml.safe_load(open(sweep))
+    spec["overrides"].append(f"track.tracking_uri={mlflow_server}")
+    spec["overrides"].append("track.experiment=tune-test")
+    open(sweep, "w").write(yaml.safe_dump(spec))
+    summary = _tune(sweep)
+    assert summary["trials"] == 4 and summary["finished"] == 4 and summary["failed"] == 0, summary
+    assert summary["stopped_early"] >= 1, f"ASHA stopped no trial early: {summary['trial_results']}"
+
+    client = mlflow.MlflowClient(mlflow_server)
+    parent = client.get_run(summary["mlflow_parent_run_id"])
+    assert parent.data.metrics["best_fd_digits"] == pytest.approx(summary["best"]["value"])
+    assert parent.data.tags["best_trial"] == summary["best"]["trial_id"]
+    assert [a.path for a in client.list_artifacts(parent.info.run_id)] == ["best.yaml"]
+    children = client.search_runs(
+        [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
+    )
+    assert len(children) == 4, [c.info.run_name for c in children]
+    for child in children:
+        history = client.get_metric_history(child.info.run_id, "fd_digits")
+        assert len(history) >= 2, (child.info.run_name, [(m.step, m.value) for m in history])
+        assert child.data.params["optim.lr_d"] and child.info.run_name.startswith("asha-")
+
+    best = load_config(summary["best_yaml"], [f"train.run_dir={tmp_path / 'best'}", "track.enabled=false",
+                                              "train.total_kimg=0.032", "eval.every_kimg=0"])  # fmt: skip
+    assert best.optim.lr_d == pytest.approx(summary["best"]["values"]["optim.lr_d"])
+    assert Trainer(best).run() == "finished"
+
+
+@pytest.mark.slow
+def test_a_trial_with_two_ray_train_workers_keeps_their_weights_identical(tmp_path, demo_shards):
+    sweep = _sweep_file(tmp_path, demo_shards, "two", num_trials=1, scheduler="fifo",
+                        resources={"cpus": 0.9, "gpus": 0, "workers": 2},
+                        overrides=[*yaml.safe_load(DIGITS_SWEEP.read_text())["overrides"], f"data.path={demo_shards}",
+                                   "train.total_kimg=0.08", "eval.every_kimg=0.04", "track.enabled=false"])  # fmt: skip
+    summary = _tune(sweep)
+    (trial,) = summary["trial_results"]
+    assert trial["world_size"] == 2, trial
+    assert trial["g_replica_spread"] == 0.0, (
+        f"G differs across the two workers: checksum spread {trial['g_replica_spread']}"
+    )
+    assert trial["reports"] == 3 and trial["kimg"] == pytest.approx(0.08), trial
