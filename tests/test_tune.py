@@ -100,3 +100,18 @@ def test_a_trial_with_two_ray_train_workers_keeps_their_weights_identical(tmp_pa
         f"G differs across the two workers: checksum spread {trial['g_replica_spread']}"
     )
     assert trial["reports"] == 3 and trial["kimg"] == pytest.approx(0.08), trial
+
+
+@pytest.mark.slow
+def test_pbt_exploits_from_reported_checkpoints_and_every_trial_finishes(tmp_path, demo_shards):
+    sweep = _sweep_file(tmp_path, demo_shards, "pbt", scheduler="pbt",
+                        overrides=[*yaml.safe_load(DIGITS_SWEEP.read_text())["overrides"], f"data.path={demo_shards}",
+                                   "train.total_kimg=0.32", "eval.every_kimg=0.08", "track.enabled=false"])  # fmt: skip
+    proc = subprocess.run([BIGTRAIN, "tune", sweep, "--num-cpus", "2"], capture_output=True, text=True,
+                          timeout=900, env=cli_env())  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["finished"] == 4 and all(
+        t["kimg"] == pytest.approx(0.32) for t in summary["trial_results"]
+    ), summary
+    assert "[Exploit] Cloning trial" in proc.stdout + proc.stderr, "PBT never exploited a checkpoint"

@@ -71,19 +71,18 @@ def _replica_spread(trainer) -> float:
 
 
 def _restore_into(run_dir: Path, checkpoint) -> None:
-    """PBT exploit / trial restore: the reported checkpoint becomes this trial's latest."""
+    """PBT exploit (or a restored trial): the reported checkpoint becomes this trial's only one; its own
+    earlier checkpoints belong to the branch that was replaced."""
     if checkpoint is None:
         return
     with checkpoint.as_directory() as folder:
         root = run_dir / "checkpoints"
-        root.mkdir(parents=True, exist_ok=True)
+        if root.is_dir():
+            shutil.rmtree(root)
+        root.mkdir(parents=True)
         name = Path(folder).name
-        shutil.rmtree(root / name, ignore_errors=True)
         shutil.copytree(folder, root / name)
         (root / "latest").write_text(name + "\n")
-        for other in root.glob("step-*"):
-            if other.name != name and other.name > name:
-                shutil.rmtree(other, ignore_errors=True)  # newer steps belong to the discarded branch
 
 
 def single_worker_trial(config: dict[str, Any]) -> None:
@@ -296,7 +295,6 @@ def _scheduler(spec: SweepSpec, base: dict[str, Any], metric: str):
         return PopulationBasedTraining(
             time_attr="kimg", metric=metric, mode=spec.mode, perturbation_interval=interval,
             hyperparam_mutations={"values": perturbation_space(spec)}, quantile_fraction=spec.pbt.quantile_fraction,
-            seed=spec.seed,
         )  # fmt: skip
     return FIFOScheduler()
 
