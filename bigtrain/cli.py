@@ -186,6 +186,25 @@ def _tune(args: argparse.Namespace) -> int:
     return 0 if summary["best"] else 1
 
 
+def _k8s_render(args: argparse.Namespace) -> int:
+    from .k8s.render import RenderOptions, render, to_yaml
+
+    options = RenderOptions(
+        kind=args.kind, config=args.config or "", image=args.image or "", nodes=args.nodes,
+        gpus_per_node=args.gpus_per_node, name=args.name or "", namespace=args.namespace, overrides=args.overrides,
+        data_pvc=args.data_pvc, runs_pvc=args.runs_pvc, checkpoint_seconds=args.checkpoint_seconds,
+        max_restarts=args.max_restarts, mlflow_name=args.mlflow_name, mlflow_backend=args.mlflow_backend,
+        storage_class=args.storage_class or "",
+    )  # fmt: skip
+    text = to_yaml(render(options))  # everything is checked before anything is printed
+    if args.out:
+        Path(args.out).write_text(text)
+        print(f"{args.kind} manifests for {options.name} -> {args.out}  (kubectl apply -f {args.out})")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bigtrain", description="Train BigGAN-family GANs on sharded data.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -270,6 +289,40 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all)")
     s.add_argument("--resume", action="store_true", help="continue an interrupted sweep of the same name")
     s.set_defaults(fn=_tune)
+
+    k8s = sub.add_parser("k8s", help="Kubernetes manifests for training, sweeps and MLflow")
+    k8s_sub = k8s.add_subparsers(dest="k8s_command", required=True, metavar="SUBCOMMAND")
+    s = k8s_sub.add_parser("render", help="print ready-to-apply manifests",
+                           description="Render manifests with the values filled in and checked: the recipe must "
+                           "accept world size = nodes x GPUs per node; the image is required.")  # fmt: skip
+    s.add_argument("--kind", default="pytorchjob", help="pytorchjob | job | rayjob | mlflow | storage")
+    s.add_argument("--config", help="recipe YAML (a sweep YAML for rayjob)")
+    s.add_argument("--image", help="container image built from the Dockerfile")
+    s.add_argument("--nodes", type=int, default=1, help="pods (nodes), default 1")
+    s.add_argument("--gpus-per-node", type=int, default=8, help="GPUs (= processes) per pod, default 8")
+    s.add_argument("--name", help="job name (default: the config file's name)")
+    s.add_argument("--namespace", default="default")
+    s.add_argument("--data-pvc", default="bigtrain-data", help="claim holding the shards, mounted at /data")
+    s.add_argument(
+        "--runs-pvc", default="bigtrain-runs", help="claim for runs and checkpoints, mounted at /runs"
+    )
+    s.add_argument("--storage-class", help="storage class of rendered claims")
+    s.add_argument(
+        "--checkpoint-seconds",
+        type=int,
+        default=300,
+        help="time a SIGTERM checkpoint may take; the grace period is this plus 60 s",
+    )
+    s.add_argument("--max-restarts", type=int, default=3)
+    s.add_argument("--mlflow-name", default="bigtrain-mlflow", help="the MLflow Service every pod logs to")
+    s.add_argument(
+        "--mlflow-backend", default="sqlite", help="sqlite (on its claim) | postgres (URI from a Secret)"
+    )
+    s.add_argument("--out", help="write to this file instead of stdout")
+    s.add_argument(
+        "overrides", nargs="*", help="recipe overrides, section.key=value (e.g. data.path=/data/imagenet)"
+    )
+    s.set_defaults(fn=_k8s_render, command="k8s render")
     return p
 
 

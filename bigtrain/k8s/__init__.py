@@ -1,0 +1,1 @@
+"""Kubernetes manifests rendered from recipes: `bigtrain k8s render`."""
