@@ -14,7 +14,7 @@ TORCH_SPEC ?= $(if $(HAS_GPU),torch,torch==2.13.0)
 CUDA_MAJOR := $(shell nvidia-smi 2>/dev/null | sed -n 's/.*CUDA Version: \([0-9]*\).*/\1/p' | head -1)
 DALI_PKG ?= $(if $(filter 12,$(CUDA_MAJOR)),nvidia-dali-cuda120,nvidia-dali-cuda130)
 
-.PHONY: install train test lint bench clean
+.PHONY: install train test lint bench clean k8s-examples
 
 install: $(STAMP)
 
@@ -44,6 +44,18 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/biggan_step.py configs/biggan/imagenet128.yaml
+
+# The manifests in k8s/examples/, rendered by the same code users run (a test checks they are current).
+K8S_IMAGE := registry.example.com/bigtrain:0.1
+k8s-examples: $(STAMP)
+	$(VENV)/bin/bigtrain k8s render --kind storage --out k8s/examples/storage.yaml
+	$(VENV)/bin/bigtrain k8s render --kind mlflow --image $(K8S_IMAGE) --out k8s/examples/mlflow.yaml
+	$(VENV)/bin/bigtrain k8s render --kind pytorchjob --nodes 4 --gpus-per-node 8 --image $(K8S_IMAGE) \
+	    --config configs/biggan/imagenet128.yaml --out k8s/examples/pytorchjob.yaml data.path=/data/imagenet128
+	$(VENV)/bin/bigtrain k8s render --kind job --nodes 4 --gpus-per-node 8 --image $(K8S_IMAGE) \
+	    --config configs/biggan/imagenet128.yaml --out k8s/examples/job.yaml data.path=/data/imagenet128
+	$(VENV)/bin/bigtrain k8s render --kind rayjob --nodes 16 --gpus-per-node 8 --image $(K8S_IMAGE) \
+	    --config configs/tune/biggan_imagenet128.yaml --out k8s/examples/rayjob.yaml
 
 clean:
 	rm -rf $(VENV) runs data .pytest_cache

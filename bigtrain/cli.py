@@ -41,7 +41,7 @@ def _train(args: argparse.Namespace) -> int:
     from .train.loop import NonFiniteLoss, Trainer
 
     cfg = load_config(args.config, args.overrides)
-    trainer = Trainer(cfg, resume=args.resume)
+    trainer = Trainer(cfg, resume=args.resume, recipe=Path(args.config).stem if args.config else "")
     try:
         status = trainer.run()
     except NonFiniteLoss as e:

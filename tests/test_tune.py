@@ -5,6 +5,7 @@ import subprocess
 
 import mlflow
 import pytest
+import torch
 import yaml
 
 from bigtrain.config import ConfigError, load_config
@@ -115,3 +116,15 @@ def test_pbt_exploits_from_reported_checkpoints_and_every_trial_finishes(tmp_pat
         t["kimg"] == pytest.approx(0.32) for t in summary["trial_results"]
     ), summary
     assert "[Exploit] Cloning trial" in proc.stdout + proc.stderr, "PBT never exploited a checkpoint"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the failing trial asks for a GPU this machine lacks")
+def test_a_crashing_trial_is_reported_and_the_sweep_goes_on(tmp_path, demo_shards):
+    sweep = _sweep_file(tmp_path, demo_shards, "crash", num_trials=1, scheduler="fifo",
+                        space={"train.device": {"grid": ["cpu", "cuda"]}},
+                        overrides=[*yaml.safe_load(DIGITS_SWEEP.read_text())["overrides"], f"data.path={demo_shards}",
+                                   "train.total_kimg=0.032", "eval.every_kimg=0.016", "track.enabled=false"])  # fmt: skip
+    summary = _tune(sweep)
+    assert summary["trials"] == 2 and summary["finished"] == 1 and summary["failed"] == 1, summary
+    assert "no CUDA GPU" in summary["failures"][0]["error"], summary["failures"]
+    assert summary["best"]["values"] == {"train.device": "cpu"}, summary["best"]

@@ -69,9 +69,10 @@ class GracefulStop:
 
 
 class Trainer:
-    def __init__(self, cfg: Config, resume: bool = False, loader=None):
+    def __init__(self, cfg: Config, resume: bool = False, loader=None, recipe: str = ""):
         """`loader` replaces the shard loader (benchmarks feed random data); it needs `manifest`,
-        `__next__`, `state_dict`, `load_state_dict` and `skipped_corrupt` like ShardLoader."""
+        `__next__`, `state_dict`, `load_state_dict` and `skipped_corrupt` like ShardLoader.
+        `recipe`: the recipe's name (its file name), for the MLflow run name."""
         self.backend = backend = make_backend(cfg)
         self.rank, self.world_size, self.device = backend.rank, backend.world_size, backend.device
         validate(cfg, world_size=self.world_size)
@@ -146,9 +147,9 @@ class Trainer:
                 self.load_state_dict(load_checkpoint(ckpt))
                 self.backend.load_engine_state(ckpt)
                 log.info("resumed from %s at %.3f kimg", ckpt, self.kimg)
-        run_name = (
-            cfg.track.run_name
-            or f"{cfg.model.name}{cfg.model.resolution}-{self.dataset_name}-{self.run_dir.name}"
+        model = f"{cfg.model.name}{cfg.model.resolution}"
+        run_name = cfg.track.run_name or f"{recipe or model}-{self.dataset_name}" + (
+            f"-{model}" if recipe else ""
         )
         self.tracker = make_tracker(cfg, self.run_dir, self.rank, run_name)
 

@@ -304,7 +304,10 @@ def _summarize(results, spec: SweepSpec, base, metric: str, sweep_dir: Path, tra
     for result in results:
         trial_id = Path(result.path).name if result.path else "?"
         if result.error is not None:
-            failed.append({"trial": trial_id, "error": str(result.error).splitlines()[0][:300]})
+            lines = [line for line in str(result.error).splitlines() if line.strip()]
+            failed.append(
+                {"trial": trial_id, "error": (lines[-1] if lines else repr(result.error))[:300]}
+            )  # the exception
             log.warning("trial %s failed: %s", trial_id, failed[-1]["error"])
             continue
         history = result.metrics_dataframe
