@@ -120,7 +120,7 @@ def mlflow_server(tmp_path_factory):
     env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
     log = open(folder / "server.log", "w")
     mlflow_cli = str(Path(sys.executable).parent / "mlflow")
-    cmd = [mlflow_cli, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+    cmd = [mlflow_cli, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "2",
            "--backend-store-uri", f"sqlite:///{folder}/server.db", "--artifacts-destination", str(folder / "art")]  # fmt: skip
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     uri = f"http://127.0.0.1:{port}"

@@ -118,13 +118,29 @@ def test_pbt_exploits_from_reported_checkpoints_and_every_trial_finishes(tmp_pat
     assert "[Exploit] Cloning trial" in proc.stdout + proc.stderr, "PBT never exploited a checkpoint"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the failing trial asks for a GPU this machine lacks")
-def test_a_crashing_trial_is_reported_and_the_sweep_goes_on(tmp_path, demo_shards):
-    sweep = _sweep_file(tmp_path, demo_shards, "crash", num_trials=1, scheduler="fifo",
-                        space={"train.device": {"grid": ["cpu", "cuda"]}},
+def test_a_crashing_trial_is_reported_and_an_interrupted_sweep_resumes_to_the_end(tmp_path, demo_shards):
+    import signal
+    import time
+
+    sweep = _sweep_file(tmp_path, demo_shards, "resumed", scheduler="fifo", num_trials=1, max_concurrent_trials=1,
+                        space={"train.device": {"grid": ["cpu", "cuda", "cpu"]}},
                         overrides=[*yaml.safe_load(DIGITS_SWEEP.read_text())["overrides"], f"data.path={demo_shards}",
-                                   "train.total_kimg=0.032", "eval.every_kimg=0.016", "track.enabled=false"])  # fmt: skip
-    summary = _tune(sweep)
-    assert summary["trials"] == 2 and summary["finished"] == 1 and summary["failed"] == 1, summary
+                                   "train.total_kimg=0.064", "eval.every_kimg=0.032", "track.enabled=false"])  # fmt: skip
+    first = subprocess.Popen([BIGTRAIN, "tune", sweep, "--num-cpus", "2"], stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True, env=cli_env())  # fmt: skip
+    deadline = time.time() + 300
+    while time.time() < deadline and "completed after" not in (line := first.stdout.readline()):
+        assert line or first.poll() is None, "the sweep ended before its first trial completed"
+    first.send_signal(signal.SIGINT)  # Tune saves the experiment state and stops
+    first.communicate(timeout=120)
+
+    proc = subprocess.run([BIGTRAIN, "tune", sweep, "--num-cpus", "2", "--resume"], capture_output=True, text=True,
+                          timeout=900, env=cli_env())  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    # The trial that asks for CUDA on this CPU machine fails and is reported; the others finish.
+    assert summary["trials"] == 3 and summary["finished"] == 2 and summary["failed"] == 1, summary
     assert "no CUDA GPU" in summary["failures"][0]["error"], summary["failures"]
-    assert summary["best"]["values"] == {"train.device": "cpu"}, summary["best"]
+    assert all(t["kimg"] == pytest.approx(0.064) for t in summary["trial_results"]), summary["trial_results"]

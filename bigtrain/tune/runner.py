@@ -268,6 +268,8 @@ def run_sweep(
                 scheduler=scheduler,
                 max_concurrent_trials=spec.max_concurrent_trials or None,
                 search_alg=_seeded_search(spec),
+                reuse_actors=res.workers
+                == 1,  # a new trial skips the imports (torch, bigtrain) of a fresh actor
             ),
             run_config=run_config,
         )
