@@ -2,7 +2,6 @@
 
 import os
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -16,18 +15,12 @@ from bigtrain.data import ShardLoader
 from bigtrain.data.manifest import Manifest
 from bigtrain.train.checkpoint import load_checkpoint
 from bigtrain.train.loop import NonFiniteLoss, Trainer
-from conftest import PYTHON, REPO, cli_env
+from conftest import PYTHON, REPO, cli_env, free_port
 
 LAUNCH = str(REPO / "launch" / "torchrun.sh")
 SCRIPTS = REPO / "tests" / "scripts"
 DEMO = REPO / "configs" / "biggan" / "digits32.yaml"
 BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _torchrun(*args, nproc=2, timeout=600, **env):
@@ -137,7 +130,7 @@ def test_distributed_feature_statistics_equal_the_single_process_ones(tmp_path):
 
 
 def test_two_nodes_on_one_machine_train_together(demo_shards, tmp_path):
-    run_dir, port = tmp_path / "run", _free_port()
+    run_dir, port = tmp_path / "run", free_port()
     overrides = [f"data.path={demo_shards}", f"train.run_dir={run_dir}", "track.enabled=false", "train.batch=16",
                  "train.total_kimg=0.16", "eval.every_kimg=1000", "eval.num_samples=100", "data.num_workers=1"]  # fmt: skip
     nodes = [
@@ -301,7 +294,7 @@ def test_other_launchers_start_two_processes(demo_shards, tmp_path, launcher):
         env = cli_env()
     else:
         cmd = [str(REPO / "launch" / "deepspeed.sh"), str(DEMO), *overrides]
-        env = _launch_env(NPROC_PER_NODE=2, DS_ACCELERATOR="cpu", MASTER_PORT=_free_port())
+        env = _launch_env(NPROC_PER_NODE=2, DS_ACCELERATOR="cpu", MASTER_PORT=free_port())
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     state = load_checkpoint(run_dir)

@@ -25,9 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from ..config import Config, ConfigError, _build, flatten, from_dict, to_dict
+from ..config import Config, ConfigError, _build, flatten, from_dict, read_yaml_mapping, to_dict
 
 SPACE_KINDS = ("choice", "grid", "uniform", "loguniform")
 SCHEDULERS = ("asha", "pbt", "fifo")
@@ -100,12 +98,7 @@ def load_sweep(path: str | Path) -> tuple[SweepSpec, dict[str, Any]]:
     """Read and check a sweep file; returns the spec and the base recipe (with the fixed overrides) as a
     dict. Paths in the recipe are made absolute: trials run in their own working directories."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"sweep file {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"sweep file {path} is not valid YAML: {e}") from None
+    data = read_yaml_mapping(path, "sweep file")
     spec = _build(SweepSpec, {k: v for k, v in data.items() if k != "space"}, "sweep.")
     spec.space = data.get("space") or {}
     spec.name = spec.name or path.stem
@@ -125,7 +118,7 @@ def load_sweep(path: str | Path) -> tuple[SweepSpec, dict[str, Any]]:
         base_path = path.parent / base_path
     if not base_path.is_file():
         raise ConfigError(f"sweep base recipe {spec.base} does not exist")
-    base_cfg = from_dict(yaml.safe_load(base_path.read_text()) or {}, spec.overrides)
+    base_cfg = from_dict(read_yaml_mapping(base_path, "sweep base recipe"), spec.overrides)
     base_cfg.data.path = str(Path(base_cfg.data.path).resolve())
     base_cfg.dist.deepspeed_config = str(Path(base_cfg.dist.deepspeed_config).resolve())
     base = to_dict(base_cfg)
