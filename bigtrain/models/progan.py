@@ -1,0 +1,184 @@
+"""Progressive GAN (Karras et al. 2018, "Progressive Growing of GANs"), growing from 4x4.
+
+Paper pieces, by section:
+- 4.1 equalized learning rate: weights drawn from N(0, 1) and scaled at run time by He's constant
+  sqrt(2 / fan_in), so Adam's per-parameter step is the same for every layer.
+- 4.2 pixelwise feature normalization in G after every convolution.
+- 3   minibatch standard deviation: one extra feature map in D's last block.
+- 2 / Fig. 2 fade-in: while a new resolution block fades in, G's output (and D's input) blends the
+  new block's toRGB (fromRGB) with the 2x up-sampled (average-pooled) output of the previous one.
+
+Both networks are built for the final resolution; `set_phase(resolution, alpha)` picks the active
+depth. At alpha 0 the output is exactly the old path's, at alpha 1 exactly the new block's.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def progan_channels(resolution: int, fmap_base: int = 8192, fmap_max: int = 512) -> int:
+    """Feature maps at a resolution: min(fmap_base / resolution, fmap_max), as in the paper's Table 2."""
+    return int(min(fmap_base // resolution, fmap_max))
+
+
+class EqualizedConv2d(nn.Module):
+    def __init__(self, cin: int, cout: int, kernel: int, padding: int = 0, gain: float = math.sqrt(2)):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(cout, cin, kernel, kernel))
+        self.bias = nn.Parameter(torch.zeros(cout))
+        self.scale = gain / math.sqrt(cin * kernel * kernel)
+        self.padding = padding
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.weight * self.scale, self.bias, padding=self.padding)
+
+
+class EqualizedLinear(nn.Module):
+    def __init__(self, fin: int, fout: int, gain: float = math.sqrt(2)):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(fout, fin))
+        self.bias = nn.Parameter(torch.zeros(fout))
+        self.scale = gain / math.sqrt(fin)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight * self.scale, self.bias)
+
+
+def pixel_norm(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Each pixel's feature vector scaled to unit RMS (section 4.2)."""
+    return x * torch.rsqrt(x.pow(2).mean(dim=1, keepdim=True) + eps)
+
+
+def minibatch_stddev(x: torch.Tensor, group_size: int = 4) -> torch.Tensor:
+    """Append the mean over features and pixels of the per-group standard deviation as one feature map.
+    Groups are strided (sample i joins group i mod N/G), as in the reference implementation."""
+    b, c, h, w = x.shape
+    g = min(group_size, b)
+    while b % g:
+        g -= 1
+    y = x.float().reshape(g, -1, c, h, w)
+    y = (y - y.mean(dim=0)).pow(2).mean(dim=0).add(1e-8).sqrt()  # (N/G, C, H, W)
+    y = y.mean(dim=(1, 2, 3)).reshape(-1, 1, 1, 1).repeat(g, 1, h, w)
+    return torch.cat([x, y.to(x.dtype)], dim=1)
+
+
+def _blend(old: torch.Tensor, new: torch.Tensor, alpha: float) -> torch.Tensor:
+    if alpha >= 1.0:
+        return new
+    if alpha <= 0.0:
+        return old
+    return old * (1.0 - alpha) + new * alpha
+
+
+def _resolutions(final: int) -> list[int]:
+    if final < 4 or final & (final - 1):
+        raise ValueError(f"ProGAN resolution {final} must be a power of two >= 4")
+    return [2**k for k in range(2, int(math.log2(final)) + 1)]
+
+
+class PhaseMixin:
+    """The active depth: `resolution` (output/input side) and `alpha` (fade-in of its block)."""
+
+    resolutions: list[int]
+
+    def set_phase(self, resolution: int, alpha: float = 1.0) -> None:
+        if resolution not in self.resolutions:
+            raise ValueError(f"resolution {resolution} is not one of this network's {self.resolutions}")
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"fade-in alpha {alpha} must be in [0, 1]")
+        self.resolution, self.alpha = resolution, float(alpha)
+
+
+class Generator(PhaseMixin, nn.Module):
+    def __init__(self, resolution: int, z_dim: int = 512, fmap_base: int = 8192, fmap_max: int = 512):
+        super().__init__()
+        self.resolutions = _resolutions(resolution)
+        self.z_dim = z_dim
+        ch = {r: progan_channels(r, fmap_base, fmap_max) for r in self.resolutions}
+        self.input = EqualizedLinear(
+            z_dim, ch[4] * 16, gain=math.sqrt(2) / 4
+        )  # latent -> 4x4 (paper's dense)
+        self.input_conv = EqualizedConv2d(ch[4], ch[4], 3, padding=1)
+        self.blocks = nn.ModuleDict()
+        for r in self.resolutions[1:]:
+            self.blocks[str(r)] = nn.ModuleList(
+                [
+                    EqualizedConv2d(ch[r // 2], ch[r], 3, padding=1),
+                    EqualizedConv2d(ch[r], ch[r], 3, padding=1),
+                ]
+            )
+        self.to_rgb = nn.ModuleDict(
+            {str(r): EqualizedConv2d(ch[r], 3, 1, gain=1.0) for r in self.resolutions}
+        )
+        self.set_phase(resolution)
+
+    def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, z_dim) -> (B, 3, R, R) at the active resolution R. ProGAN is unconditional: y is ignored."""
+        x = pixel_norm(z)
+        x = self.input(x).view(z.shape[0], -1, 4, 4)
+        x = pixel_norm(F.leaky_relu(x, 0.2))
+        x = pixel_norm(F.leaky_relu(self.input_conv(x), 0.2))
+        previous = x
+        for r in self.resolutions[1:]:
+            if r > self.resolution:
+                break
+            previous = x
+            x = F.interpolate(x, scale_factor=2, mode="nearest")
+            for conv in self.blocks[str(r)]:
+                x = pixel_norm(F.leaky_relu(conv(x), 0.2))
+        rgb = self.to_rgb[str(self.resolution)](x)
+        if self.resolution == 4 or self.alpha >= 1.0:
+            return rgb
+        old = F.interpolate(self.to_rgb[str(self.resolution // 2)](previous), scale_factor=2, mode="nearest")
+        return _blend(old, rgb, self.alpha)
+
+
+class Discriminator(PhaseMixin, nn.Module):
+    def __init__(self, resolution: int, fmap_base: int = 8192, fmap_max: int = 512, mbstd_group: int = 4):
+        super().__init__()
+        self.resolutions = _resolutions(resolution)
+        self.mbstd_group = mbstd_group
+        ch = {r: progan_channels(r, fmap_base, fmap_max) for r in self.resolutions}
+        self.from_rgb = nn.ModuleDict({str(r): EqualizedConv2d(3, ch[r], 1) for r in self.resolutions})
+        self.blocks = nn.ModuleDict()
+        for r in self.resolutions[1:]:
+            self.blocks[str(r)] = nn.ModuleList(
+                [
+                    EqualizedConv2d(ch[r], ch[r], 3, padding=1),
+                    EqualizedConv2d(ch[r], ch[r // 2], 3, padding=1),
+                ]
+            )
+        self.final_conv = EqualizedConv2d(ch[4] + 1, ch[4], 3, padding=1)
+        self.final_dense = EqualizedLinear(ch[4] * 16, ch[4])
+        self.output = EqualizedLinear(ch[4], 1, gain=1.0)
+        self.set_phase(resolution)
+
+    def _block(self, r: int, x: torch.Tensor) -> torch.Tensor:
+        for conv in self.blocks[str(r)]:
+            x = F.leaky_relu(conv(x), 0.2)
+        return F.avg_pool2d(x, 2)
+
+    def forward(self, images: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, 3, R, R) at the active resolution -> (B,) scores. Call it on reals and fakes separately:
+        the minibatch standard deviation must not mix them."""
+        r = self.resolution
+        if images.shape[-1] != r:
+            raise ValueError(f"D is at resolution {r} but got {images.shape[-1]}x{images.shape[-2]} images")
+        x = F.leaky_relu(self.from_rgb[str(r)](images), 0.2)
+        if r > 4:
+            x = self._block(r, x)
+            if self.alpha < 1.0:
+                old = F.leaky_relu(self.from_rgb[str(r // 2)](F.avg_pool2d(images, 2)), 0.2)
+                x = _blend(old, x, self.alpha)
+            for lower in reversed(self.resolutions[1:]):
+                if lower < r:
+                    x = self._block(lower, x)
+        x = minibatch_stddev(x, self.mbstd_group)
+        x = F.leaky_relu(self.final_conv(x), 0.2)
+        x = F.leaky_relu(self.final_dense(x.flatten(1)), 0.2)
+        return self.output(x).squeeze(1)

@@ -1,0 +1,65 @@
+"""Progressive resolution phases: where training is at a given kimg.
+
+A schedule is a list of phases, each with a resolution, the kimg over which its new block fades in
+(alpha 0 -> 1, linearly), the kimg it then trains at alpha 1, a batch size and learning rates. The
+first phase has no fade (nothing to fade from). The last phase lasts until training ends.
+
+    phases:
+      - {resolution: 4,  fade_kimg: 0,   stable_kimg: 600, batch: 128, lr_g: 1e-3, lr_d: 1e-3}
+      - {resolution: 8,  fade_kimg: 600, stable_kimg: 600, batch: 128, lr_g: 1e-3, lr_d: 1e-3}
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Phase:
+    resolution: int
+    fade_kimg: float
+    stable_kimg: float
+    batch: int
+    lr_g: float
+    lr_d: float
+
+
+@dataclass(frozen=True)
+class PhaseState:
+    index: int
+    resolution: int
+    alpha: float  # 1.0 once the phase's block has faded in
+    batch: int
+    lr_g: float
+    lr_d: float
+    start_kimg: float  # where this phase began
+
+
+class PhaseSchedule:
+    def __init__(self, phases: list[Phase]):
+        if not phases:
+            raise ValueError("a phase schedule needs at least one phase")
+        for i, p in enumerate(phases):
+            if p.fade_kimg < 0 or p.stable_kimg < 0 or p.batch < 1:
+                raise ValueError(f"phase {i}: fade_kimg and stable_kimg must be >= 0 and batch >= 1, got {p}")
+            if i and p.resolution != 2 * phases[i - 1].resolution:
+                raise ValueError(
+                    f"phase {i}: resolution {p.resolution} must double the previous one ({phases[i - 1].resolution})"
+                )
+        if phases[0].fade_kimg:
+            raise ValueError("the first phase has nothing to fade in from: its fade_kimg must be 0")
+        self.phases = list(phases)
+        self.starts = [0.0]
+        for p in self.phases[:-1]:
+            self.starts.append(self.starts[-1] + p.fade_kimg + p.stable_kimg)
+
+    def at(self, kimg: float) -> PhaseState:
+        """The phase, resolution, fade-in alpha, batch and learning rates at `kimg`."""
+        index = max(i for i, start in enumerate(self.starts) if kimg >= start)
+        p, start = self.phases[index], self.starts[index]
+        alpha = 1.0 if p.fade_kimg == 0 else min(1.0, (kimg - start) / p.fade_kimg)
+        return PhaseState(index, p.resolution, alpha, p.batch, p.lr_g, p.lr_d, start)
+
+    @property
+    def final_resolution(self) -> int:
+        return self.phases[-1].resolution

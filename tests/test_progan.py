@@ -1,0 +1,86 @@
+"""Progressive GAN pieces (model and phase schedule); the trainer does not run them yet."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from bigtrain.models.progan import Discriminator, Generator, minibatch_stddev, pixel_norm
+from bigtrain.train.phases import Phase, PhaseSchedule, PhaseState
+
+
+def _schedule():
+    return PhaseSchedule([
+        Phase(4, 0, 10, 64, 1e-3, 1e-3),
+        Phase(8, 20, 10, 32, 1e-3, 1e-3),
+        Phase(16, 40, 0, 16, 5e-4, 5e-4),
+    ])  # fmt: skip
+
+
+def test_schedule_at_boundaries_and_mid_fade():
+    s = _schedule()
+    assert s.at(0.0) == s.at(9.999) == PhaseState(0, 4, 1.0, 64, 1e-3, 1e-3, 0.0)
+    at_8 = s.at(10.0)
+    assert (at_8.index, at_8.resolution, at_8.alpha, at_8.batch) == (1, 8, 0.0, 32), at_8
+    assert s.at(20.0).alpha == pytest.approx(0.5) and s.at(30.0).alpha == 1.0 and s.at(39.9).resolution == 8
+    for kimg, expected in [(40.0, 0.0), (50.0, 0.25), (60.0, 0.5), (80.0, 1.0), (500.0, 1.0)]:
+        state = s.at(kimg)
+        assert state.resolution == 16 and state.alpha == pytest.approx(expected), (kimg, state)
+    assert s.at(55.0).lr_g == 5e-4 and s.at(55.0).batch == 16
+
+
+def test_schedule_refuses_impossible_phases():
+    with pytest.raises(ValueError, match="must double"):
+        PhaseSchedule([Phase(4, 0, 1, 8, 1e-3, 1e-3), Phase(16, 1, 1, 8, 1e-3, 1e-3)])
+    with pytest.raises(ValueError, match="nothing to fade in"):
+        PhaseSchedule([Phase(4, 5, 1, 8, 1e-3, 1e-3)])
+
+
+@pytest.mark.parametrize("final", [8, 32])
+def test_shapes_at_every_phase(final):
+    torch.manual_seed(0)
+    G, D = (
+        Generator(final, z_dim=32, fmap_base=256, fmap_max=32),
+        Discriminator(final, fmap_base=256, fmap_max=32),
+    )
+    z = torch.randn(8, 32)
+    for r in G.resolutions:
+        for alpha in (0.0, 0.3, 1.0):
+            G.set_phase(r, alpha)
+            D.set_phase(r, alpha)
+            images = G(z)
+            assert images.shape == (8, 3, r, r), (r, alpha, images.shape)
+            assert D(images).shape == (8,)
+
+
+def test_alpha_zero_is_the_old_path_and_one_the_new_block_exactly():
+    torch.manual_seed(1)
+    G, D = Generator(16, z_dim=32, fmap_base=256, fmap_max=32), Discriminator(16, fmap_base=256, fmap_max=32)
+    z = torch.randn(4, 32)
+    G.set_phase(8, 1.0)
+    old = F.interpolate(G(z), scale_factor=2, mode="nearest")
+    G.set_phase(16, 0.0)
+    assert torch.equal(G(z), old), "G at alpha 0 must be the up-sampled 8x8 output"
+    G.set_phase(16, 1.0)
+    full = G(z)
+    G.set_phase(16, 1e-6)
+    assert (G(z) - full).abs().max() > 0 and torch.allclose(G(z), old, atol=1e-4)
+
+    x = torch.randn(4, 3, 16, 16)
+    D.set_phase(8, 1.0)
+    old_d = D(F.avg_pool2d(x, 2))
+    D.set_phase(16, 0.0)
+    assert torch.equal(D(x), old_d), "D at alpha 0 must score the down-sampled image with the 8x8 path"
+    D.set_phase(16, 1.0)
+    assert not torch.equal(D(x), old_d)
+
+
+def test_pixel_norm_and_minibatch_stddev():
+    x = torch.randn(8, 16, 4, 4) * 5
+    assert torch.allclose(pixel_norm(x).pow(2).mean(dim=1), torch.ones(8, 4, 4), atol=1e-4)
+    y = minibatch_stddev(x, group_size=4)
+    assert y.shape == (8, 17, 4, 4)
+    groups = x.reshape(4, 2, 16, 4, 4)  # strided groups: sample i joins group i mod 2
+    expected = groups.std(dim=0, unbiased=False).mean(dim=(1, 2, 3))
+    assert torch.allclose(y[0, 16, 0, 0], expected[0], atol=1e-5) and torch.allclose(
+        y[1, 16, 0, 0], expected[1], atol=1e-5
+    )
