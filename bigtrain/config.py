@@ -47,12 +47,16 @@ class ModelConfig:
     num_classes: int = 0  # 0: from the dataset manifest; 1: unconditional
     bn_eps: float = 1e-5
     sn_eps: float = 1e-6
+    fmap_base: int = 8192  # progan: feature maps at resolution r are min(fmap_base / r, fmap_max)
+    fmap_max: int = 512
 
 
 @dataclass
 class LossConfig:
-    name: str = "hinge"  # hinge | nonsat
+    name: str = "hinge"  # hinge | nonsat | wgan-gp (ProGAN: gradient penalty and drift)
     ortho_strength: float = 1e-4  # BigGAN orthogonal regularization beta on G (0 disables)
+    gp_weight: float = 10.0  # wgan-gp: lambda of the gradient penalty (target norm 1)
+    drift: float = 0.001  # wgan-gp: epsilon_drift x E[D(real)^2] keeps D's output near 0
 
 
 @dataclass
@@ -63,6 +67,18 @@ class OptimConfig:
     beta2: float = 0.999
     eps: float = 1e-6
     fused: bool = True  # fused Adam kernels where the device has them
+
+
+@dataclass
+class PhaseConfig:
+    """One progressive-growing phase (see bigtrain/train/phases.py)."""
+
+    resolution: int = 4
+    fade_kimg: float = 0.0  # kimg over which the new block fades in (alpha 0 -> 1)
+    stable_kimg: float = 0.0  # kimg at alpha 1 before the next phase
+    batch: int = 64
+    lr_g: float = 1e-3
+    lr_d: float = 1e-3
 
 
 @dataclass
@@ -82,6 +98,9 @@ class TrainConfig:
     keep_checkpoints: int = 3
     check_finite: bool = True  # skip an optimizer step whose loss is not finite on any rank (1 sync/step)
     max_nonfinite_steps: int = 10  # consecutive skipped steps before training stops
+    # Progressive growing: resolution, fade-in, batch and learning rates per phase (empty: one phase
+    # at model.resolution with train.batch and optim's learning rates).
+    phases: list[PhaseConfig] = field(default_factory=list)
 
 
 @dataclass
@@ -140,8 +159,8 @@ class Config:
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "data.loader": ("auto", "webdataset", "dali"),
-    "model.name": ("biggan",),
-    "loss.name": ("hinge", "nonsat"),
+    "model.name": ("biggan", "progan"),
+    "loss.name": ("hinge", "nonsat", "wgan-gp"),
     "train.device": ("auto", "cpu", "cuda"),
     "train.precision": ("auto", "fp32", "bf16"),
     "train.channels_last": ("auto", "on", "off"),
@@ -161,6 +180,11 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
             value = [value]  # `model.attn_res=64` means [64]
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key} must be a list, got {value!r}")
+        if dataclasses.is_dataclass(item_type):
+            return [
+                v if isinstance(v, item_type) else _build(item_type, v, f"{key}[{i}].")
+                for i, v in enumerate(value)
+            ]
         return [_coerce(v, item_type, f"{key}[{i}]") for i, v in enumerate(value)]
     if origin in (typing.Union, types.UnionType):
         raise TypeError(f"unsupported annotation for {key}")  # keep the tree simple: no Optionals
@@ -356,3 +380,34 @@ def validate(cfg: Config, world_size: int = 1) -> None:
         except ValueError as e:
             raise ConfigError(f"eval.metrics[{i}]: {e}") from None
     positive("dist.timeout_minutes", cfg.dist.timeout_minutes)
+    _validate_phases(cfg, world_size)
+
+
+def _validate_phases(cfg: Config, world_size: int) -> None:
+    phases, t = cfg.train.phases, cfg.train
+    if not phases:
+        return
+    if cfg.model.name != "progan":
+        raise ConfigError(f"train.phases needs a growing model (model.name=progan), not {cfg.model.name}")
+    for i, p in enumerate(phases):
+        key = f"train.phases[{i}]"
+        if not _is_power_of_two(p.resolution) or p.resolution < 4:
+            raise ConfigError(f"{key}.resolution={p.resolution} must be a power of two >= 4")
+        if i and p.resolution != 2 * phases[i - 1].resolution:
+            raise ConfigError(
+                f"{key}.resolution={p.resolution} must double the previous phase's {phases[i - 1].resolution}"
+            )
+        if p.fade_kimg < 0 or p.stable_kimg < 0 or (i == 0 and p.fade_kimg):
+            raise ConfigError(
+                f"{key}: kimg must be >= 0, and the first phase has nothing to fade in (fade_kimg 0)"
+            )
+        if p.batch < 1 or p.batch % (world_size * t.accum):
+            raise ConfigError(
+                f"{key}.batch={p.batch} must be divisible by world size x train.accum = {world_size * t.accum}"
+            )
+        if p.lr_g <= 0 or p.lr_d <= 0:
+            raise ConfigError(f"{key}: learning rates must be > 0")
+    if phases[-1].resolution != cfg.model.resolution:
+        raise ConfigError(
+            f"the last of train.phases grows to {phases[-1].resolution}, but model.resolution is {cfg.model.resolution}"
+        )

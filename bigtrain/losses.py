@@ -32,7 +32,32 @@ def nonsat_g(fake_logits: torch.Tensor) -> torch.Tensor:
     return F.softplus(-fake_logits).mean()
 
 
-LOSSES = {"hinge": (hinge_d, hinge_g), "nonsat": (nonsat_d, nonsat_g)}
+def wgan_d(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    """L_D = E[D(G(z))] - E[D(x)]   (Arjovsky et al. 2017); the trainer adds the gradient penalty and
+    the drift term of `wgan_gp_terms`."""
+    return fake_logits.mean() - real_logits.mean()
+
+
+def wgan_g(fake_logits: torch.Tensor) -> torch.Tensor:
+    """L_G = -E[D(G(z))]."""
+    return -fake_logits.mean()
+
+
+def wgan_gp_terms(
+    interp_logits: torch.Tensor,
+    interp: torch.Tensor,
+    real_logits: torch.Tensor,
+    gp_weight: float,
+    drift: float,
+) -> torch.Tensor:
+    """lambda E[(||grad_x^ D(x^)|| - 1)^2] (Gulrajani et al. 2017) + eps_drift E[D(x)^2] (ProGAN, A.1), with
+    x^ a random interpolate of real and fake. `interp` must require grad and feed `interp_logits`."""
+    (grad,) = torch.autograd.grad(interp_logits.sum(), interp, create_graph=True)
+    penalty = (grad.flatten(1).norm(dim=1) - 1.0).pow(2).mean()
+    return gp_weight * penalty + drift * real_logits.pow(2).mean()
+
+
+LOSSES = {"hinge": (hinge_d, hinge_g), "nonsat": (nonsat_d, nonsat_g), "wgan-gp": (wgan_d, wgan_g)}
 
 
 def _as_filter_rows(weight: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Progressive GAN pieces (model and phase schedule); the trainer does not run them yet."""
+"""Progressive GAN: model, phase schedule, and growing inside the trainer."""
 
 import pytest
 import torch
@@ -84,3 +84,67 @@ def test_pixel_norm_and_minibatch_stddev():
     assert torch.allclose(y[0, 16, 0, 0], expected[0], atol=1e-5) and torch.allclose(
         y[1, 16, 0, 0], expected[1], atol=1e-5
     )
+
+
+# ----------------------------------------------------------------------------- growing in the trainer
+
+PROGAN = "configs/progan/digits32.yaml"
+
+
+def _phased(data, run_dir, total_kimg, phases, *extra):
+    from bigtrain.config import load_config
+    from conftest import REPO
+
+    return load_config(REPO / PROGAN, [f"data.path={data}", f"train.run_dir={run_dir}", "track.enabled=false",
+                                       f"train.total_kimg={total_kimg}", f"train.phases={phases}", *extra])  # fmt: skip
+
+
+def test_a_checkpoint_taken_mid_fade_resumes_identically(demo_shards, tmp_path):
+    from bigtrain.train.loop import Trainer
+
+    phases = "[{resolution: 4, stable_kimg: 0.064, batch: 16}, {resolution: 8, fade_kimg: 0.128, batch: 8}]"
+    extra = ["model.resolution=8", "eval.every_kimg=0", "ema.halflife_kimg=0.05"]
+    whole = Trainer(_phased(demo_shards, tmp_path / "whole", 0.192, phases, *extra))
+    whole.run()
+    first = Trainer(_phased(demo_shards, tmp_path / "split", 0.128, phases, *extra))
+    first.run()
+    stopped = first.schedule.at(first.kimg)
+    assert (stopped.resolution, stopped.alpha) == (8, 0.5), stopped  # halfway through the fade-in
+    second = Trainer(_phased(demo_shards, tmp_path / "split", 0.192, phases, *extra), resume=True)
+    assert second.phase == stopped and second.batch == 8, (second.phase, stopped)
+    assert second.loader.resolution == 8 and second.micro_batch == 8
+    second.run()
+    for name, a, b in [
+        ("G_ema", whole.ema.model, second.ema.model),
+        ("D", whole.D, second.D),
+        ("G", whole.G, second.G),
+    ]:
+        for (key, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
+            assert torch.equal(x, y), (
+                f"{name}.{key} differs after a mid-fade resume (max {(x - y).abs().max():.3g})"
+            )
+    assert whole.opt_g.state_dict()["state"].keys() == second.opt_g.state_dict()["state"].keys()
+
+
+def test_shards_below_the_final_resolution_are_refused_at_load(demo_shards, tmp_path):
+    from bigtrain.data.manifest import DataError
+    from bigtrain.train.loop import Trainer
+
+    phases = "[{resolution: 32, batch: 16}, {resolution: 64, fade_kimg: 1, batch: 16}]"
+    with pytest.raises(DataError, match="64"):
+        Trainer(_phased(demo_shards, tmp_path / "run", 1, phases, "model.resolution=64", "eval.every_kimg=0"))
+
+
+def test_phase_config_errors_name_the_key():
+    from bigtrain.config import ConfigError, load_config
+    from conftest import REPO
+
+    with pytest.raises(ConfigError, match=r"train\.phases\[1\]\.resolution=32 must double"):
+        load_config(
+            REPO / PROGAN,
+            ["train.phases=[{resolution: 4}, {resolution: 32, fade_kimg: 1}]", "model.resolution=32"],
+        )
+    with pytest.raises(ConfigError, match="grows to 16, but model.resolution is 32"):
+        load_config(REPO / PROGAN, ["train.phases=[{resolution: 8}, {resolution: 16, fade_kimg: 1}]"])
+    with pytest.raises(ConfigError, match="train.phases needs a growing model"):
+        load_config(REPO / "configs/biggan/digits32.yaml", ["train.phases=[{resolution: 32}]"])

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from torch import nn
 
 from ..config import ModelConfig
-from . import biggan
+from . import biggan, progan
 
 
 def _build_biggan(m: ModelConfig, num_classes: int) -> tuple[nn.Module, nn.Module]:
@@ -18,7 +18,16 @@ def _build_biggan(m: ModelConfig, num_classes: int) -> tuple[nn.Module, nn.Modul
     return g, d
 
 
-REGISTRY: dict[str, Callable[[ModelConfig, int], tuple[nn.Module, nn.Module]]] = {"biggan": _build_biggan}
+def _build_progan(m: ModelConfig, num_classes: int) -> tuple[nn.Module, nn.Module]:
+    """Unconditional, as in the paper: class labels are ignored."""
+    g = progan.Generator(m.resolution, m.z_dim, m.fmap_base, m.fmap_max)
+    return g, progan.Discriminator(m.resolution, m.fmap_base, m.fmap_max)
+
+
+REGISTRY: dict[str, Callable[[ModelConfig, int], tuple[nn.Module, nn.Module]]] = {
+    "biggan": _build_biggan,
+    "progan": _build_progan,
+}
 
 
 def build_models(m: ModelConfig, num_classes: int) -> tuple[nn.Module, nn.Module]:

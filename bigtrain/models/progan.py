@@ -54,9 +54,12 @@ def pixel_norm(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     return x * torch.rsqrt(x.pow(2).mean(dim=1, keepdim=True) + eps)
 
 
-def minibatch_stddev(x: torch.Tensor, group_size: int = 4) -> torch.Tensor:
+def minibatch_stddev(x: torch.Tensor, group_size: int = 4, parts: int = 1) -> torch.Tensor:
     """Append the mean over features and pixels of the per-group standard deviation as one feature map.
-    Groups are strided (sample i joins group i mod N/G), as in the reference implementation."""
+    Groups are strided (sample i joins group i mod N/G), as in the reference implementation. With
+    `parts` > 1 the batch is that many contiguous sets (reals, fakes, ...) whose samples never share a group."""
+    if parts > 1:
+        return torch.cat([minibatch_stddev(chunk, group_size) for chunk in x.chunk(parts)])
     b, c, h, w = x.shape
     g = min(group_size, b)
     while b % g:
@@ -143,6 +146,8 @@ class Discriminator(PhaseMixin, nn.Module):
         super().__init__()
         self.resolutions = _resolutions(resolution)
         self.mbstd_group = mbstd_group
+        # The trainer passes reals, fakes (and interpolates) in one batch: see minibatch_stddev.
+        self.parts = 1
         ch = {r: progan_channels(r, fmap_base, fmap_max) for r in self.resolutions}
         self.from_rgb = nn.ModuleDict({str(r): EqualizedConv2d(3, ch[r], 1) for r in self.resolutions})
         self.blocks = nn.ModuleDict()
@@ -178,7 +183,7 @@ class Discriminator(PhaseMixin, nn.Module):
             for lower in reversed(self.resolutions[1:]):
                 if lower < r:
                     x = self._block(lower, x)
-        x = minibatch_stddev(x, self.mbstd_group)
+        x = minibatch_stddev(x, self.mbstd_group, self.parts)
         x = F.leaky_relu(self.final_conv(x), 0.2)
         x = F.leaky_relu(self.final_dense(x.flatten(1)), 0.2)
         return self.output(x).squeeze(1)

@@ -39,7 +39,8 @@ class EMA:
             torch._foreach_copy_(self._params, source)
         else:
             torch._foreach_lerp_(self._params, source, 1.0 - beta)
-        torch._foreach_copy_(self._buffers, list(model.buffers()))
+        if self._buffers:  # models without BN or SN (ProGAN) have none
+            torch._foreach_copy_(self._buffers, list(model.buffers()))
 
 
 @torch.no_grad()

@@ -6,6 +6,7 @@ tracking are called from `run`, not inlined in the step.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import random
 import signal
@@ -23,12 +24,13 @@ from ..dist import make_backend, pick_device
 from ..eval.plots import plot_lines
 from ..eval.sampling import random_labels, save_grid, truncated_normal
 from ..eval.suite import MetricSuite
-from ..losses import LOSSES, add_orthogonal_grad_, ortho_parameters, orthogonal_penalty
+from ..losses import LOSSES, add_orthogonal_grad_, ortho_parameters, orthogonal_penalty, wgan_gp_terms
 from ..models import build_models
 from ..models.layers import frozen_state
 from ..track import make_tracker
 from .checkpoint import begin_checkpoint, latest_checkpoint, load_checkpoint, save_checkpoint, staging_dir
 from .ema import EMA, ema_beta, refresh_batchnorm_stats
+from .phases import Phase, PhaseSchedule, PhaseState
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +87,13 @@ class Trainer:
         self.channels_last = t.channels_last == "on" or (t.channels_last == "auto" and on_cuda)
         self.run_dir = Path(t.run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.micro_batch = t.batch // (self.world_size * t.accum)
+        # Progressive growing: the phase at the current kimg sets resolution, fade-in, batch and lr.
+        self.schedule = (
+            PhaseSchedule([Phase(**dataclasses.asdict(p)) for p in t.phases]) if t.phases else None
+        )
+        self.phase: PhaseState | None = None
+        self.batch = self.schedule.at(0.0).batch if self.schedule else t.batch  # global images per step
+        self.micro_batch = self.batch // (self.world_size * t.accum)
 
         self.loader = loader or make_loader(cfg, self.micro_batch, self.device, self.rank, self.world_size)
         manifest = self.loader.manifest
@@ -147,6 +155,8 @@ class Trainer:
                 self.load_state_dict(load_checkpoint(ckpt))
                 self.backend.load_engine_state(ckpt)
                 log.info("resumed from %s at %.3f kimg", ckpt, self.kimg)
+        if self.schedule:
+            self._enter_phase()
         model = f"{cfg.model.name}{cfg.model.resolution}"
         run_name = cfg.track.run_name or f"{recipe or model}-{self.dataset_name}" + (
             f"-{model}" if recipe else ""
@@ -181,6 +191,8 @@ class Trainer:
         A network's state (SN power iterations, BN statistics) advances only in its own step, once per
         step whatever the accumulation: the D step does not touch G, nor the G step D."""
         t, b = self.cfg.train, self.backend
+        if self.schedule:
+            self._enter_phase()
         for _ in range(t.n_disc_steps):
             b.zero_grad("d")
             for i in range(t.accum):
@@ -193,10 +205,14 @@ class Trainer:
                     self._first_only(self.D, i),
                     self._autocast(),
                 ):
-                    # One D pass over real and fake together.
-                    logits = self.d_train(torch.cat([x, fake]), torch.cat([y, y_fake])).float()
-                    real_logits, fake_logits = logits.split(self.micro_batch)
-                    loss_d = self.d_loss(real_logits, fake_logits) / t.accum
+                    # One D pass over real and fake (and, for WGAN-GP, their interpolates) together.
+                    if self.cfg.loss.name == "wgan-gp":
+                        loss_d, real_logits, fake_logits = self._wgan_gp_d_loss(x, y, fake, y_fake)
+                    else:
+                        logits = self.d_train(torch.cat([x, fake]), torch.cat([y, y_fake])).float()
+                        real_logits, fake_logits = logits.split(self.micro_batch)
+                        loss_d = self.d_loss(real_logits, fake_logits)
+                    loss_d = loss_d / t.accum
                     b.backward(loss_d, "d")
             self._guarded_step("d", loss_d)
         self.D.requires_grad_(False)  # frozen D in the G step: no D gradients computed or all-reduced
@@ -220,9 +236,9 @@ class Trainer:
         self._guarded_step("g", loss_g, check_stop=True)
         self.D.requires_grad_(True)
 
-        self.images += t.n_disc_steps * t.batch
+        self.images += t.n_disc_steps * self.batch
         e = self.cfg.ema
-        beta = 0.0 if self.kimg < e.start_kimg else ema_beta(t.batch, e.halflife_kimg, self.kimg, e.rampup)
+        beta = 0.0 if self.kimg < e.start_kimg else ema_beta(self.batch, e.halflife_kimg, self.kimg, e.rampup)
         self.ema.update(self.G, beta)
         self.iteration += 1
         # Metrics stay on the device until a log point.
@@ -234,6 +250,47 @@ class Trainer:
         ]
         self._sums += torch.stack(losses)
         self._sum_steps += 1
+
+    def _wgan_gp_d_loss(self, x, y, fake, y_fake) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """WGAN loss + gradient penalty at random real/fake interpolates + drift (ProGAN's D loss).
+        D's minibatch statistics are kept within each of the three parts."""
+        eps = torch.rand(x.shape[0], 1, 1, 1, device=x.device, generator=self.noise)  # follows the slot seed
+        interp = torch.lerp(fake.detach().to(x.dtype), x.detach(), eps).requires_grad_(True)
+        self.D.parts = 3
+        try:
+            logits = self.d_train(torch.cat([x, fake, interp]), torch.cat([y, y_fake, y_fake])).float()
+        finally:
+            self.D.parts = 1
+        real_logits, fake_logits, interp_logits = logits.split(self.micro_batch)
+        loss = self.d_loss(real_logits, fake_logits) + wgan_gp_terms(
+            interp_logits, interp, real_logits, self.cfg.loss.gp_weight, self.cfg.loss.drift
+        )
+        return loss, real_logits, fake_logits
+
+    def _enter_phase(self) -> None:
+        """Follow the schedule: on a new phase, the loader's resolution and batch, the learning rates
+        and fresh optimizer moments for the grown networks (as the paper's code resets Adam for each new
+        resolution); at every step, the fade-in alpha of G, D and G_ema."""
+        state = self.schedule.at(self.kimg)
+        if self.phase is None or state.index != self.phase.index:
+            if self.phase is not None:  # a phase boundary crossed in training (not a resume)
+                for opt in (self.opt_g, self.opt_d):
+                    opt.state.clear()
+            self.batch = state.batch
+            self.micro_batch = state.batch // (self.world_size * self.cfg.train.accum)
+            self.loader.reconfigure(state.resolution, self.micro_batch)
+            for opt, lr in ((self.opt_g, state.lr_g), (self.opt_d, state.lr_d)):
+                for group in opt.param_groups:
+                    group["lr"] = lr
+            if self.rank == 0:
+                log.info(
+                    "phase %d at %.2f kimg: %dx%d, fade-in over %.0f kimg, batch %d",
+                    state.index, self.kimg, state.resolution, state.resolution,
+                    self.schedule.phases[state.index].fade_kimg, state.batch,
+                )  # fmt: skip
+        self.phase = state
+        for model in (self.G, self.D, self.ema.model):
+            model.set_phase(state.resolution, state.alpha)
 
     def _ortho_penalty(self) -> torch.Tensor:
         strength = self.cfg.loss.ortho_strength
@@ -298,6 +355,8 @@ class Trainer:
         metrics = self.metrics.compute(
             lambda n: self._generate(*self._eval_latents(n, generator, truncation)), cfg.batch
         )
+        if self.phase is not None:  # a growing model: samples at the phase's resolution, scored as they are
+            metrics["eval_resolution"] = float(self.phase.resolution)
         if not record:
             return metrics
         metrics["eval_seconds"] = time.time() - started
@@ -317,7 +376,7 @@ class Trainer:
         return metrics
 
     def plot_history(self) -> Path | None:
-        names = [k for k in self.metric_history[-1] if k not in ("kimg", "eval_seconds")]
+        names = [k for k in self.metric_history[-1] if k not in ("kimg", "eval_seconds", "eval_resolution")]
         kimgs = [h["kimg"] for h in self.metric_history]
         series = {n: [h.get(n, float("nan")) for h in self.metric_history] for n in names}
         return plot_lines(kimgs, series, "kimg", self.run_dir / "metrics.png", self.tracker_title())
@@ -332,9 +391,12 @@ class Trainer:
             return
         name, lower_is_better = primary
         value = metrics[name]
-        if self.best and not (value < self.best["value"] if lower_is_better else value > self.best["value"]):
+        same_metric = self.best.get("metric") == name  # a growing model's phase renames its metric
+        if same_metric and not (
+            value < self.best["value"] if lower_is_better else value > self.best["value"]
+        ):
             return
-        self.best = {"value": value, "kimg": self.kimg}
+        self.best = {"metric": name, "value": value, "kimg": self.kimg}
         path = self.save(name="best")
         if self.rank == 0:
             log.info("best %s so far (%.4g at %.2f kimg): %s", name, value, self.kimg, path)
@@ -387,6 +449,8 @@ class Trainer:
             lr_g=self.opt_g.param_groups[0]["lr"],
             lr_d=self.opt_d.param_groups[0]["lr"],
         )
+        if self.phase is not None:
+            metrics.update(phase=self.phase.index, resolution=self.phase.resolution, alpha=self.phase.alpha)
         metrics["data_skipped_corrupt"] = self.loader.skipped_corrupt
         metrics["skipped_steps"] = self.skipped_steps
         if self.device.type == "cuda":
