@@ -310,8 +310,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return from_dict(data, overrides)
 
 
-def save_config(cfg: Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+def config_yaml(cfg: Config) -> str:
+    """The whole config as a ready-to-run recipe (a sweep's best.yaml, a Kubernetes ConfigMap)."""
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
 
 
 # --------------------------------------------------------------------------- validation

@@ -68,6 +68,7 @@ def verified_weights() -> Path:
     return path
 
 
+@lru_cache(maxsize=8)
 def _tf1_bilinear_matrix(size_in: int, size_out: int) -> torch.Tensor:
     """(size_out, size_in) interpolation weights of TF1's resize_bilinear(align_corners=False)."""
     source = torch.arange(size_out, dtype=torch.float64) * (size_in / size_out)

@@ -61,14 +61,16 @@ def inception_reference(
     )
     stats = FeatureStats.empty(net.feature_dim)
     kept: list[torch.Tensor] = []
+    num_kept = 0
     with tqdm(total=wanted, desc=f"Inception reference of {data_path.name}", unit="img") as bar:
         while stats.count < wanted:
             x, _ = loader.next_uint8()
             x = x[: wanted - stats.count].to(device).float().div(127.5).sub(1)
             features = net(x)
             stats.add(features)
-            if sum(len(k) for k in kept) < MAX_STORED_FEATURES:
+            if num_kept < MAX_STORED_FEATURES:
                 kept.append(features.half().cpu())
+                num_kept += len(features)
             bar.update(len(x))
     loader.close()
     saved = {

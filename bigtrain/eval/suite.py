@@ -17,7 +17,7 @@ import torch.distributed as dist
 from ..data.manifest import Manifest
 from .features import FrechetEvaluator, classifier_evaluator
 from .frechet import FeatureStats, all_reduce_stats, frechet_distance_of
-from .inception import inception_for, to_uint8_range
+from .inception import InceptionFeatures, inception_for, to_uint8_range
 from .metrics import (
     LOWER_IS_BETTER,
     MetricSpec,
@@ -178,12 +178,13 @@ class MetricSuite:
             results[self.logged_name(parse_metric("fd"))] = frechet_distance_of(
                 fd_stats, self.classifier().reference
             )
-        fake = torch.cat(inception_rows) if inception_rows else torch.zeros(0, 2048)
+        dim = InceptionFeatures.feature_dim
+        fake = torch.cat(inception_rows) if inception_rows else torch.zeros(0, dim)
         gathered: torch.Tensor | None = None
         for spec in self.specs:
             mine = fake[: counts[spec.name]]
             if spec.kind == "fid":
-                stats = FeatureStats.empty(2048)
+                stats = FeatureStats.empty(dim)
                 stats.add(mine)
                 if self.world_size > 1:
                     stats = all_reduce_stats(stats, _all_reduce_sum, self.device)

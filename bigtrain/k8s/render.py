@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from ..config import ConfigError, load_config, to_dict, validate
+from ..config import ConfigError, config_yaml, load_config, read_yaml_mapping, validate
 
 KINDS = ("pytorchjob", "job", "rayjob", "mlflow", "storage")
 RDZV_PORT = 29400
@@ -61,9 +61,9 @@ def _name_ok(name: str) -> bool:
     return bool(re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,50}[a-z0-9])?", name))
 
 
-def check(o: RenderOptions) -> tuple[dict[str, Any], str]:
-    """Refuse impossible values before anything is printed; returns (resolved config dict or sweep
-    dict, the text that goes into the ConfigMap)."""
+def check(o: RenderOptions) -> str:
+    """Refuse impossible values before anything is printed; returns the text that goes into the
+    ConfigMap (the resolved recipe, or the sweep file; empty for kinds without one)."""
     if o.kind not in KINDS:
         raise ConfigError(f"--kind {o.kind!r} is not one of {', '.join(KINDS)}")
     if o.nodes < 1:
@@ -97,16 +97,15 @@ def check(o: RenderOptions) -> tuple[dict[str, Any], str]:
             ) from None
         if cfg.train.device == "cuda" and o.gpus_per_node == 0:
             raise ConfigError("the recipe sets train.device=cuda but --gpus-per-node is 0")
-        text = yaml.safe_dump(to_dict(cfg), sort_keys=False)
-        return to_dict(cfg), text
-    return {}, ""
+        return config_yaml(cfg)
+    return ""
 
 
-def _check_sweep(o: RenderOptions) -> tuple[dict[str, Any], str]:
+def _check_sweep(o: RenderOptions) -> str:
     from ..tune.sweep import load_sweep
 
     spec, _ = load_sweep(o.config)  # every key and value of the space is checked here
-    data = yaml.safe_load(Path(o.config).read_text())
+    data = read_yaml_mapping(o.config, "sweep file")
     need = spec.resources.workers * spec.resources.gpus
     if need > o.nodes * o.gpus_per_node and need > 0:
         raise ConfigError(
@@ -114,7 +113,7 @@ def _check_sweep(o: RenderOptions) -> tuple[dict[str, Any], str]:
             f"{o.nodes} nodes x {o.gpus_per_node} GPUs"
         )
     data["storage"] = f"/runs/{o.name}"
-    return data, yaml.safe_dump(data, sort_keys=False)
+    return yaml.safe_dump(data, sort_keys=False)
 
 
 # ----------------------------------------------------------------------------- shared pieces
@@ -357,7 +356,7 @@ def render(o: RenderOptions) -> list[dict]:
     """The manifests of `o.kind`, after `check`."""
     if not o.name:
         o.name = Path(o.config).stem.replace("_", "-").lower() if o.config else "bigtrain"
-    _, text = check(o)
+    text = check(o)
     if o.kind == "pytorchjob":
         return render_pytorchjob(o, text)
     if o.kind == "job":

@@ -59,7 +59,3 @@ class PhaseSchedule:
         p, start = self.phases[index], self.starts[index]
         alpha = 1.0 if p.fade_kimg == 0 else min(1.0, (kimg - start) / p.fade_kimg)
         return PhaseState(index, p.resolution, alpha, p.batch, p.lr_g, p.lr_d, start)
-
-    @property
-    def final_resolution(self) -> int:
-        return self.phases[-1].resolution

@@ -18,9 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from ..config import ConfigError, to_dict
+from ..config import ConfigError, config_yaml
 from ..data.manifest import load_manifest
 from ..eval.metrics import parse_metric
 from .sweep import SweepSpec, load_sweep, perturbation_space, to_ray_space, trial_config
@@ -41,9 +39,7 @@ def _run_trainer(config: dict[str, Any], run_dir: Path, report) -> None:
     cfg = trial_config(
         config["base"], values, [*extra, f"train.run_dir={run_dir}", f"track.run_name={config['trial_name']}"]
     )
-    trainer = Trainer(
-        cfg, resume=config.get("resume", False) or (run_dir / "checkpoints" / "latest").is_file()
-    )
+    trainer = Trainer(cfg, resume=(run_dir / "checkpoints" / "latest").is_file())  # restored or exploited
     wants_checkpoints = config["scheduler"] == "pbt"
 
     def on_evaluate(t: Trainer, metrics: dict[str, float]) -> None:
@@ -61,9 +57,9 @@ def _replica_spread(trainer) -> float:
     import torch
     import torch.distributed as dist
 
-    total = sum(p.detach().double().sum() for p in trainer.G.parameters()).reshape(1).to(trainer.device)
     if trainer.world_size == 1:
         return 0.0
+    total = sum(p.detach().double().sum() for p in trainer.G.parameters()).reshape(1).to(trainer.device)
     sums = [torch.zeros_like(total) for _ in range(trainer.world_size)]
     dist.all_gather(sums, total)
     values = [float(s) for s in sums]
@@ -335,7 +331,7 @@ def _summarize(results, spec: SweepSpec, base, metric: str, sweep_dir: Path, tra
         )
         best_yaml = sweep_dir / "best.yaml"
         header = f"# best of sweep {spec.name}: {metric} = {chosen['value']:.5g} at {chosen['kimg']:g} kimg\n"
-        best_yaml.write_text(header + yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        best_yaml.write_text(header + config_yaml(cfg))
     total_kimg = float(base["train"]["total_kimg"])
     summary = {
         "trials": len(trials) + len(failed),

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import difflib
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -147,20 +146,21 @@ def trial_config(base: dict[str, Any], values: dict[str, Any], extra: list[str] 
     return from_dict(base, overrides)
 
 
-def to_ray_space(spec: SweepSpec) -> dict[str, Any]:
+def _ray_domain(entry: dict) -> Any:
     from ray import tune
 
-    def one(entry: dict) -> Any:
-        kind, args = next(iter(entry.items()))
-        if kind == "choice":
-            return tune.choice(args)
-        if kind == "grid":
-            return tune.grid_search(args)
-        if kind == "uniform":
-            return tune.uniform(*args)
-        return tune.loguniform(*args)
+    kind, args = next(iter(entry.items()))
+    if kind == "choice":
+        return tune.choice(args)
+    if kind == "grid":
+        return tune.grid_search(args)
+    if kind == "uniform":
+        return tune.uniform(*args)
+    return tune.loguniform(*args)
 
-    return {key: one(entry) for key, entry in spec.space.items()}
+
+def to_ray_space(spec: SweepSpec) -> dict[str, Any]:
+    return {key: _ray_domain(entry) for key, entry in spec.space.items()}
 
 
 def perturbation_space(spec: SweepSpec) -> dict[str, Any]:
@@ -170,15 +170,5 @@ def perturbation_space(spec: SweepSpec) -> dict[str, Any]:
         kind, args = next(iter(entry.items()))
         if kind == "grid":
             continue
-        space[key] = list(args) if kind == "choice" else _sampler(kind, args)
+        space[key] = list(args) if kind == "choice" else _ray_domain(entry)
     return space
-
-
-def _sampler(kind: str, args: list[float]):
-    from ray import tune
-
-    return tune.uniform(*args) if kind == "uniform" else tune.loguniform(*args)
-
-
-def is_finite_number(x: Any) -> bool:
-    return isinstance(x, (int, float)) and math.isfinite(x)
