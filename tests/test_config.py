@@ -15,8 +15,11 @@ def test_defaults_load_and_overrides_apply():
 def test_recipe_files_all_load():
     from pathlib import Path
 
-    recipes = sorted(Path(__file__).resolve().parents[1].glob("configs/biggan/*.yaml"))
-    assert len(recipes) >= 4, recipes
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    recipes = sorted(
+        [*configs.glob("biggan/*.yaml"), *configs.glob("progan/*.yaml"), *configs.glob("stylegan2/*.yaml")]
+    )
+    assert len(recipes) >= 7, recipes
     for path in recipes:
         load_config(path)
 

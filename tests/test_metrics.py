@@ -114,3 +114,30 @@ def test_inception_score_is_skipped_with_a_reason_when_its_weights_are_absent(tm
     with caplog.at_level(logging.WARNING):
         assert metrics_module.inception_score_extractor(torch.device("cpu")) is None
     assert "no classification head" in caplog.text and str(tmp_path) in caplog.text
+
+
+def test_a_lower_resolution_is_scored_against_reals_downscaled_to_it(demo_shards):
+    """A growing model's phase: names say the resolution, and the references are the reals at it."""
+    from bigtrain.data.loader import ShardLoader
+    from bigtrain.data.manifest import load_manifest
+    from bigtrain.eval.features import real_stats
+    from bigtrain.eval.reference import reference_path
+    from bigtrain.eval.suite import MetricSuite
+
+    manifest = load_manifest(demo_shards)
+    suite = MetricSuite(["fd", "fid16"], demo_shards, manifest, torch.device("cpu"), 16, reference_images=16)
+    suite.at_resolution(8)
+    loader = ShardLoader(demo_shards, 256, 8, "cpu", seed=0, num_workers=0, shuffle_buffer=0)
+    expected = real_stats(suite.classifier().net, loader, manifest.num_samples)
+    loader.close()
+    got = suite.fd_reference()
+    assert torch.allclose(got.total / got.count, expected.total / expected.count), "not the reals at 8x8"
+    full = suite.classifier().reference
+    assert not torch.allclose(got.total / got.count, full.total / full.count, atol=1e-3), "equals full size"
+    assert suite.primary == ("fd_digits_8px", True)
+
+    results = suite.compute(lambda n: torch.rand(n, 3, 8, 8) * 2 - 1, batch=16)
+    assert reference_path(demo_shards, 8).is_file() and suite.reference()["count"] == 16
+    assert set(results) == {"fd_digits_8px", "fid16_8px"}, results
+    suite.at_resolution(32)  # the data's own size: plain names again
+    assert suite.primary == ("fd_digits", True)

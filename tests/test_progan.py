@@ -126,6 +126,28 @@ def test_a_checkpoint_taken_mid_fade_resumes_identically(demo_shards, tmp_path):
     assert whole.opt_g.state_dict()["state"].keys() == second.opt_g.state_dict()["state"].keys()
 
 
+@pytest.mark.slow
+def test_a_run_across_two_phase_boundaries_lowers_the_frechet_distance(demo_shards, tmp_path):
+    """4x4 -> 8x8 -> 16x16 with fade-ins; each evaluation is against the reals at its phase's
+    resolution, so the last (16x16) must be closer to its reals than the untrained 4x4 G was to its."""
+    from bigtrain.train.loop import Trainer
+
+    lr = "lr_g: 2.0e-3, lr_d: 2.0e-3"
+    phases = (f"[{{resolution: 4, stable_kimg: 1.5, batch: 16, {lr}}}, "
+              f"{{resolution: 8, fade_kimg: 1.5, stable_kimg: 1.5, batch: 16, {lr}}}, "
+              f"{{resolution: 16, fade_kimg: 1.5, stable_kimg: 1.5, batch: 16, {lr}}}]")  # fmt: skip
+    trainer = Trainer(
+        _phased(demo_shards, tmp_path / "run", 9, phases, "model.resolution=16", "eval.every_kimg=9")
+    )
+    trainer.run()
+    first, last = trainer.metric_history[0], trainer.metric_history[-1]
+    assert (first["eval_resolution"], last["eval_resolution"]) == (4, 16), (first, last)
+    start, end = first["fd_digits_4px"], last["fd_digits_16px"]
+    assert end < 0.9 * start, f"fd fell only from {start:.2f} (4x4, untrained) to {end:.2f} (16x16)"
+    grids = sorted((tmp_path / "run" / "samples").glob("*.png"))
+    assert len(grids) == 2, grids
+
+
 def test_shards_below_the_final_resolution_are_refused_at_load(demo_shards, tmp_path):
     from bigtrain.data.manifest import DataError
     from bigtrain.train.loop import Trainer

@@ -90,6 +90,22 @@ def real_stats(net: SmallClassifier, loader: ShardLoader, num_images: int) -> Fe
     return stats
 
 
+def classifier_reference_at(
+    net: SmallClassifier,
+    data_path: Path,
+    manifest: Manifest,
+    device: torch.device,
+    resolution: int,
+    max_real: int = 10_000,
+) -> FeatureStats:
+    """The reals area-downscaled to `resolution` (by the loader), in the classifier's feature space."""
+    loader = ShardLoader(data_path, 256, resolution, device, seed=0, num_workers=0, shuffle_buffer=0)
+    try:
+        return real_stats(net.to(device), loader, min(manifest.num_samples, max_real))
+    finally:
+        loader.close()
+
+
 class FrechetEvaluator:
     """Frechet distance between generated images and the dataset, in a feature net's space."""
 

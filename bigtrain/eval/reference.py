@@ -2,6 +2,8 @@
 precision/recall, computed once and stored beside the manifest.
 
     DATA/eval/inception-<sha1[:12]>.pt   {extractor_sha1, manifest_sha256, count, stats, features}
+    DATA/eval/inception-<sha1[:12]>-<R>px.pt   the same for the reals area-downscaled to R x R, the
+                                            reference of a growing model's lower-resolution phases
 
 The file is reused by every run and trial on those shards, and rebuilt only when the shards or the
 extractor change, or when more images are asked for than it holds.
@@ -27,8 +29,9 @@ log = logging.getLogger(__name__)
 MAX_STORED_FEATURES = 50_000  # real features kept for KID and precision/recall (float16)
 
 
-def reference_path(data_path: str | Path) -> Path:
-    return Path(data_path) / "eval" / f"inception-{INCEPTION_SHA1[:12]}.pt"
+def reference_path(data_path: str | Path, resolution: int | None = None) -> Path:
+    suffix = f"-{resolution}px" if resolution else ""
+    return Path(data_path) / "eval" / f"inception-{INCEPTION_SHA1[:12]}{suffix}.pt"
 
 
 def _usable(saved: dict, digest: str, wanted: int) -> bool:
@@ -40,14 +43,21 @@ def _usable(saved: dict, digest: str, wanted: int) -> bool:
 
 
 def inception_reference(
-    data_path: str | Path, device: torch.device, max_images: int = 0, batch: int = 100
+    data_path: str | Path,
+    device: torch.device,
+    max_images: int = 0,
+    batch: int = 100,
+    resolution: int | None = None,
 ) -> dict:
-    """Load (or compute and store) the reference of the first `max_images` images (0: all of them).
+    """Load (or compute and store) the reference of the first `max_images` images (0: all of them),
+    area-downscaled to `resolution` when that is below the stored one.
     Returns {"count", "stats": FeatureStats, "features": (min(count, 50k), 2048) float16}."""
     data_path = Path(data_path)
     manifest = load_manifest(data_path)
     wanted = manifest.num_samples if max_images <= 0 else min(max_images, manifest.num_samples)
-    path, digest = reference_path(data_path), manifest_digest(data_path)
+    if resolution is not None and resolution >= manifest.resolution:
+        resolution = None
+    path, digest = reference_path(data_path, resolution), manifest_digest(data_path)
     if path.is_file():
         saved = torch.load(path, map_location="cpu", weights_only=True)
         if _usable(saved, digest, wanted):
@@ -57,12 +67,16 @@ def inception_reference(
 
     net = inception_for(device)
     loader = ShardLoader(
-        data_path, batch, manifest.resolution, device, seed=0, num_workers=0, shuffle_buffer=0
+        data_path, batch, resolution or manifest.resolution, device, seed=0, num_workers=0, shuffle_buffer=0
     )
     stats = FeatureStats.empty(net.feature_dim)
     kept: list[torch.Tensor] = []
     num_kept = 0
-    with tqdm(total=wanted, desc=f"Inception reference of {data_path.name}", unit="img") as bar:
+    with tqdm(
+        total=wanted,
+        desc=f"Inception reference of {data_path.name}" + (f" at {resolution}px" if resolution else ""),
+        unit="img",
+    ) as bar:
         while stats.count < wanted:
             x, _ = loader.next_uint8()
             x = x[: wanted - stats.count].to(device).float().div(127.5).sub(1)

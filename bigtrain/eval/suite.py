@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 
 from ..data.manifest import Manifest
-from .features import FrechetEvaluator, classifier_evaluator
+from .features import FrechetEvaluator, classifier_evaluator, classifier_reference_at
 from .frechet import FeatureStats, all_reduce_stats, frechet_distance_of
 from .inception import InceptionFeatures, inception_for, to_uint8_range
 from .metrics import (
@@ -80,7 +80,10 @@ class MetricSuite:
         self.rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
         self.world_size = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
         self._classifier: FrechetEvaluator | None = None
-        self._reference: dict | None = None
+        self._references: dict[int | None, dict] = {}  # Inception references by resolution
+        self._fd_references: dict[int, FeatureStats] = {}  # classifier references below full size
+        # A growing model's samples are below the data's size until its last phase: at_resolution.
+        self.resolution: int | None = None
         self._is_net = None
         self._is_checked = False
 
@@ -94,11 +97,20 @@ class MetricSuite:
         return name, LOWER_IS_BETTER[spec.kind]
 
     def logged_name(self, spec: MetricSpec) -> str:
-        return {
-            "fd": f"fd_{self.manifest.name}",
-            "pr": f"{spec.name}_precision",
-            "is": f"{spec.name}_mean",
-        }.get(spec.kind, spec.name)
+        return self._tagged(
+            {"fd": f"fd_{self.manifest.name}", "pr": f"{spec.name}_precision", "is": f"{spec.name}_mean"}.get(
+                spec.kind, spec.name
+            )
+        )
+
+    def _tagged(self, name: str) -> str:
+        """A metric of lower-resolution samples says so: fd_digits_8px (against reals at 8x8)."""
+        return name if self.resolution is None else f"{name}_{self.resolution}px"
+
+    def at_resolution(self, resolution: int) -> None:
+        """Score samples of this resolution against the reals area-downscaled to it (as a growing
+        model's phases are): each distance then measures what that phase can model."""
+        self.resolution = None if resolution >= self.manifest.resolution else resolution
 
     # ------------------------------------------------------------------ references, once per process
 
@@ -118,11 +130,24 @@ class MetricSuite:
         return self._classifier
 
     def reference(self) -> dict:
-        if self._reference is None:
-            self._reference = self._once_on_rank0_first(
-                lambda: inception_reference(self.data_path, self.device, self.reference_images)
+        r = self.resolution
+        if r not in self._references:
+            self._references[r] = self._once_on_rank0_first(
+                lambda: inception_reference(self.data_path, self.device, self.reference_images, resolution=r)
             )
-        return self._reference
+        return self._references[r]
+
+    def fd_reference(self) -> FeatureStats:
+        """The classifier's statistics of the reals at the current resolution (below full size they
+        are computed here, in a few seconds, and kept in memory)."""
+        r = self.resolution
+        if r is None:
+            return self.classifier().reference
+        if r not in self._fd_references:
+            self._fd_references[r] = classifier_reference_at(
+                self.classifier().net, self.data_path, self.manifest, self.device, r
+            )
+        return self._fd_references[r]
 
     def _is_extractor(self):
         if not self._is_checked:
@@ -133,7 +158,7 @@ class MetricSuite:
         """Build the references up front (so the first evaluation's timing is only evaluation)."""
         kinds = {s.kind for s in self.specs}
         if "fd" in kinds:
-            self.classifier()
+            self.fd_reference()
         if kinds & {"fid", "kid", "pr"}:
             self.reference()
             inception_for(self.device)
@@ -175,9 +200,7 @@ class MetricSuite:
         if fd_stats is not None:
             if self.world_size > 1:
                 fd_stats = all_reduce_stats(fd_stats, _all_reduce_sum, self.device)
-            results[self.logged_name(parse_metric("fd"))] = frechet_distance_of(
-                fd_stats, self.classifier().reference
-            )
+            results[self.logged_name(parse_metric("fd"))] = frechet_distance_of(fd_stats, self.fd_reference())
         dim = InceptionFeatures.feature_dim
         fake = torch.cat(inception_rows) if inception_rows else torch.zeros(0, dim)
         gathered: torch.Tensor | None = None
@@ -188,17 +211,24 @@ class MetricSuite:
                 stats.add(mine)
                 if self.world_size > 1:
                     stats = all_reduce_stats(stats, _all_reduce_sum, self.device)
-                results[spec.name] = frechet_distance_of(stats, self.reference()["stats"])
+                results[self._tagged(spec.name)] = frechet_distance_of(stats, self.reference()["stats"])
             elif spec.kind in ("kid", "pr"):
                 if gathered is None or gathered.shape[0] < spec.num_samples:
                     gathered = gather_rows(mine, self.device)
                 real = self.reference()["features"][: spec.num_samples].float()
                 if spec.kind == "kid":
-                    results[spec.name] = kernel_inception_distance(real, gathered[: spec.num_samples])
+                    results[self._tagged(spec.name)] = kernel_inception_distance(
+                        real, gathered[: spec.num_samples]
+                    )
                 else:
                     p, r = precision_recall(real, gathered[: spec.num_samples])
-                    results[f"{spec.name}_precision"], results[f"{spec.name}_recall"] = p, r
+                    results[self._tagged(f"{spec.name}_precision")] = p
+                    results[self._tagged(f"{spec.name}_recall")] = r
             elif spec.kind == "is" and is_net is not None:
                 logits = gather_rows(torch.cat(logits_rows)[: counts[spec.name]], self.device)
-                results[f"{spec.name}_mean"], results[f"{spec.name}_std"] = inception_score(logits)
+                mean, std = inception_score(logits)
+                results[self._tagged(f"{spec.name}_mean")], results[self._tagged(f"{spec.name}_std")] = (
+                    mean,
+                    std,
+                )
         return results

@@ -344,6 +344,8 @@ class Trainer:
         With `record`, the result joins the history (plot) and may become the best checkpoint."""
         cfg = self.cfg.eval
         truncation = cfg.truncation if truncation is None else truncation
+        if self.phase is not None:  # a growing model: against the reals at the phase's resolution
+            self.metrics.at_resolution(self.phase.resolution)
         self.metrics.prepare()  # references are built once, outside the timing
         started = time.time()
         generator = torch.Generator(self.device).manual_seed(EVAL_SEED + self.rank)
@@ -355,7 +357,7 @@ class Trainer:
         metrics = self.metrics.compute(
             lambda n: self._generate(*self._eval_latents(n, generator, truncation)), cfg.batch
         )
-        if self.phase is not None:  # a growing model: samples at the phase's resolution, scored as they are
+        if self.phase is not None:
             metrics["eval_resolution"] = float(self.phase.resolution)
         if not record:
             return metrics
@@ -376,7 +378,8 @@ class Trainer:
         return metrics
 
     def plot_history(self) -> Path | None:
-        names = [k for k in self.metric_history[-1] if k not in ("kimg", "eval_seconds", "eval_resolution")]
+        skip = ("kimg", "eval_seconds", "eval_resolution")
+        names = list(dict.fromkeys(k for h in self.metric_history for k in h if k not in skip))
         kimgs = [h["kimg"] for h in self.metric_history]
         series = {n: [h.get(n, float("nan")) for h in self.metric_history] for n in names}
         return plot_lines(kimgs, series, "kimg", self.run_dir / "metrics.png", self.tracker_title())
