@@ -87,7 +87,7 @@ def _sample(args: argparse.Namespace) -> int:
     gen.refresh_stats(args.truncation, rng, args.standing_stats)
     images = torch.cat(
         [
-            gen(*gen.latents(min(256, args.n - i), args.truncation, rng, classes))
+            gen(*gen.latents(min(256, args.n - i), args.truncation, rng, classes), args.truncation)
             for i in range(0, args.n, 256)
         ]
     )
@@ -136,7 +136,7 @@ def _eval(args: argparse.Namespace) -> int:
     for truncation in truncations:
         rng = torch.Generator(gen.device).manual_seed(args.seed)
         gen.refresh_stats(truncation, rng, args.standing_stats)
-        metrics = suite.compute(lambda n: gen(*gen.latents(n, truncation, rng)), args.batch)  # noqa: B023
+        metrics = suite.compute(lambda n: gen(*gen.latents(n, truncation, rng), truncation), args.batch)  # noqa: B023
         rows.append(metrics)
         result = {"checkpoint": str(ckpt), "kimg": gen.kimg, "truncation": truncation, **metrics}
         print(f"\ntruncation {truncation:g}, {gen.kimg:.2f} kimg")

@@ -31,6 +31,9 @@ class DataConfig:
     num_workers: int = 2  # loader worker processes (webdataset) or decoding threads (dali) per rank
     shuffle_buffer: int = 512  # samples held for in-stream shuffling (per worker)
     hflip: bool = False  # random horizontal flip of real images
+    # Differentiable augmentation of every image D sees, reals and fakes (Zhao et al. 2020), for small
+    # datasets: a comma-separated policy of color, translation, cutout ("" disables).
+    diffaugment: str = ""
     verify_checksums: bool = True  # sha256 of this rank's shards against the manifest at start
 
 
@@ -47,8 +50,11 @@ class ModelConfig:
     num_classes: int = 0  # 0: from the dataset manifest; 1: unconditional
     bn_eps: float = 1e-5
     sn_eps: float = 1e-6
-    fmap_base: int = 8192  # progan: feature maps at resolution r are min(fmap_base / r, fmap_max)
+    fmap_base: int = 8192  # progan, stylegan2: feature maps at resolution r are min(fmap_base / r, fmap_max)
     fmap_max: int = 512
+    w_dim: int = 512  # stylegan2: intermediate latent (w) size
+    mapping_layers: int = 8  # stylegan2: depth of the mapping network z -> w
+    mbstd_group: int = 4  # progan, stylegan2: minibatch standard deviation group size
 
 
 @dataclass
@@ -57,6 +63,15 @@ class LossConfig:
     ortho_strength: float = 1e-4  # BigGAN orthogonal regularization beta on G (0 disables)
     gp_weight: float = 10.0  # wgan-gp: lambda of the gradient penalty (target norm 1)
     drift: float = 0.001  # wgan-gp: epsilon_drift x E[D(real)^2] keeps D's output near 0
+    # StyleGAN2's regularizers, both lazy (every r1_interval D steps / pl_interval G steps, weighted by
+    # the interval, with Adam's lr and betas adjusted as in the paper's appendix B).
+    r1_gamma: float = 0.0  # R1 weight gamma: (gamma / 2) E[||grad D(x)||^2] on reals (0 disables)
+    r1_interval: int = 16
+    pl_weight: float = 0.0  # path length regularization weight (stylegan2; 0 disables; paper: 2)
+    pl_interval: int = 4
+    pl_decay: float = 0.01  # running mean of the path lengths
+    pl_batch_shrink: int = 2  # the path-length pass uses batch / this many samples
+    style_mixing: float = 0.0  # stylegan2: probability of mixing two latents at a random layer (paper: 0.9)
 
 
 @dataclass
@@ -120,7 +135,9 @@ class EvalConfig:
     metrics: list[str] = field(default_factory=lambda: ["fd"])
     num_samples: int = 2000  # generated images for fd
     batch: int = 200
-    truncation: float = 0.0  # 0: plain normal z; >0: truncated normal at this threshold
+    truncation: float = 0.0  # biggan: 0 plain normal z, >0 truncated normal at this threshold;
+    # stylegan2: psi of w_avg + psi (w - w_avg) (0 or 1: no truncation)
+    truncation_cutoff: int = 0  # stylegan2: truncate only the first this many w layers (0: all)
     grid_size: int = 8  # sample grid is grid_size x grid_size
     keep_best: bool = True  # keep checkpoints/best: the checkpoint with the best first metric
     truncation_sweep: list[float] = field(default_factory=lambda: [])  # at the end: metrics per threshold
@@ -159,7 +176,7 @@ class Config:
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "data.loader": ("auto", "webdataset", "dali"),
-    "model.name": ("biggan", "progan"),
+    "model.name": ("biggan", "progan", "stylegan2"),
     "loss.name": ("hinge", "nonsat", "wgan-gp"),
     "train.device": ("auto", "cpu", "cuda"),
     "train.precision": ("auto", "fp32", "bf16"),
@@ -382,6 +399,40 @@ def validate(cfg: Config, world_size: int = 1) -> None:
             raise ConfigError(f"eval.metrics[{i}]: {e}") from None
     positive("dist.timeout_minutes", cfg.dist.timeout_minutes)
     _validate_phases(cfg, world_size)
+    _validate_stylegan2(cfg)
+
+
+def _validate_stylegan2(cfg: Config) -> None:
+    m, loss = cfg.model, cfg.loss
+    for key in ("fmap_base", "fmap_max", "w_dim", "mapping_layers", "mbstd_group"):
+        if getattr(m, key) < 1:
+            raise ConfigError(f"model.{key}={getattr(m, key)} must be > 0")
+    if m.name in ("progan", "stylegan2") and m.fmap_base < m.resolution:
+        raise ConfigError(
+            f"model.fmap_base={m.fmap_base} leaves no feature maps at {m.resolution}x{m.resolution} "
+            "(they are fmap_base / resolution); raise it to at least model.resolution"
+        )
+    for key in ("r1_gamma", "pl_weight", "pl_decay", "style_mixing"):
+        value = getattr(loss, key)
+        if math.isnan(value) or value < 0:
+            raise ConfigError(f"loss.{key}={value} must be >= 0")
+    for key in ("r1_interval", "pl_interval", "pl_batch_shrink"):
+        if getattr(loss, key) < 1:
+            raise ConfigError(f"loss.{key}={getattr(loss, key)} must be >= 1")
+    if loss.style_mixing > 1 or loss.pl_decay > 1:
+        raise ConfigError("loss.style_mixing and loss.pl_decay are probabilities/rates in [0, 1]")
+    if m.name != "stylegan2" and (loss.pl_weight or loss.style_mixing):
+        raise ConfigError(f"loss.pl_weight and loss.style_mixing need model.name=stylegan2, not {m.name}")
+    if loss.r1_gamma and loss.name == "wgan-gp":
+        raise ConfigError("loss.r1_gamma and loss.name=wgan-gp are two gradient penalties; use one")
+    from .augment import parse_policy
+
+    try:
+        parse_policy(cfg.data.diffaugment)
+    except ValueError as e:
+        raise ConfigError(f"data.diffaugment: {e}") from None
+    if cfg.eval.truncation_cutoff < 0:
+        raise ConfigError(f"eval.truncation_cutoff={cfg.eval.truncation_cutoff} must be >= 0")
 
 
 def _validate_phases(cfg: Config, world_size: int) -> None:

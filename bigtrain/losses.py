@@ -96,3 +96,19 @@ def add_orthogonal_grad_(params: Iterable[nn.Parameter], strength: float) -> Non
     for p in params:
         if p.grad is not None:
             p.grad.add_(orthogonal_penalty_grad(p.detach().float(), strength).to(p.grad.dtype))
+
+
+def r1_penalty(real_logits: torch.Tensor, reals: torch.Tensor, gamma: float) -> torch.Tensor:
+    """R1 (Mescheder et al. 2018): (gamma / 2) E[||grad_x D(x)||^2] on reals, which must require grad.
+    The graph is kept (create_graph) so the penalty trains D."""
+    (grad,) = torch.autograd.grad(real_logits.sum(), reals, create_graph=True)
+    return grad.float().square().sum(dim=(1, 2, 3)).mean() * (gamma / 2)
+
+
+def path_lengths(images: torch.Tensor, ws: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """StyleGAN2 eq. 4's ||J_w^T y||_2 per sample, y ~ N(0, I) / sqrt(pixels) (the `noise` given):
+    the gradient of <g(w), y> with respect to w, its squared norm summed over w's features and averaged
+    over the synthesis layers. Only the first len(noise) images count; the graph is kept."""
+    n = noise.shape[0]
+    (grad,) = torch.autograd.grad((images[:n] * noise).sum(), ws, create_graph=True)
+    return grad[:n].float().square().sum(dim=2).mean(dim=1).sqrt()

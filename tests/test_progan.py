@@ -137,7 +137,15 @@ def test_a_run_across_two_phase_boundaries_lowers_the_frechet_distance(demo_shar
               f"{{resolution: 8, fade_kimg: 1.5, stable_kimg: 1.5, batch: 16, {lr}}}, "
               f"{{resolution: 16, fade_kimg: 1.5, stable_kimg: 1.5, batch: 16, {lr}}}]")  # fmt: skip
     trainer = Trainer(
-        _phased(demo_shards, tmp_path / "run", 9, phases, "model.resolution=16", "eval.every_kimg=9")
+        _phased(
+            demo_shards,
+            tmp_path / "run",
+            9,
+            phases,
+            "model.resolution=16",
+            "eval.every_kimg=9",
+            "data.num_workers=0",
+        )
     )
     trainer.run()
     first, last = trainer.metric_history[0], trainer.metric_history[-1]

@@ -11,7 +11,7 @@ from ..config import Config, from_dict
 from ..models import build_models
 from ..train.checkpoint import load_checkpoint
 from ..train.ema import refresh_batchnorm_stats
-from .sampling import random_labels, truncated_normal
+from .sampling import random_labels, truncated_normal, truncation_kwargs, z_truncation
 
 
 @dataclass
@@ -25,7 +25,9 @@ class TrainedGenerator:
     def latents(
         self, n: int, truncation: float, generator: torch.Generator, classes: list[int] | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        z = truncated_normal((n, self.cfg.model.z_dim), truncation, generator, self.device)
+        z = truncated_normal(
+            (n, self.cfg.model.z_dim), z_truncation(self.G, truncation), generator, self.device
+        )
         if classes:
             y = torch.tensor(classes, device=self.device).repeat((n + len(classes) - 1) // len(classes))[:n]
         else:
@@ -38,8 +40,9 @@ class TrainedGenerator:
         refresh_batchnorm_stats(self.G, lambda: self.latents(batch, truncation, generator), batches)
 
     @torch.no_grad()
-    def __call__(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return self.G(z, y).float()
+    def __call__(self, z: torch.Tensor, y: torch.Tensor, truncation: float = 0.0) -> torch.Tensor:
+        """`truncation` matters to a style-based G only (psi); BigGAN's is in the latents."""
+        return self.G(z, y, **truncation_kwargs(self.G, truncation, self.cfg.eval.truncation_cutoff)).float()
 
 
 def load_generator(checkpoint: str, device: torch.device | str = "cpu") -> TrainedGenerator:

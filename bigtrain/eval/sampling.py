@@ -25,6 +25,23 @@ def truncated_normal(
     return z
 
 
+def is_style_based(G: torch.nn.Module) -> bool:
+    """StyleGAN2 truncates w toward w_avg inside G; BigGAN truncates the z it is given."""
+    return hasattr(G, "mapping")
+
+
+def z_truncation(G: torch.nn.Module, truncation: float) -> float:
+    """The threshold for sampling z: BigGAN's truncation, none for a style-based G."""
+    return 0.0 if is_style_based(G) else truncation
+
+
+def truncation_kwargs(G: torch.nn.Module, truncation: float, cutoff: int = 0) -> dict:
+    """G's keyword arguments for a truncation setting: StyleGAN2's psi (0 or 1: none) and layer cutoff."""
+    if not is_style_based(G):
+        return {}
+    return {"psi": truncation if truncation > 0 else 1.0, "cutoff": cutoff or None}
+
+
 def random_labels(
     n: int, num_classes: int, generator: torch.Generator | None = None, device="cpu"
 ) -> torch.Tensor:

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from torch import nn
 
 from ..config import ModelConfig
-from . import biggan, progan
+from . import biggan, progan, stylegan2
 
 
 def _build_biggan(m: ModelConfig, num_classes: int) -> tuple[nn.Module, nn.Module]:
@@ -24,9 +24,20 @@ def _build_progan(m: ModelConfig, num_classes: int) -> tuple[nn.Module, nn.Modul
     return g, progan.Discriminator(m.resolution, m.fmap_base, m.fmap_max)
 
 
+def _build_stylegan2(m: ModelConfig, num_classes: int) -> tuple[nn.Module, nn.Module]:
+    """Conditional when the data has classes (the label joins z in the mapping network; D projects)."""
+    classes = num_classes if num_classes > 1 else 0
+    g = stylegan2.Generator(
+        m.resolution, m.z_dim, m.w_dim, classes, m.fmap_base, m.fmap_max, m.mapping_layers
+    )
+    d = stylegan2.Discriminator(m.resolution, classes, m.fmap_base, m.fmap_max, m.mbstd_group)
+    return g, d
+
+
 REGISTRY: dict[str, Callable[[ModelConfig, int], tuple[nn.Module, nn.Module]]] = {
     "biggan": _build_biggan,
     "progan": _build_progan,
+    "stylegan2": _build_stylegan2,
 }
 
 

@@ -18,13 +18,22 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ..augment import diff_augment, parse_policy
 from ..config import Config, ConfigError, to_dict, validate
 from ..data import make_loader
 from ..dist import make_backend, pick_device
 from ..eval.plots import plot_lines
-from ..eval.sampling import random_labels, save_grid, truncated_normal
+from ..eval.sampling import random_labels, save_grid, truncated_normal, truncation_kwargs, z_truncation
 from ..eval.suite import MetricSuite
-from ..losses import LOSSES, add_orthogonal_grad_, ortho_parameters, orthogonal_penalty, wgan_gp_terms
+from ..losses import (
+    LOSSES,
+    add_orthogonal_grad_,
+    ortho_parameters,
+    orthogonal_penalty,
+    path_lengths,
+    r1_penalty,
+    wgan_gp_terms,
+)
 from ..models import build_models
 from ..models.layers import frozen_state
 from ..track import make_tracker
@@ -112,9 +121,21 @@ class Trainer:
         self.D = D.to(self.device, memory_format=memory_format).train()
         self.ema = EMA(self.G)
         fused = (cfg.optim.fused and on_cuda) or None
-        betas = (cfg.optim.beta1, cfg.optim.beta2)
-        self.opt_g = torch.optim.Adam(self.G.parameters(), cfg.optim.lr_g, betas, cfg.optim.eps, fused=fused)
-        self.opt_d = torch.optim.Adam(self.D.parameters(), cfg.optim.lr_d, betas, cfg.optim.eps, fused=fused)
+        # Lazy regularization (StyleGAN2 appendix B): a regularizer every k steps makes the optimizer's
+        # effective batch k / (k + 1) of the plain steps': lr and betas are scaled to match.
+        loss = cfg.loss
+        self.lazy_ratio = {
+            "g": loss.pl_interval / (loss.pl_interval + 1) if loss.pl_weight > 0 else 1.0,
+            "d": loss.r1_interval / (loss.r1_interval + 1) if loss.r1_gamma > 0 else 1.0,
+        }
+        self.opt_g, self.opt_d = (
+            torch.optim.Adam(
+                net.parameters(), lr * self.lazy_ratio[which],
+                (cfg.optim.beta1 ** self.lazy_ratio[which], cfg.optim.beta2 ** self.lazy_ratio[which]),
+                cfg.optim.eps, fused=fused,
+            )
+            for which, net, lr in (("g", self.G, cfg.optim.lr_g), ("d", self.D, cfg.optim.lr_d))
+        )  # fmt: skip
         backend.wrap(self.G, self.D, self.opt_g, self.opt_d)
         self.g_train = torch.compile(backend.g_train) if t.compile else backend.g_train
         self.d_train = torch.compile(backend.d_train) if t.compile else backend.d_train
@@ -125,6 +146,10 @@ class Trainer:
         # with accum A, and a resumed run only needs the slot counter.
         self.noise = torch.Generator(self.device)
         self.latent_draws = 0
+        # StyleGAN2: per-pixel noise, style mixing, augmentation and the path-length running mean.
+        self.style_based = cfg.model.name == "stylegan2"
+        self.augment = parse_policy(cfg.data.diffaugment)
+        self.pl_mean = torch.zeros([], device=self.device)
 
         self.images = 0  # real images shown to D, all ranks together: the kimg counter
         self.iteration = 0
@@ -193,13 +218,15 @@ class Trainer:
         t, b = self.cfg.train, self.backend
         if self.schedule:
             self._enter_phase()
-        for _ in range(t.n_disc_steps):
+        for k in range(t.n_disc_steps):
             b.zero_grad("d")
+            d_step = self.iteration * t.n_disc_steps + k
+            with_r1 = self.cfg.loss.r1_gamma > 0 and d_step % self.cfg.loss.r1_interval == 0
             for i in range(t.accum):
                 x, y = self._real()
-                z, y_fake = self._latents(self.micro_batch)
+                z, y_fake, g_kwargs = self._g_inputs()
                 with torch.no_grad(), frozen_state(self.G, batchnorm=True), self._autocast():
-                    fake = self.G(z, y_fake)  # plain G: no gradients, no communication
+                    fake = self.G(z, y_fake, **g_kwargs)  # plain G: no gradients, no communication
                 with (
                     b.accumulating("d", last=i == t.accum - 1),
                     self._first_only(self.D, i),
@@ -209,16 +236,23 @@ class Trainer:
                     if self.cfg.loss.name == "wgan-gp":
                         loss_d, real_logits, fake_logits = self._wgan_gp_d_loss(x, y, fake, y_fake)
                     else:
-                        logits = self.d_train(torch.cat([x, fake]), torch.cat([y, y_fake])).float()
+                        if with_r1:
+                            x = x.detach().requires_grad_(True)
+                        logits = self._d_scores(torch.cat([x, fake]), torch.cat([y, y_fake]), parts=2)
                         real_logits, fake_logits = logits.split(self.micro_batch)
                         loss_d = self.d_loss(real_logits, fake_logits)
+                        if with_r1:  # lazy: every r1_interval D steps, weighted by the interval
+                            r1 = r1_penalty(real_logits, x, self.cfg.loss.r1_gamma)
+                            loss_d = loss_d + r1 * self.cfg.loss.r1_interval
                     loss_d = loss_d / t.accum
                     b.backward(loss_d, "d")
             self._guarded_step("d", loss_d)
         self.D.requires_grad_(False)  # frozen D in the G step: no D gradients computed or all-reduced
         b.zero_grad("g")
+        loss = self.cfg.loss
+        with_pl = loss.pl_weight > 0 and self.iteration % loss.pl_interval == 0
         for i in range(t.accum):
-            z, y_fake = self._latents(self.micro_batch)
+            z, y_fake, g_kwargs = self._g_inputs(training_g=True)
             last = i == t.accum - 1
             with (
                 b.accumulating("g", last=last),
@@ -226,7 +260,14 @@ class Trainer:
                 frozen_state(self.D),
                 self._autocast(),
             ):
-                loss_g = self.g_loss(self.D(self.g_train(z, y_fake), y_fake).float()) / t.accum
+                if with_pl:
+                    fake, ws = self.g_train(z, y_fake, **g_kwargs, return_ws=True)
+                else:
+                    fake = self.g_train(z, y_fake, **g_kwargs)
+                loss_g = self.g_loss(self._d_scores(fake, y_fake, train=False))
+                if with_pl:  # lazy: every pl_interval G steps, weighted by the interval
+                    loss_g = loss_g + self._path_length_penalty(fake, ws) * loss.pl_interval
+                loss_g = loss_g / t.accum
                 if last and self.ortho_params and not b.supports_grad_hooks:
                     b.backward(loss_g + self._ortho_penalty(), "g")  # engines that own the gradients
                 else:
@@ -251,16 +292,58 @@ class Trainer:
         self._sums += torch.stack(losses)
         self._sum_steps += 1
 
+    def _g_inputs(self, training_g: bool = False) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """Latents, labels and G's keyword arguments for one micro-batch. A style-based G draws its
+        per-pixel noise from the slot's generator (so a resumed run draws the same), and with
+        probability loss.style_mixing takes a second latent's w from a random layer on."""
+        z, y = self._latents(self.micro_batch)
+        if not self.style_based:
+            return z, y, {}
+        kwargs = {"noise_generator": self.noise, "update_w_avg": training_g}
+        p = self.cfg.loss.style_mixing
+        if p > 0:
+            draw = random.Random(seed_for(self.cfg.train.seed, self.latent_draws, 1))  # host-side: no sync
+            if draw.random() < p:
+                kwargs["mix_z"] = torch.randn(z.shape, device=z.device, generator=self.noise)
+                kwargs["mix_cutoff"] = draw.randrange(1, self.G.num_ws)
+        return z, y, kwargs
+
+    def _d_scores(
+        self, images: torch.Tensor, labels: torch.Tensor, parts: int = 1, train: bool = True
+    ) -> torch.Tensor:
+        """D's logits, after differentiable augmentation when data.diffaugment is set. `parts`: the
+        number of sets (reals, fakes) in the batch, which D's minibatch statistics keep apart."""
+        if self.augment:
+            images = diff_augment(images, self.augment, self.noise)
+        if hasattr(self.D, "parts"):
+            self.D.parts = parts
+        try:
+            return (self.d_train if train else self.D)(images, labels).float()
+        finally:
+            if hasattr(self.D, "parts"):
+                self.D.parts = 1
+
+    def _path_length_penalty(self, fake: torch.Tensor, ws: torch.Tensor) -> torch.Tensor:
+        """(||J_w^T y|| - a)^2 x pl_weight on batch / pl_batch_shrink samples, a being the running mean
+        of the lengths (decay pl_decay), averaged over ranks so every rank keeps the same a."""
+        loss = self.cfg.loss
+        n = max(1, fake.shape[0] // loss.pl_batch_shrink)
+        noise = torch.randn(fake[:n].shape, device=fake.device, generator=self.noise)
+        noise = noise.div(np.sqrt(fake.shape[2] * fake.shape[3])).to(fake.dtype)
+        lengths = path_lengths(fake, ws, noise)
+        batch_mean = lengths.detach().mean()
+        if self.world_size > 1:
+            torch.distributed.all_reduce(batch_mean)
+            batch_mean = batch_mean / self.world_size
+        self.pl_mean.copy_(self.pl_mean.lerp(batch_mean, loss.pl_decay))
+        return (lengths - self.pl_mean).square().mean() * loss.pl_weight
+
     def _wgan_gp_d_loss(self, x, y, fake, y_fake) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """WGAN loss + gradient penalty at random real/fake interpolates + drift (ProGAN's D loss).
         D's minibatch statistics are kept within each of the three parts."""
         eps = torch.rand(x.shape[0], 1, 1, 1, device=x.device, generator=self.noise)  # follows the slot seed
         interp = torch.lerp(fake.detach().to(x.dtype), x.detach(), eps).requires_grad_(True)
-        self.D.parts = 3
-        try:
-            logits = self.d_train(torch.cat([x, fake, interp]), torch.cat([y, y_fake, y_fake])).float()
-        finally:
-            self.D.parts = 1
+        logits = self._d_scores(torch.cat([x, fake, interp]), torch.cat([y, y_fake, y_fake]), parts=3)
         real_logits, fake_logits, interp_logits = logits.split(self.micro_batch)
         loss = self.d_loss(real_logits, fake_logits) + wgan_gp_terms(
             interp_logits, interp, real_logits, self.cfg.loss.gp_weight, self.cfg.loss.drift
@@ -331,13 +414,16 @@ class Trainer:
     # ------------------------------------------------------------------ around the step
 
     def _eval_latents(self, n: int, generator: torch.Generator, truncation: float = 0.0):
-        z = truncated_normal((n, self.cfg.model.z_dim), truncation, generator, self.device)
+        z = truncated_normal(
+            (n, self.cfg.model.z_dim), z_truncation(self.G, truncation), generator, self.device
+        )
         return z, random_labels(n, self.num_classes, generator, self.device)
 
     @torch.no_grad()
-    def _generate(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def _generate(self, z: torch.Tensor, y: torch.Tensor, truncation: float = 0.0) -> torch.Tensor:
+        kwargs = truncation_kwargs(self.ema.model, truncation, self.cfg.eval.truncation_cutoff)
         with self._autocast():
-            return self.ema.model(z, y).float()
+            return self.ema.model(z, y, **kwargs).float()
 
     def evaluate(self, truncation: float | None = None, record: bool = True) -> dict[str, float]:
         """`eval.metrics` of G_ema samples, each rank generating its share; logged with step = kimg.
@@ -355,7 +441,7 @@ class Trainer:
             self.cfg.ema.standing_stats_batches,
         )
         metrics = self.metrics.compute(
-            lambda n: self._generate(*self._eval_latents(n, generator, truncation)), cfg.batch
+            lambda n: self._generate(*self._eval_latents(n, generator, truncation), truncation), cfg.batch
         )
         if self.phase is not None:
             metrics["eval_resolution"] = float(self.phase.resolution)
@@ -438,7 +524,9 @@ class Trainer:
         )
         y = (torch.arange(n * n, device=self.device) // n) % self.num_classes
         return save_grid(
-            self._generate(z, y), self.run_dir / "samples" / f"kimg-{self.kimg:09.2f}.png", nrow=n
+            self._generate(z, y, self.cfg.eval.truncation),
+            self.run_dir / "samples" / f"kimg-{self.kimg:09.2f}.png",
+            nrow=n,
         )
 
     def log_metrics(self, elapsed: float, images: int) -> dict[str, float]:
@@ -557,6 +645,7 @@ class Trainer:
             "loader": loader_states,
             "world_size": self.world_size,
             "latent_draws": self.latent_draws,
+            "pl_mean": self.pl_mean.detach().cpu(),
             "rng": {"torch": torch.get_rng_state(), "python": random.getstate()},
             "num_classes": self.num_classes,
             "metric_history": self.metric_history,
@@ -583,9 +672,13 @@ class Trainer:
             ) from None
         self.backend.load_optimizer_state(state)
         # The config's learning rates win over the saved ones (a sweep's exploit step may change them).
-        for opt, lr in ((self.opt_g, self.cfg.optim.lr_g), (self.opt_d, self.cfg.optim.lr_d)):
+        for opt, lr, which in (
+            (self.opt_g, self.cfg.optim.lr_g, "g"),
+            (self.opt_d, self.cfg.optim.lr_d, "d"),
+        ):
             for group in opt.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * self.lazy_ratio[which]
+        self.pl_mean.copy_(state.get("pl_mean", torch.zeros([])))
         self.images, self.iteration = int(state["images"]), int(state["iteration"])
         self.skipped_steps = int(state["skipped_steps"])
         self.loader.load_state_dict(state["loader"][self.rank])

@@ -1,0 +1,269 @@
+"""StyleGAN2: modulated convolution, regularizers, style mixing, truncation, augmentation, training."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from bigtrain.augment import color, cutout, diff_augment, parse_policy, translation
+from bigtrain.losses import path_lengths, r1_penalty
+from bigtrain.models.stylegan2 import (
+    Discriminator,
+    Generator,
+    MappingNetwork,
+    downsample2,
+    mix_styles,
+    modulated_conv2d,
+    normalize_2nd_moment,
+)
+from conftest import REPO
+
+RECIPE = REPO / "configs" / "stylegan2" / "digits32.yaml"
+
+
+def _small(resolution: int, num_classes: int = 0) -> tuple[Generator, Discriminator]:
+    torch.manual_seed(0)
+    G = Generator(resolution, 32, 32, num_classes, channel_base=512, channel_max=32, mapping_layers=2)
+    return G, Discriminator(resolution, num_classes, channel_base=512, channel_max=32)
+
+
+def test_demodulation_gives_unit_output_variance_for_unit_input():
+    torch.manual_seed(0)
+    x = torch.randn(8, 64, 24, 24)
+    weight = torch.randn(48, 64, 3, 3) * 3.0  # any scale: demodulation removes it
+    styles = torch.rand(8, 64) * 4 + 0.1
+    out = modulated_conv2d(x, weight, styles, demodulate=True)
+    std = out.std(dim=(2, 3))  # per sample and output feature map
+    assert std.mean().item() == pytest.approx(1.0, abs=0.05), f"mean output std {std.mean():.3f}, expected 1"
+    assert (std - 1).abs().max().item() < 0.2, f"an output map has std {std.max():.3f} / {std.min():.3f}"
+
+
+def test_the_non_fused_form_equals_per_sample_modulated_weights():
+    """Activations x s -> shared conv -> x 1/sigma equals the paper's w'' = w' / sigma per sample."""
+    torch.manual_seed(1)
+    x, weight, styles = torch.randn(3, 5, 6, 6), torch.randn(4, 5, 3, 3), torch.randn(3, 5)
+    ours = modulated_conv2d(x, weight, styles, padding=1)
+    for b in range(3):
+        w = weight * styles[b][None, :, None, None]
+        w = w / (w.square().sum(dim=(1, 2, 3), keepdim=True) + 1e-8).sqrt()
+        expected = F.conv2d(x[b : b + 1], w, padding=1)
+        assert torch.allclose(ours[b : b + 1], expected, atol=1e-5), (
+            f"sample {b}: {(ours[b] - expected).abs().max()}"
+        )
+
+
+def test_r1_equals_the_hand_computed_penalty_on_a_tiny_d():
+    """D(x) = sum(a x^2): grad = 2 a x, so R1 = gamma / 2 E[sum (2 a x)^2]."""
+    torch.manual_seed(2)
+    a = torch.randn(1, 3, 4, 4)
+    x = torch.randn(5, 3, 4, 4, requires_grad=True)
+    logits = (a * x.square()).sum(dim=(1, 2, 3))
+    gamma = 0.7
+    expected = gamma / 2 * (2 * a * x.detach()).square().sum(dim=(1, 2, 3)).mean()
+    got = r1_penalty(logits, x, gamma)
+    assert got.item() == pytest.approx(expected.item(), rel=1e-6), (got.item(), expected.item())
+    got.backward()  # the graph is kept: the penalty trains D (here: gives x a gradient)
+    assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def test_path_length_of_a_linear_synthesis():
+    """images = A w (per layer): J_w^T y = A^T y, so the length is known in closed form."""
+    torch.manual_seed(3)
+    A = torch.randn(2, 3 * 4 * 4, 8)  # two w layers of 8, to 3x4x4 images
+    ws = torch.randn(6, 2, 8, requires_grad=True)
+    images = torch.einsum("lpd,bld->bp", A, ws).reshape(6, 3, 4, 4)
+    noise = torch.randn(4, 3, 4, 4) / 4
+    got = path_lengths(images, ws, noise)
+    grads = torch.einsum("lpd,bp->bld", A, noise.reshape(4, -1))
+    expected = grads.square().sum(dim=2).mean(dim=1).sqrt()
+    assert got.shape == (4,) and torch.allclose(got, expected, atol=1e-5), (got, expected)
+
+
+def test_path_length_mean_follows_its_decay(demo_shards, tmp_path):
+    from bigtrain.config import load_config
+    from bigtrain.train.loop import Trainer
+
+    cfg = load_config(RECIPE, [f"data.path={demo_shards}", f"train.run_dir={tmp_path}", "track.enabled=false",
+                               "eval.every_kimg=0", "train.batch=8", "loss.pl_decay=0.25", "data.num_workers=0"])  # fmt: skip
+    trainer = Trainer(cfg)
+    z = torch.randn(8, cfg.model.z_dim)
+    y = torch.randint(0, 10, (8,))
+    expected_mean = 0.0
+    for _ in range(3):
+        fake, ws = trainer.G(z, y, return_ws=True)
+        trainer.noise.manual_seed(5)
+        penalty = trainer._path_length_penalty(fake, ws)
+        trainer.noise.manual_seed(5)
+        noise = torch.randn(fake[:4].shape, generator=trainer.noise) / math.sqrt(32 * 32)
+        lengths = path_lengths(fake, ws, noise).detach()
+        expected_mean += 0.25 * (lengths.mean().item() - expected_mean)  # lerp toward the batch mean
+        assert trainer.pl_mean.item() == pytest.approx(expected_mean, rel=1e-5), (
+            trainer.pl_mean,
+            expected_mean,
+        )
+        want = (lengths - expected_mean).square().mean() * cfg.loss.pl_weight
+        assert penalty.item() == pytest.approx(want.item(), rel=1e-4)
+
+
+def test_style_mixing_crosses_at_the_drawn_layer():
+    G, _ = _small(32)
+    z, z2 = torch.randn(4, 32), torch.randn(4, 32)
+    plain = G.mapping(z)
+    other = G.mapping(z2)
+    for cutoff in (1, 3, G.num_ws - 1):
+        _, ws = G(z, mix_z=z2, mix_cutoff=cutoff, return_ws=True)
+        assert torch.equal(ws[:, :cutoff], plain[:, :cutoff]), cutoff
+        assert torch.equal(ws[:, cutoff:], other[:, cutoff:]), cutoff
+    assert torch.equal(mix_styles(plain, other, G.num_ws), plain)
+
+
+def test_the_trainer_draws_mixing_cutoffs_inside_the_network(demo_shards, tmp_path):
+    from bigtrain.config import load_config
+    from bigtrain.train.loop import Trainer
+
+    cfg = load_config(RECIPE, [f"data.path={demo_shards}", f"train.run_dir={tmp_path}", "track.enabled=false",
+                               "eval.every_kimg=0", "train.batch=8", "loss.style_mixing=0.5", "data.num_workers=0"])  # fmt: skip
+    trainer = Trainer(cfg)
+    cutoffs = [trainer._g_inputs()[2].get("mix_cutoff") for _ in range(200)]
+    drawn = [c for c in cutoffs if c is not None]
+    assert 60 < len(drawn) < 140, f"{len(drawn)} of 200 mixed at probability 0.5"
+    assert set(drawn) == set(range(1, trainer.G.num_ws)), sorted(set(drawn))
+
+
+def test_truncation_psi_zero_is_w_avg_and_one_is_identity():
+    torch.manual_seed(4)
+    mapping = MappingNetwork(16, 16, num_ws=6, layers=2)
+    mapping.w_avg.copy_(torch.randn(16))
+    z = torch.randn(5, 16)
+    plain = mapping(z)
+    assert torch.equal(mapping(z, psi=1.0), plain)
+    assert torch.allclose(mapping(z, psi=0.0), mapping.w_avg.expand(5, 6, 16))
+    half = mapping(z, psi=0.5, cutoff=2)
+    assert torch.allclose(half[:, :2], mapping.w_avg.lerp(plain[:, :2], 0.5))
+    assert torch.equal(half[:, 2:], plain[:, 2:]), "layers past the cutoff must not be truncated"
+
+
+def test_w_avg_tracks_only_in_the_g_step():
+    G, _ = _small(8)
+    z = torch.randn(16, 32)
+    G(z)
+    assert torch.count_nonzero(G.mapping.w_avg) == 0
+    G(z, update_w_avg=True)
+    w = G.mapping.layers(normalize_2nd_moment(z))
+    assert torch.allclose(G.mapping.w_avg, 0.005 * w.mean(0), atol=1e-6), "w_avg = mean(w).lerp(w_avg, 0.995)"
+
+
+@pytest.mark.parametrize("resolution", [32, 64, 128, 256, 512, 1024])
+def test_shapes_at_every_resolution(resolution):
+    torch.manual_seed(0)
+    G = Generator(resolution, 16, 16, 3, channel_base=4096, channel_max=16, mapping_layers=1)
+    D = Discriminator(resolution, 3, channel_base=4096, channel_max=16)
+    z, y = torch.randn(2, 16), torch.tensor([0, 2])
+    with torch.no_grad():
+        images = G(z, y)
+        assert images.shape == (2, 3, resolution, resolution)
+        assert D(images, y).shape == (2,)
+    assert G.num_ws == 2 * int(math.log2(resolution)) - 2
+
+
+def test_conditional_d_projects_onto_the_label():
+    _, D = _small(8, num_classes=4)
+    x = torch.randn(2, 3, 8, 8)
+    a, b = D(x, torch.tensor([0, 0])), D(x, torch.tensor([1, 1]))
+    assert not torch.allclose(a, b), "the label does not change a conditional D's score"
+
+
+def test_downsample_is_the_filtered_half():
+    x = torch.ones(1, 2, 8, 8)
+    y = downsample2(x)
+    assert y.shape == (1, 2, 4, 4)
+    assert torch.allclose(y[..., 1:-1, 1:-1], torch.ones(1, 2, 2, 2)), "a constant must stay constant inside"
+
+
+def test_augmentations_are_differentiable_twice_for_r1():
+    _, D = _small(16)
+    x = torch.randn(4, 3, 16, 16, requires_grad=True)
+    g = torch.Generator().manual_seed(0)
+    logits = D(diff_augment(x, parse_policy("color,translation,cutout"), g))
+    penalty = r1_penalty(logits, x, 1.0)
+    penalty.backward()
+    grads = [p.grad for p in D.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(t).all() for t in grads), "R1 through the augmentation failed"
+
+
+def test_augmentations_do_what_they_say():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 3, 16, 16)
+    moved = translation(x, generator=g)
+    assert moved.shape == x.shape and not torch.equal(moved, x)
+    same_rows = [(moved[i] == x[i]).all() for i in range(64)]
+    assert 0 < sum(same_rows) < 64, "some shifts are zero (probability 1/25), most are not"
+    cut = cutout(x, generator=g)
+    zero_fraction = (cut == 0).float().mean().item()
+    assert 0.1 < zero_fraction < 0.3, f"a half-side square should zero about 1/4, got {zero_fraction:.3f}"
+    assert color(x, generator=g).shape == x.shape
+    with pytest.raises(ValueError, match="blur"):
+        parse_policy("color,blur")
+
+
+def test_config_errors_name_the_key():
+    from bigtrain.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="data.diffaugment"):
+        load_config(RECIPE, ["data.diffaugment=color,zoom"])
+    with pytest.raises(ConfigError, match="loss.r1_interval"):
+        load_config(RECIPE, ["loss.r1_interval=0"])
+    with pytest.raises(ConfigError, match="need model.name=stylegan2"):
+        load_config(REPO / "configs/biggan/digits32.yaml", ["loss.pl_weight=2"])
+
+
+def _run_cfg(data, run_dir, total_kimg, *extra):
+    from bigtrain.config import load_config
+
+    return load_config(RECIPE, [f"data.path={data}", f"train.run_dir={run_dir}", "track.enabled=false",
+                                f"train.total_kimg={total_kimg}", "data.num_workers=0", *extra])  # fmt: skip
+
+
+def test_resume_gives_identical_weights_with_every_regularizer_on(demo_shards, tmp_path):
+    """R1, path length (with its running mean), style mixing, noise inputs and DiffAugment all draw
+    or carry state: a run split by a checkpoint must still equal the straight run bit for bit."""
+    from bigtrain.train.loop import Trainer
+
+    extra = ["train.batch=8", "eval.every_kimg=0", "loss.r1_interval=4", "loss.pl_interval=2",
+             "data.diffaugment=color,translation,cutout", "ema.halflife_kimg=0.02"]  # fmt: skip
+    whole = Trainer(_run_cfg(demo_shards, tmp_path / "whole", 0.096, *extra))
+    whole.run()
+    first = Trainer(_run_cfg(demo_shards, tmp_path / "split", 0.048, *extra))
+    first.run()
+    second = Trainer(_run_cfg(demo_shards, tmp_path / "split", 0.096, *extra), resume=True)
+    assert second.iteration == 6 and second.pl_mean.item() == first.pl_mean.item() != 0
+    second.run()
+    for name, a, b in [
+        ("G_ema", whole.ema.model, second.ema.model),
+        ("D", whole.D, second.D),
+        ("G", whole.G, second.G),
+    ]:
+        for (key, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
+            assert torch.equal(x, y), (
+                f"{name}.{key} differs after resume (max |diff| {(x - y).abs().max():.3g})"
+            )
+    assert torch.equal(whole.pl_mean, second.pl_mean), (whole.pl_mean, second.pl_mean)
+    assert whole.opt_d.param_groups[0]["lr"] == pytest.approx(2.5e-3 * 4 / 5), "lazy R1 scales D's lr"
+    assert second.opt_g.param_groups[0]["lr"] == pytest.approx(2.5e-3 * 2 / 3), "lazy PL scales G's lr"
+    assert second.opt_g.param_groups[0]["betas"][1] == pytest.approx(0.99 ** (2 / 3))
+
+
+@pytest.mark.slow
+def test_the_digits_recipe_learns(demo_shards, tmp_path):
+    """The StyleGAN2 recipe, shortened: the Frechet distance falls clearly, as for BigGAN."""
+    from bigtrain.train.loop import Trainer
+
+    trainer = Trainer(_run_cfg(demo_shards, tmp_path / "run", 2, "eval.every_kimg=2"))
+    trainer.run()
+    start, end = trainer.metric_history[0]["fd_digits"], trainer.metric_history[-1]["fd_digits"]
+    assert end < 0.5 * start, (
+        f"fd_digits went from {start:.2f} to {end:.2f}; expected below {0.5 * start:.2f}"
+    )
+    assert trainer.pl_mean.item() > 0, "the path length regularizer never ran"
+    assert torch.count_nonzero(trainer.ema.model.mapping.w_avg) > 0, "G_ema has no w_avg to truncate toward"
