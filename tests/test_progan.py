@@ -125,6 +125,13 @@ def test_a_checkpoint_taken_mid_fade_resumes_identically(demo_shards, tmp_path):
             )
     assert whole.opt_g.state_dict()["state"].keys() == second.opt_g.state_dict()["state"].keys()
 
+    from bigtrain.eval.generate import load_generator
+    from bigtrain.train.checkpoint import latest_checkpoint
+
+    gen = load_generator(str(latest_checkpoint(tmp_path / "split")))
+    z, y = gen.latents(2, 0.0, torch.Generator().manual_seed(0))
+    assert gen(z, y).shape == (2, 3, 8, 8), "a checkpoint samples at the resolution its phase reached"
+
 
 @pytest.mark.slow
 def test_a_run_across_two_phase_boundaries_lowers_the_frechet_distance(demo_shards, tmp_path):

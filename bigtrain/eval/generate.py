@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -11,6 +12,7 @@ from ..config import Config, from_dict
 from ..models import build_models
 from ..train.checkpoint import load_checkpoint
 from ..train.ema import refresh_batchnorm_stats
+from ..train.phases import Phase, PhaseSchedule
 from .sampling import random_labels, truncated_normal, truncation_kwargs, z_truncation
 
 
@@ -53,8 +55,12 @@ def load_generator(checkpoint: str, device: torch.device | str = "cpu") -> Train
         cfg.model.num_classes = num_classes
     G, _ = build_models(cfg.model, num_classes)
     G.load_state_dict(state["G_ema"])
+    kimg = int(state["images"]) / 1000.0
+    if cfg.train.phases:  # a growing model samples at the resolution and fade-in it had reached
+        phase = PhaseSchedule([Phase(**dataclasses.asdict(p)) for p in cfg.train.phases]).at(kimg)
+        G.set_phase(phase.resolution, phase.alpha)
     device = torch.device(device)
-    return TrainedGenerator(G.to(device).eval(), cfg, num_classes, int(state["images"]) / 1000.0, device)
+    return TrainedGenerator(G.to(device).eval(), cfg, num_classes, kimg, device)
 
 
 def parse_classes(text: str | None, num_classes: int) -> list[int] | None:
