@@ -42,6 +42,11 @@ def _resolutions(final: int) -> list[int]:
     return [2**k for k in range(2, int(math.log2(final)) + 1)]
 
 
+def one_hot(y: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Float one-hot rows by scatter: nothing is read back to the host, on any device."""
+    return torch.zeros(y.shape[0], num_classes, device=y.device).scatter_(1, y[:, None], 1.0)
+
+
 def normalize_2nd_moment(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     return x * (x.square().mean(dim=1, keepdim=True) + eps).rsqrt()
 
@@ -87,7 +92,7 @@ class MappingNetwork(nn.Module):
     ) -> torch.Tensor:  # fmt: skip
         x = normalize_2nd_moment(z.float())
         if self.embed is not None:
-            onehot = F.one_hot(y, self.num_classes).float()
+            onehot = one_hot(y, self.num_classes)
             x = torch.cat([x, normalize_2nd_moment(self.embed(onehot))], dim=1)
         w = self.layers(x)
         if update_w_avg:
@@ -249,15 +254,16 @@ def fir_filter(dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:
     return (f[:, None] * f[None, :] / f.sum() ** 2).to(dtype=dtype, device=device)
 
 
-def _fir(x: torch.Tensor, pad: int, stride: int) -> torch.Tensor:
+def _fir(x: torch.Tensor, pad: int, stride: int, kernel: torch.Tensor | None = None) -> torch.Tensor:
+    """Depthwise [1, 3, 3, 1] filtering; pass the kernel (a module buffer) to avoid a host-to-device copy."""
     c = x.shape[1]
-    kernel = fir_filter(x.dtype, x.device).expand(c, 1, 4, 4)
-    return F.conv2d(F.pad(x, (pad,) * 4), kernel, stride=stride, groups=c)
+    kernel = fir_filter(x.dtype, x.device) if kernel is None else kernel.to(x.dtype)
+    return F.conv2d(F.pad(x, (pad,) * 4), kernel.expand(c, 1, 4, 4), stride=stride, groups=c)
 
 
-def downsample2(x: torch.Tensor) -> torch.Tensor:
+def downsample2(x: torch.Tensor, kernel: torch.Tensor | None = None) -> torch.Tensor:
     """Low-pass with [1, 3, 3, 1], keep every second pixel: (H, W) -> (H/2, W/2)."""
-    return _fir(x, pad=1, stride=2)
+    return _fir(x, pad=1, stride=2, kernel=kernel)
 
 
 class EqualizedConv(nn.Module):
@@ -272,14 +278,16 @@ class EqualizedConv(nn.Module):
         self.bias = nn.Parameter(torch.zeros(cout)) if bias else None
         self.weight_gain = 1.0 / math.sqrt(cin * kernel * kernel)
         self.down, self.act, self.kernel = down, act, kernel
+        if down:  # on the module's device, so filtering needs no copy from the host in the step
+            self.register_buffer("fir", fir_filter(), persistent=False)
 
     def forward(self, x: torch.Tensor, gain: float = 1.0) -> torch.Tensor:
         w = (self.weight * self.weight_gain).to(x.dtype)
         b = None if self.bias is None else self.bias.to(x.dtype)
         if self.down and self.kernel > 1:
-            x = F.conv2d(_fir(x, pad=(self.kernel + 1) // 2, stride=1), w, b, stride=2)
+            x = F.conv2d(_fir(x, pad=(self.kernel + 1) // 2, stride=1, kernel=self.fir), w, b, stride=2)
         elif self.down:
-            x = F.conv2d(downsample2(x), w, b)
+            x = F.conv2d(downsample2(x, self.fir), w, b)
         else:
             x = F.conv2d(x, w, b, padding=self.kernel // 2)
         if self.act:
@@ -333,5 +341,5 @@ class Discriminator(nn.Module):
         x = self.out(x)
         if self.embed is None:
             return x.squeeze(1)
-        cmap = normalize_2nd_moment(self.embed(F.one_hot(y, self.num_classes).float()))
+        cmap = normalize_2nd_moment(self.embed(one_hot(y, self.num_classes)))
         return (x * cmap).sum(dim=1) / math.sqrt(self.cmap_dim)
