@@ -36,7 +36,7 @@ train: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check bigtrain tests bench
-	$(VENV)/bin/python -m pytest -q tests
+	$(VENV)/bin/python -m pytest -q --durations=12 tests
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check bigtrain tests bench
