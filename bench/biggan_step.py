@@ -49,6 +49,20 @@ class RandomLoader:
         pass
 
 
+def run_facts(trainer: Trainer, device: torch.device, overrides: list[str]) -> dict:
+    """What a figure was measured with: precision, memory format, compile, device, torch, overrides."""
+    return {
+        "precision": str(trainer.amp_dtype or "fp32"),
+        "channels_last": trainer.channels_last,
+        "compile": trainer.cfg.train.compile,
+        "device": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else platform.processor() or "cpu",
+        "torch": torch.__version__,
+        "overrides": overrides,
+    }
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config")
@@ -96,14 +110,7 @@ def main() -> None:
         else None,
         "tflop_per_iter": round(flops / 1e12, 3) if flops is not None else None,
         "tflop_per_s": round(flops / 1e12 / seconds, 2) if flops is not None else None,
-        "precision": str(trainer.amp_dtype or "fp32"),
-        "channels_last": trainer.channels_last,
-        "compile": cfg.train.compile,
-        "device": torch.cuda.get_device_name(device)
-        if device.type == "cuda"
-        else platform.processor() or "cpu",
-        "torch": torch.__version__,
-        "overrides": args.overrides,
+        **run_facts(trainer, device, args.overrides),
     }
     print(json.dumps(result))
 

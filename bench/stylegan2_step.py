@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
 import sys
 import time
 from pathlib import Path
@@ -22,7 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from biggan_step import RandomLoader  # noqa: E402
+from biggan_step import RandomLoader, run_facts  # noqa: E402
 
 from bigtrain.config import load_config  # noqa: E402
 from bigtrain.train.loop import Trainer, pick_device  # noqa: E402
@@ -67,14 +66,7 @@ def main() -> None:
         "peak_mem_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
         if device.type == "cuda"
         else None,
-        "precision": str(trainer.amp_dtype or "fp32"),
-        "channels_last": trainer.channels_last,
-        "compile": cfg.train.compile,
-        "device": torch.cuda.get_device_name(device)
-        if device.type == "cuda"
-        else platform.processor() or "cpu",
-        "torch": torch.__version__,
-        "overrides": args.overrides,
+        **run_facts(trainer, device, args.overrides),
     }
     print(json.dumps(result))
 

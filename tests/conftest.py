@@ -51,6 +51,17 @@ def learned_run(tmp_path_factory, demo_shards) -> dict:
     return {"run_dir": run_dir, "start": history[0]["fd_digits"], "end": history[-1]["fd_digits"]}
 
 
+def assert_same_networks(whole, resumed, when: str = "after resume") -> None:
+    """G_ema, D and G of two trainers are bit-identical (the resume tests' verdict)."""
+    for name, a, b in [
+        ("G_ema", whole.ema.model, resumed.ema.model),
+        ("D", whole.D, resumed.D),
+        ("G", whole.G, resumed.G),
+    ]:
+        for (key, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
+            assert torch.equal(x, y), f"{name}.{key} differs {when} (max |diff| {(x - y).abs().max():.3g})"
+
+
 def id_image(i: int, resolution: int = 8) -> Image.Image:
     """An image whose first pixel encodes `i` (R = i // 256, G = i % 256): lossless in PNG."""
     a = np.full((resolution, resolution, 3), 128, dtype=np.uint8)

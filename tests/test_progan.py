@@ -6,6 +6,7 @@ import torch.nn.functional as F
 
 from bigtrain.models.progan import Discriminator, Generator, minibatch_stddev, pixel_norm
 from bigtrain.train.phases import Phase, PhaseSchedule, PhaseState
+from conftest import assert_same_networks
 
 
 def _schedule():
@@ -114,15 +115,7 @@ def test_a_checkpoint_taken_mid_fade_resumes_identically(demo_shards, tmp_path):
     assert second.phase == stopped and second.batch == 8, (second.phase, stopped)
     assert second.loader.resolution == 8 and second.micro_batch == 8
     second.run()
-    for name, a, b in [
-        ("G_ema", whole.ema.model, second.ema.model),
-        ("D", whole.D, second.D),
-        ("G", whole.G, second.G),
-    ]:
-        for (key, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
-            assert torch.equal(x, y), (
-                f"{name}.{key} differs after a mid-fade resume (max {(x - y).abs().max():.3g})"
-            )
+    assert_same_networks(whole, second, "after a mid-fade resume")
     assert whole.opt_g.state_dict()["state"].keys() == second.opt_g.state_dict()["state"].keys()
 
     from bigtrain.eval.generate import load_generator

@@ -17,7 +17,7 @@ from bigtrain.models.stylegan2 import (
     modulated_conv2d,
     normalize_2nd_moment,
 )
-from conftest import REPO
+from conftest import REPO, assert_same_networks
 
 RECIPE = REPO / "configs" / "stylegan2" / "digits32.yaml"
 
@@ -239,15 +239,7 @@ def test_resume_gives_identical_weights_with_every_regularizer_on(demo_shards, t
     second = Trainer(_run_cfg(demo_shards, tmp_path / "split", 0.096, *extra), resume=True)
     assert second.iteration == 6 and second.pl_mean.item() == first.pl_mean.item() != 0
     second.run()
-    for name, a, b in [
-        ("G_ema", whole.ema.model, second.ema.model),
-        ("D", whole.D, second.D),
-        ("G", whole.G, second.G),
-    ]:
-        for (key, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
-            assert torch.equal(x, y), (
-                f"{name}.{key} differs after resume (max |diff| {(x - y).abs().max():.3g})"
-            )
+    assert_same_networks(whole, second, "after resume")
     assert torch.equal(whole.pl_mean, second.pl_mean), (whole.pl_mean, second.pl_mean)
     assert whole.opt_d.param_groups[0]["lr"] == pytest.approx(2.5e-3 * 4 / 5), "lazy R1 scales D's lr"
     assert second.opt_g.param_groups[0]["lr"] == pytest.approx(2.5e-3 * 2 / 3), "lazy PL scales G's lr"
