@@ -131,7 +131,10 @@ def _eval(args: argparse.Namespace) -> int:
     ckpt = resolve_checkpoint(args.checkpoint)
     gen = load_generator(str(ckpt), args.device)
     data = Path(args.data or gen.cfg.data.path)
-    suite = MetricSuite(names, data, load_manifest(data), gen.device, args.num_samples, args.reference_images)
+    manifest = load_manifest(data)
+    suite = MetricSuite(names, data, manifest, gen.device, args.num_samples, args.reference_images)
+    # A ProGAN checkpoint from an earlier phase is scored against the reals at its resolution.
+    suite.at_resolution(getattr(gen.G, "resolution", manifest.resolution))
     rows = []
     for truncation in truncations:
         rng = torch.Generator(gen.device).manual_seed(args.seed)

@@ -100,7 +100,7 @@ def _phased(data, run_dir, total_kimg, phases, *extra):
                                        f"train.total_kimg={total_kimg}", f"train.phases={phases}", *extra])  # fmt: skip
 
 
-def test_a_checkpoint_taken_mid_fade_resumes_identically(demo_shards, tmp_path):
+def test_a_checkpoint_taken_mid_fade_resumes_identically(demo_shards, tmp_path, capsys):
     from bigtrain.train.loop import Trainer
 
     phases = "[{resolution: 4, stable_kimg: 0.064, batch: 16}, {resolution: 8, fade_kimg: 0.128, batch: 8}]"
@@ -124,6 +124,14 @@ def test_a_checkpoint_taken_mid_fade_resumes_identically(demo_shards, tmp_path):
     gen = load_generator(str(latest_checkpoint(tmp_path / "split")))
     z, y = gen.latents(2, 0.0, torch.Generator().manual_seed(0))
     assert gen(z, y).shape == (2, 3, 8, 8), "a checkpoint samples at the resolution its phase reached"
+    from bigtrain.cli import main
+
+    checkpoint = latest_checkpoint(tmp_path / "split")
+    assert (
+        main(["eval", str(checkpoint), "--metrics", "fd", "--num-samples", "64", "--data", str(demo_shards)])
+        == 0
+    )
+    assert "fd_digits_8px" in capsys.readouterr().out, "bigtrain eval does not score an 8x8 phase at 8x8"
 
 
 @pytest.mark.slow
