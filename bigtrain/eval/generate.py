@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -12,7 +11,7 @@ from ..config import Config, from_dict
 from ..models import build_models
 from ..train.checkpoint import load_checkpoint
 from ..train.ema import refresh_batchnorm_stats
-from ..train.phases import Phase, PhaseSchedule
+from ..train.phases import PhaseSchedule
 from .sampling import random_labels, truncated_normal, truncation_kwargs, z_truncation
 
 
@@ -57,7 +56,7 @@ def load_generator(checkpoint: str, device: torch.device | str = "cpu") -> Train
     G.load_state_dict(state["G_ema"])
     kimg = int(state["images"]) / 1000.0
     if cfg.train.phases:  # a growing model samples at the resolution and fade-in it had reached
-        phase = PhaseSchedule([Phase(**dataclasses.asdict(p)) for p in cfg.train.phases]).at(kimg)
+        phase = PhaseSchedule(cfg.train.phases).at(kimg)
         G.set_phase(phase.resolution, phase.alpha)
     device = torch.device(device)
     return TrainedGenerator(G.to(device).eval(), cfg, num_classes, kimg, device)

@@ -6,7 +6,6 @@ tracking are called from `run`, not inlined in the step.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import random
 import signal
@@ -23,7 +22,14 @@ from ..config import Config, ConfigError, to_dict, validate
 from ..data import make_loader
 from ..dist import make_backend, pick_device
 from ..eval.plots import plot_lines
-from ..eval.sampling import random_labels, save_grid, truncated_normal, truncation_kwargs, z_truncation
+from ..eval.sampling import (
+    is_style_based,
+    random_labels,
+    save_grid,
+    truncated_normal,
+    truncation_kwargs,
+    z_truncation,
+)
 from ..eval.suite import MetricSuite
 from ..losses import (
     LOSSES,
@@ -39,7 +45,7 @@ from ..models.layers import frozen_state
 from ..track import make_tracker
 from .checkpoint import begin_checkpoint, latest_checkpoint, load_checkpoint, save_checkpoint, staging_dir
 from .ema import EMA, ema_beta, refresh_batchnorm_stats
-from .phases import Phase, PhaseSchedule, PhaseState
+from .phases import PhaseSchedule, PhaseState
 
 log = logging.getLogger(__name__)
 
@@ -97,9 +103,7 @@ class Trainer:
         self.run_dir = Path(t.run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         # Progressive growing: the phase at the current kimg sets resolution, fade-in, batch and lr.
-        self.schedule = (
-            PhaseSchedule([Phase(**dataclasses.asdict(p)) for p in t.phases]) if t.phases else None
-        )
+        self.schedule = PhaseSchedule(t.phases) if t.phases else None
         self.phase: PhaseState | None = None
         self.batch = self.schedule.at(0.0).batch if self.schedule else t.batch  # global images per step
         self.micro_batch = self.batch // (self.world_size * t.accum)
@@ -147,7 +151,7 @@ class Trainer:
         self.noise = torch.Generator(self.device)
         self.latent_draws = 0
         # StyleGAN2: per-pixel noise, style mixing, augmentation and the path-length running mean.
-        self.style_based = cfg.model.name == "stylegan2"
+        self.style_based = is_style_based(self.G)
         self.augment = parse_policy(cfg.data.diffaugment)
         self.pl_mean = torch.zeros([], device=self.device)
 
@@ -362,9 +366,7 @@ class Trainer:
             self.batch = state.batch
             self.micro_batch = state.batch // (self.world_size * self.cfg.train.accum)
             self.loader.reconfigure(state.resolution, self.micro_batch)
-            for opt, lr in ((self.opt_g, state.lr_g), (self.opt_d, state.lr_d)):
-                for group in opt.param_groups:
-                    group["lr"] = lr
+            self._set_learning_rates(state.lr_g, state.lr_d)
             if self.rank == 0:
                 log.info(
                     "phase %d at %.2f kimg: %dx%d, fade-in over %.0f kimg, batch %d",
@@ -374,6 +376,12 @@ class Trainer:
         self.phase = state
         for model in (self.G, self.D, self.ema.model):
             model.set_phase(state.resolution, state.alpha)
+
+    def _set_learning_rates(self, lr_g: float, lr_d: float) -> None:
+        """The optimizers' learning rates, scaled for lazy regularization as at construction."""
+        for opt, lr, which in ((self.opt_g, lr_g, "g"), (self.opt_d, lr_d, "d")):
+            for group in opt.param_groups:
+                group["lr"] = lr * self.lazy_ratio[which]
 
     def _ortho_penalty(self) -> torch.Tensor:
         strength = self.cfg.loss.ortho_strength
@@ -672,12 +680,7 @@ class Trainer:
             ) from None
         self.backend.load_optimizer_state(state)
         # The config's learning rates win over the saved ones (a sweep's exploit step may change them).
-        for opt, lr, which in (
-            (self.opt_g, self.cfg.optim.lr_g, "g"),
-            (self.opt_d, self.cfg.optim.lr_d, "d"),
-        ):
-            for group in opt.param_groups:
-                group["lr"] = lr * self.lazy_ratio[which]
+        self._set_learning_rates(self.cfg.optim.lr_g, self.cfg.optim.lr_d)
         self.pl_mean.copy_(state.get("pl_mean", torch.zeros([])))
         self.images, self.iteration = int(state["images"]), int(state["iteration"])
         self.skipped_steps = int(state["skipped_steps"])

@@ -11,6 +11,7 @@ first phase has no fade (nothing to fade from). The last phase lasts until train
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 
@@ -36,7 +37,8 @@ class PhaseState:
 
 
 class PhaseSchedule:
-    def __init__(self, phases: list[Phase]):
+    def __init__(self, phases: Sequence[Phase]):
+        """`phases`: Phase objects, or anything with the same fields (the config's train.phases)."""
         if not phases:
             raise ValueError("a phase schedule needs at least one phase")
         for i, p in enumerate(phases):
