@@ -1,8 +1,10 @@
 """Run in one process or under torchrun: trains a tiny BigGAN on a deterministic in-memory data stream
 and writes every rank's final weights and probe outputs to OUT/rank{r}.pt.
 
-Args: OUT ACCUM ITERATIONS [overrides...]; RESUME=1 continues OUT/run from its latest checkpoint. The data stream is sliced by slot like the trainer's latents
-(slot = call * world + rank), so 1 process x accum 2 sees exactly what 2 processes x accum 1 see.
+Args: OUT ACCUM ITERATIONS [overrides...]; RESUME=1 continues OUT/run from its latest checkpoint. The
+data stream is sliced by slot like the trainer's latents (slot = call * world + rank), so 1 process x
+accum 2 sees exactly what 2 processes x accum 1 see. Probes are saved before (`probe_start.*`) and after
+(`probe.*`) training.
 """
 
 import os
@@ -48,18 +50,24 @@ cfg = load_config(
 micro = cfg.train.batch // (world * accum)
 resume = os.environ.get("RESUME") == "1"  # continue OUT/run from its latest checkpoint
 trainer = Trainer(cfg, resume=resume, loader=SlotLoader(micro, int(os.environ.get("RANK", 0)), world))
-trainer.run()
 # Probes: outputs on fixed inputs (BN on the probe batch's statistics, no state change).
 probe = torch.Generator().manual_seed(7)
 z, y = torch.randn(32, cfg.model.z_dim, generator=probe), torch.randint(0, 10, (32,), generator=probe)
 images = torch.rand(32, 3, 32, 32, generator=probe) * 2 - 1
-with torch.no_grad(), frozen_state(trainer.ema.model, batchnorm=True), frozen_state(trainer.D):
-    trainer.ema.model.train()
-    probes = {"probe.G_ema": trainer.ema.model(z, y), "probe.D": trainer.D(images, y)}
+
+
+def probes(prefix: str) -> dict:
+    with torch.no_grad(), frozen_state(trainer.ema.model, batchnorm=True), frozen_state(trainer.D):
+        trainer.ema.model.train()
+        return {f"{prefix}.G_ema": trainer.ema.model(z, y), f"{prefix}.D": trainer.D(images, y)}
+
+
+before = probes("probe_start")  # where this process started: the update is probe - probe_start
+trainer.run()
 weights = {
     f"{name}.{k}": v
     for name, m in (("G", trainer.G), ("D", trainer.D), ("G_ema", trainer.ema.model))
     for k, v in m.state_dict().items()
 }
-torch.save({**weights, **probes}, f"{out}/rank{trainer.rank}.pt")
+torch.save({**weights, **before, **probes("probe")}, f"{out}/rank{trainer.rank}.pt")
 trainer.backend.close()
