@@ -89,10 +89,17 @@ def test_sigterm_saves_a_checkpoint_and_resume_continues(demo_shards, tmp_path):
 
 @pytest.mark.slow
 def test_demo_run_learns(learned_run):
-    """The `make train` recipe, shortened: the Frechet distance must fall clearly."""
+    """The `make train` recipe, shortened to 16 kimg: the Frechet distance must fall clearly.
+
+    The start does not depend on the CPU (the feature classifier is trained in float64 from
+    numpy-drawn weights, see test_the_fd_classifier_does_not_depend_on_the_cpu): 594.7 for seed 0
+    under ATEN_CPU_CAPABILITY=avx2 and =default alike. The end does, through float32 training:
+    54.8 and 55.8 for seed 0 there, 60.4 and 61.2 for seed 1 (from 149.6). The threshold, a quarter
+    of the start (149), is 2.4x the largest end measured."""
     start, end = learned_run["start"], learned_run["end"]
-    assert end < 0.8 * start, (
-        f"fd_digits went from {start:.2f} to {end:.2f}; expected below {0.8 * start:.2f}"
+    print(f"fd_digits at 0 kimg {start:.2f}, at 16 kimg {end:.2f}")  # shown by `make test-cpus`
+    assert end < 0.25 * start, (
+        f"fd_digits went from {start:.2f} to {end:.2f}; expected below {0.25 * start:.2f}"
     )
     run_dir = learned_run["run_dir"]
     grids = sorted((run_dir / "samples").glob("*.png"))

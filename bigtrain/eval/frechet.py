@@ -30,6 +30,10 @@ class FeatureStats:
         self.total += f.sum(0)
         self.outer += f.t() @ f
 
+    def scaled(self, factor: float) -> FeatureStats:
+        """The statistics of the features multiplied by `factor`."""
+        return FeatureStats(self.count, self.total * factor, self.outer * factor**2)
+
     def merge(self, other: FeatureStats) -> FeatureStats:
         return FeatureStats(self.count + other.count, self.total + other.total, self.outer + other.outer)
 
