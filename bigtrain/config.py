@@ -81,7 +81,7 @@ class OptimConfig:
     beta1: float = 0.0
     beta2: float = 0.999
     eps: float = 1e-6
-    fused: bool = True  # fused Adam kernels where the device has them
+    fused: bool = True  # fused Adam kernels (CUDA and CPU)
 
 
 @dataclass
@@ -225,6 +225,8 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
             raise ConfigError(f"{key} must be a number, got {value!r}")
         return float(value)
     if annotation is str:
+        if isinstance(value, bool) and {"on", "off"} <= set(CHOICES.get(key, ())):
+            return "on" if value else "off"  # YAML 1.1 reads a bare on/off as a boolean
         if not isinstance(value, str):
             raise ConfigError(f"{key} must be a string, got {value!r}")
         return value

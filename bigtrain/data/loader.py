@@ -245,9 +245,10 @@ class ShardLoader:
         if self._iter is None:
             self._start()
         x, y, meta = next(self._iter)
-        role = int(meta[META_ROLE])
+        meta = meta.tolist()  # host-side bookkeeping, read in one call
+        role = meta[META_ROLE]
         assert role == self.next_role, f"loader batch from role {role}, expected {self.next_role}"
-        self.roles[role] = RoleState(*(int(v) for v in meta[1:]))
+        self.roles[role] = RoleState(*meta[1:])
         self.next_role = (role + 1) % self.num_roles
         return x, y
 

@@ -96,11 +96,22 @@ class Backend:
         return tensor
 
     def flags_any(self, *flags: bool | torch.Tensor) -> list[bool]:
-        """Each flag true on any rank -> true on every rank (one small collective, one host sync)."""
-        t = torch.stack([torch.as_tensor(f, dtype=torch.float32).to(self.device).reshape(()) for f in flags])
+        """Each flag true on any rank -> true on every rank: one small collective and exactly one host
+        sync (one `.item()`). Python flags become device tensors by a fill, never a host-to-device copy
+        (a blocking copy would be a second sync on CUDA)."""
+        t = torch.stack(
+            [
+                f.to(self.device, torch.float32).reshape(())
+                if isinstance(f, torch.Tensor)
+                else torch.full((), float(f), device=self.device)
+                for f in flags
+            ]
+        )
         if self.distributed:
             dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        return [bool(v) for v in t.tolist()]
+        bits = torch.pow(2.0, torch.arange(len(flags), device=self.device, dtype=torch.float32))
+        code = int((t.clamp(0, 1) * bits).sum().item())
+        return [bool(code >> i & 1) for i in range(len(flags))]
 
     def broadcast_buffers(self, module: nn.Module) -> None:
         """Rank 0's buffers (BN statistics) to every rank, so replicas are identical at checkpoints."""

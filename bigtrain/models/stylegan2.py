@@ -90,11 +90,14 @@ class MappingNetwork(nn.Module):
         self, z: torch.Tensor, y: torch.Tensor | None = None, psi: float = 1.0, cutoff: int | None = None,
         update_w_avg: bool = False,
     ) -> torch.Tensor:  # fmt: skip
-        x = normalize_2nd_moment(z.float())
-        if self.embed is not None:
-            onehot = one_hot(y, self.num_classes)
-            x = torch.cat([x, normalize_2nd_moment(self.embed(onehot))], dim=1)
-        w = self.layers(x)
+        """z (B, z_dim) -> ws (B, num_ws, w_dim), in float32 also under autocast (as stylegan2-ada
+        keeps its mapping network in fp32): w_avg and truncation stay exact."""
+        with torch.autocast(z.device.type, enabled=False):
+            x = normalize_2nd_moment(z.float())
+            if self.embed is not None:
+                onehot = one_hot(y, self.num_classes)
+                x = torch.cat([x, normalize_2nd_moment(self.embed(onehot))], dim=1)
+            w = self.layers(x)
         if update_w_avg:
             self.w_avg.copy_(w.detach().mean(dim=0).lerp(self.w_avg, self.w_avg_beta))
         ws = w.unsqueeze(1).repeat(1, self.num_ws, 1)
@@ -139,15 +142,17 @@ class SynthesisLayer(nn.Module):
         x: torch.Tensor,
         w: torch.Tensor,
         noise_mode: str = "random",
-        generator: torch.Generator | None = None,
+        noise: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """`noise` (B, 1, R, R): this layer's random-mode noise, drawn by the caller (see
+        Generator.draw_noise) so that a compiled forward holds no random generator; None draws it."""
         if self.up:
             x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
         x = modulated_conv2d(x, self.weight * self.weight_gain, self.affine(w), padding=1)
         if noise_mode == "random":
-            size = (x.shape[0], 1, self.resolution, self.resolution)
-            noise = torch.randn(size, device=x.device, generator=generator).to(x.dtype)
-            x = x + noise * self.noise_strength.to(x.dtype)
+            if noise is None:
+                noise = torch.randn(x.shape[0], 1, self.resolution, self.resolution, device=x.device)
+            x = x + noise.to(x.dtype) * self.noise_strength.to(x.dtype)
         elif noise_mode == "const":
             x = x + (self.noise_const * self.noise_strength).to(x.dtype)
         return F.leaky_relu(x + self.bias.to(x.dtype)[None, :, None, None], 0.2) * SQRT2
@@ -190,8 +195,17 @@ class SynthesisNetwork(nn.Module):
         # One w per conv, plus the last toRGB's (each toRGB shares the w of the conv after it).
         self.num_ws = len(self.convs) + 1
 
+    def draw_noise(
+        self, batch: int, generator: torch.Generator | None = None, device: torch.device | None = None
+    ) -> list[torch.Tensor]:
+        """Random-mode noise for every synthesis layer, in layer order: [(B, 1, R, R), ...]."""
+        return [
+            torch.randn(batch, 1, conv.resolution, conv.resolution, device=device, generator=generator)
+            for conv in self.convs
+        ]
+
     def forward(
-        self, ws: torch.Tensor, noise_mode: str = "random", generator: torch.Generator | None = None
+        self, ws: torch.Tensor, noise_mode: str = "random", noise: list[torch.Tensor] | None = None
     ) -> torch.Tensor:
         x = self.const.unsqueeze(0).repeat(ws.shape[0], 1, 1, 1).to(ws.dtype)
         rgb = None
@@ -199,7 +213,7 @@ class SynthesisNetwork(nn.Module):
         for i, r in enumerate(self.resolutions):
             block = self.convs[layer : layer + (1 if r == 4 else 2)]
             for conv in block:
-                x = conv(x, ws[:, layer], noise_mode, generator)
+                x = conv(x, ws[:, layer], noise_mode, None if noise is None else noise[layer])
                 layer += 1
             y = self.to_rgbs[i](x, ws[:, layer])
             rgb = (
@@ -225,18 +239,25 @@ class Generator(nn.Module):
 
     def forward(
         self, z: torch.Tensor, y: torch.Tensor | None = None, psi: float = 1.0, cutoff: int | None = None,
-        noise_mode: str = "random", noise_generator: torch.Generator | None = None,
+        noise_mode: str = "random", noise: list[torch.Tensor] | None = None,
         mix_z: torch.Tensor | None = None, mix_cutoff: int | None = None, update_w_avg: bool = False,
         return_ws: bool = False,
     ):  # fmt: skip
-        """`noise_generator` draws the per-pixel noise (random mode). With `mix_z` and `mix_cutoff`,
-        layers from mix_cutoff on take mix_z's w (style mixing). `update_w_avg`: the G training step.
-        `return_ws`: also the broadcast w (B, num_ws, w_dim), for the path length regularizer."""
+        """`noise`: the per-pixel noise of every layer (random mode), from `draw_noise`; None draws it
+        from the global generator. With `mix_z` and `mix_cutoff`, layers from mix_cutoff on take mix_z's
+        w (style mixing). `update_w_avg`: the G training step. `return_ws`: also the broadcast w
+        (B, num_ws, w_dim), for the path length regularizer."""
         ws = self.mapping(z, y, psi, cutoff, update_w_avg=update_w_avg)
         if mix_z is not None and mix_cutoff is not None and mix_cutoff < self.num_ws:
             ws = mix_styles(ws, self.mapping(mix_z, y, psi, cutoff), mix_cutoff)
-        images = self.synthesis(ws, noise_mode, noise_generator)
+        images = self.synthesis(ws, noise_mode, noise)
         return (images, ws) if return_ws else images
+
+    def draw_noise(
+        self, batch: int, generator: torch.Generator | None = None, device: torch.device | None = None
+    ) -> list[torch.Tensor]:
+        """Per-layer noise for `forward(noise=...)`, drawn outside the (possibly compiled) forward."""
+        return self.synthesis.draw_noise(batch, generator, device)
 
 
 def mix_styles(ws: torch.Tensor, other: torch.Tensor, cutoff: int) -> torch.Tensor:

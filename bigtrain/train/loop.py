@@ -124,7 +124,8 @@ class Trainer:
         self.G = G.to(self.device, memory_format=memory_format).train()
         self.D = D.to(self.device, memory_format=memory_format).train()
         self.ema = EMA(self.G)
-        fused = (cfg.optim.fused and on_cuda) or None
+        # Fused Adam (CUDA and CPU): one kernel per step, and its step count never leaves the device.
+        fused = cfg.optim.fused or None
         # Lazy regularization (StyleGAN2 appendix B): a regularizer every k steps makes the optimizer's
         # effective batch k / (k + 1) of the plain steps': lr and betas are scaled to match.
         loss = cfg.loss
@@ -141,6 +142,9 @@ class Trainer:
             for which, net, lr in (("g", self.G, cfg.optim.lr_g), ("d", self.D, cfg.optim.lr_d))
         )  # fmt: skip
         backend.wrap(self.G, self.D, self.opt_g, self.opt_d)
+        # Passes whose loss takes a gradient of a gradient (R1, WGAN-GP, path length) call the eager
+        # modules: AOTAutograd, which torch.compile trains through, has no double backward.
+        self.g_train_eager, self.d_train_eager = backend.g_train, backend.d_train
         self.g_train = torch.compile(backend.g_train) if t.compile else backend.g_train
         self.d_train = torch.compile(backend.d_train) if t.compile else backend.d_train
         self.d_loss, self.g_loss = LOSSES[cfg.loss.name]
@@ -242,7 +246,9 @@ class Trainer:
                     else:
                         if with_r1:
                             x = x.detach().requires_grad_(True)
-                        logits = self._d_scores(torch.cat([x, fake]), torch.cat([y, y_fake]), parts=2)
+                        logits = self._d_scores(
+                            torch.cat([x, fake]), torch.cat([y, y_fake]), parts=2, double_backward=with_r1
+                        )
                         real_logits, fake_logits = logits.split(self.micro_batch)
                         loss_d = self.d_loss(real_logits, fake_logits)
                         if with_r1:  # lazy: every r1_interval D steps, weighted by the interval
@@ -265,7 +271,7 @@ class Trainer:
                 self._autocast(),
             ):
                 if with_pl:
-                    fake, ws = self.g_train(z, y_fake, **g_kwargs, return_ws=True)
+                    fake, ws = self.g_train_eager(z, y_fake, **g_kwargs, return_ws=True)
                 else:
                     fake = self.g_train(z, y_fake, **g_kwargs)
                 loss_g = self.g_loss(self._d_scores(fake, y_fake, train=False))
@@ -297,32 +303,41 @@ class Trainer:
         self._sum_steps += 1
 
     def _g_inputs(self, training_g: bool = False) -> tuple[torch.Tensor, torch.Tensor, dict]:
-        """Latents, labels and G's keyword arguments for one micro-batch. A style-based G draws its
-        per-pixel noise from the slot's generator (so a resumed run draws the same), and with
-        probability loss.style_mixing takes a second latent's w from a random layer on."""
+        """Latents, labels and G's keyword arguments for one micro-batch. A style-based G gets its
+        per-pixel noise drawn here from the slot's generator (so a resumed run draws the same, and a
+        compiled G holds no generator), and with probability loss.style_mixing takes a second latent's
+        w from a random layer on."""
         z, y = self._latents(self.micro_batch)
         if not self.style_based:
             return z, y, {}
-        kwargs = {"noise_generator": self.noise, "update_w_avg": training_g}
+        kwargs = {"update_w_avg": training_g}
         p = self.cfg.loss.style_mixing
         if p > 0:
             draw = random.Random(seed_for(self.cfg.train.seed, self.latent_draws, 1))  # host-side: no sync
             if draw.random() < p:
                 kwargs["mix_z"] = torch.randn(z.shape, device=z.device, generator=self.noise)
                 kwargs["mix_cutoff"] = draw.randrange(1, self.G.num_ws)
+        kwargs["noise"] = self.G.draw_noise(z.shape[0], self.noise, z.device)
         return z, y, kwargs
 
     def _d_scores(
-        self, images: torch.Tensor, labels: torch.Tensor, parts: int = 1, train: bool = True
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        parts: int = 1,
+        train: bool = True,
+        double_backward: bool = False,
     ) -> torch.Tensor:
         """D's logits, after differentiable augmentation when data.diffaugment is set. `parts`: the
-        number of sets (reals, fakes) in the batch, which D's minibatch statistics keep apart."""
+        number of sets (reals, fakes) in the batch, which D's minibatch statistics keep apart.
+        `train`: the D step's (wrapped) D, eager when the loss will differentiate a gradient."""
         if self.augment:
             images = diff_augment(images, self.augment, self.noise)
         if hasattr(self.D, "parts"):
             self.D.parts = parts
         try:
-            return (self.d_train if train else self.D)(images, labels).float()
+            d = (self.d_train_eager if double_backward else self.d_train) if train else self.D
+            return d(images, labels).float()
         finally:
             if hasattr(self.D, "parts"):
                 self.D.parts = 1
@@ -347,7 +362,9 @@ class Trainer:
         D's minibatch statistics are kept within each of the three parts."""
         eps = torch.rand(x.shape[0], 1, 1, 1, device=x.device, generator=self.noise)  # follows the slot seed
         interp = torch.lerp(fake.detach().to(x.dtype), x.detach(), eps).requires_grad_(True)
-        logits = self._d_scores(torch.cat([x, fake, interp]), torch.cat([y, y_fake, y_fake]), parts=3)
+        logits = self._d_scores(
+            torch.cat([x, fake, interp]), torch.cat([y, y_fake, y_fake]), parts=3, double_backward=True
+        )
         real_logits, fake_logits, interp_logits = logits.split(self.micro_batch)
         loss = self.d_loss(real_logits, fake_logits) + wgan_gp_terms(
             interp_logits, interp, real_logits, self.cfg.loss.gp_weight, self.cfg.loss.drift
