@@ -72,7 +72,7 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--num-classes", type=int, default=1000)
     p.add_argument("--no-flops", action="store_true", help="skip the FLOP count (one extra iteration)")
-    args = p.parse_args()
+    args = p.parse_intermixed_args()
 
     overrides = [f"train.batch={args.batch}", "train.accum=1", "track.enabled=false", "eval.every_kimg=0",
                  f"model.num_classes={args.num_classes}", "train.run_dir=/tmp/bigtrain-bench", *args.overrides]  # fmt: skip

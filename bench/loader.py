@@ -99,7 +99,7 @@ def main() -> None:
     p.add_argument("--recipe", help="also measure the input-wait share while training this recipe")
     p.add_argument("--train-iters", type=int, default=20)
     p.add_argument("overrides", nargs="*", help="extra config overrides for --recipe")
-    args = p.parse_args()
+    args = p.parse_intermixed_args()
 
     from bigtrain.data.manifest import load_manifest
 

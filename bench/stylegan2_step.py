@@ -34,7 +34,7 @@ def main() -> None:
     p.add_argument("--cycles", type=int, default=2, help="lazy-regularization cycles to time")
     p.add_argument("--warmup", type=int, default=16, help="untimed iterations first (compilation, caches)")
     p.add_argument("--num-classes", type=int, default=1, help="1: unconditional, as FFHQ")
-    args = p.parse_args()
+    args = p.parse_intermixed_args()
 
     overrides = ["train.accum=1", "track.enabled=false", "eval.every_kimg=0", f"model.num_classes={args.num_classes}",
                  "train.run_dir=/tmp/bigtrain-bench", *args.overrides]  # fmt: skip
