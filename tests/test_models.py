@@ -86,3 +86,46 @@ def test_self_attention_matches_the_explicit_softmax_form():
     o = (g @ beta.transpose(1, 2)).view(2, 8, 8, 8)
     expected = x + 0.7 * attn.o(o)
     assert torch.allclose(attn(x), expected, atol=1e-5)
+
+
+def test_every_up_block_learns_its_shortcut():
+    """BigGAN-PyTorch's GBlock: learnable_sc = in != out or upsample, so every G block has a 1x1 conv."""
+    G = Generator(32, ch=8, z_dim=128, hier=False, shared_dim=0, num_classes=10, attn_res=())
+    assert all(isinstance(block.shortcut, torch.nn.Conv2d) for block in G.blocks)
+
+
+def test_without_a_shared_embedding_each_bn_has_its_own_class_embeddings():
+    torch.manual_seed(0)
+    G = Generator(
+        32, ch=8, z_dim=128, hier=False, shared_dim=0, num_classes=10, attn_res=(), init="N02"
+    ).eval()
+    assert G.shared is None and isinstance(G.blocks[0].bn1.gain, torch.nn.Embedding)
+    assert G.blocks[0].bn1.gain.weight.std().item() == pytest.approx(0.02, rel=0.2), "N(0, 0.02) init"
+    z = torch.randn(2, 128)
+    assert not torch.allclose(G(z, torch.tensor([1, 1])), G(z, torch.tensor([2, 2])))
+    with pytest.raises(ConfigError, match="model.hier=true needs a shared class embedding"):
+        Generator(32, ch=8, z_dim=120, hier=True, shared_dim=0, num_classes=10)
+
+
+@pytest.mark.parametrize("config", ["shared_hier_attn", "cifar"])
+def test_biggan_pytorch_weights_map_one_to_one(config):
+    """Every tensor of BigGAN-PyTorch's G and D (names and shapes recorded from its BigGAN.py in
+    tests/data) has its place in bigtrain's networks with the same shape, and nothing is left over."""
+    import json
+
+    from bigtrain.models.biggan import from_biggan_pytorch
+    from conftest import REPO
+
+    recorded = json.loads((REPO / "tests" / "data" / "biggan_pytorch_state_dict_keys.json").read_text())[
+        "configs"
+    ][config]
+    kw = recorded["kwargs"]
+    attn = tuple(int(a) for a in kw["G_attn"].split("_") if a != "0")
+    shared = kw["shared_dim"] if kw["G_shared"] else 0
+    G = Generator(kw["resolution"], kw["G_ch"], kw["dim_z"], shared, kw["hier"], attn, kw["n_classes"])
+    D = Discriminator(kw["resolution"], kw["D_ch"], attn, kw["n_classes"])
+    for net, names in ((G, recorded["G"]), (D, recorded["D"])):
+        reference = {k: torch.rand(shape) for k, shape in names.items()}
+        result = net.load_state_dict(from_biggan_pytorch(reference), strict=False)
+        assert not result.unexpected_keys, result.unexpected_keys
+        assert all(k.endswith("num_batches_tracked") for k in result.missing_keys), result.missing_keys

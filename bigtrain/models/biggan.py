@@ -17,6 +17,7 @@ from .layers import (
     ConditionalBatchNorm2d,
     SelfAttention,
     assert_shape,
+    init_weight,
     sn_conv2d,
     sn_embedding,
     sn_linear,
@@ -50,15 +51,20 @@ def _check_resolution(resolution: int) -> None:
 
 
 class GBlock(nn.Module):
-    """Up-block: BN-ReLU-up-conv3x3-BN-ReLU-conv3x3, plus an upsampled (1x1-projected) shortcut."""
+    """Up-block: BN-ReLU-up-conv3x3-BN-ReLU-conv3x3, plus an upsampled, 1x1-projected shortcut. The
+    projection is learned in every up-block, also where the width stays (BigGAN-PyTorch's
+    `learnable_sc = in_channels != out_channels or upsample`, and the paper's Figure 15)."""
 
-    def __init__(self, in_ch: int, out_ch: int, cond_dim: int, bn_eps: float, sn_eps: float):
+    def __init__(
+        self, in_ch: int, out_ch: int, cond_dim: int, bn_eps: float, sn_eps: float, init: str = "ortho",
+        num_classes: int = 0,
+    ):  # fmt: skip
         super().__init__()
-        self.bn1 = ConditionalBatchNorm2d(in_ch, cond_dim, bn_eps, sn_eps)
-        self.conv1 = sn_conv2d(in_ch, out_ch, 3, eps=sn_eps)
-        self.bn2 = ConditionalBatchNorm2d(out_ch, cond_dim, bn_eps, sn_eps)
-        self.conv2 = sn_conv2d(out_ch, out_ch, 3, eps=sn_eps)
-        self.shortcut = sn_conv2d(in_ch, out_ch, 1, eps=sn_eps) if in_ch != out_ch else nn.Identity()
+        self.bn1 = ConditionalBatchNorm2d(in_ch, cond_dim, bn_eps, sn_eps, init, num_classes)
+        self.conv1 = sn_conv2d(in_ch, out_ch, 3, eps=sn_eps, init=init)
+        self.bn2 = ConditionalBatchNorm2d(out_ch, cond_dim, bn_eps, sn_eps, init, num_classes)
+        self.conv2 = sn_conv2d(out_ch, out_ch, 3, eps=sn_eps, init=init)
+        self.shortcut = sn_conv2d(in_ch, out_ch, 1, eps=sn_eps, init=init)
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
         h = F.relu(self.bn1(x, cond))
@@ -71,7 +77,8 @@ class Generator(nn.Module):
     """G(z, y) -> images in [-1, 1], (B, 3, R, R).
 
     With `hier`, z is split into one chunk per block plus one for the 4x4 input; each block's BN is
-    conditioned on [shared_embedding(y), its z chunk].
+    conditioned on [shared_embedding(y), its z chunk]. With shared_dim 0 every BN has class embeddings
+    of its own (BigGAN-PyTorch without G_shared, as its CIFAR script), and z is not split.
     """
 
     def __init__(
@@ -85,6 +92,7 @@ class Generator(nn.Module):
         num_classes: int = 1000,
         bn_eps: float = 1e-5,
         sn_eps: float = 1e-6,
+        init: str = "ortho",
     ):
         super().__init__()
         _check_resolution(resolution)
@@ -92,8 +100,12 @@ class Generator(nn.Module):
         num_blocks = len(widths) - 1
         self.resolution, self.z_dim, self.num_classes = resolution, z_dim, num_classes
         self.conditional = num_classes > 1
-        if self.conditional and shared_dim < 1:
-            raise ConfigError("model.shared_dim must be > 0 for a class-conditional BigGAN")
+        per_layer_classes = num_classes if self.conditional and shared_dim < 1 else 0
+        if per_layer_classes and hier:
+            raise ConfigError(
+                "model.hier=true needs a shared class embedding (model.shared_dim > 0): BigGAN without one "
+                "conditions each BN on the label alone"
+            )
         self.num_chunks = num_blocks + 1 if hier else 1
         if z_dim % self.num_chunks:
             raise ConfigError(
@@ -101,22 +113,27 @@ class Generator(nn.Module):
                 f"({num_blocks} blocks + 1) at resolution {resolution}"
             )
         chunk = z_dim // self.num_chunks
-        cond_dim = (shared_dim if self.conditional else 0) + (chunk if hier else 0)
-        self.shared = nn.Embedding(num_classes, shared_dim) if self.conditional else None
+        cond_dim = (shared_dim if self.conditional and not per_layer_classes else 0) + (chunk if hier else 0)
+        self.shared = (
+            nn.Embedding(num_classes, shared_dim) if self.conditional and not per_layer_classes else None
+        )
         if self.shared is not None:
-            nn.init.orthogonal_(self.shared.weight)
-        self.linear = sn_linear(chunk, 4 * 4 * widths[0], eps=sn_eps)
+            init_weight(self.shared.weight, init)
+        self.per_layer_classes = bool(per_layer_classes)
+        self.linear = sn_linear(chunk, 4 * 4 * widths[0], eps=sn_eps, init=init)
         self.widths = widths
         self.blocks = nn.ModuleList()
         self.attention = nn.ModuleDict()
         res = 4
         for i in range(num_blocks):
-            self.blocks.append(GBlock(widths[i], widths[i + 1], cond_dim, bn_eps, sn_eps))
+            self.blocks.append(
+                GBlock(widths[i], widths[i + 1], cond_dim, bn_eps, sn_eps, init, per_layer_classes)
+            )
             res *= 2
             if res in attn_res:
-                self.attention[str(i)] = SelfAttention(widths[i + 1], sn_eps)
+                self.attention[str(i)] = SelfAttention(widths[i + 1], sn_eps, init)
         self.out_bn = nn.BatchNorm2d(widths[-1], eps=bn_eps)
-        self.out_conv = sn_conv2d(widths[-1], 3, 3, eps=sn_eps)
+        self.out_conv = sn_conv2d(widths[-1], 3, 3, eps=sn_eps, init=init)
 
     def forward(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         assert_shape(z, (None, self.z_dim), "BigGAN G latent z")
@@ -125,7 +142,7 @@ class Generator(nn.Module):
         h = self.linear(chunks[0]).view(z.shape[0], self.widths[0], 4, 4)
         for i, block in enumerate(self.blocks):
             parts = [p for p in (embedding, chunks[i + 1] if self.num_chunks > 1 else None) if p is not None]
-            cond = torch.cat(parts, dim=1) if parts else None
+            cond = y if self.per_layer_classes else torch.cat(parts, dim=1) if parts else None
             h = block(h, cond)
             if str(i) in self.attention:
                 h = self.attention[str(i)](h)
@@ -137,13 +154,21 @@ class Generator(nn.Module):
 class DBlock(nn.Module):
     """Down-block: (ReLU)-conv3x3-ReLU-conv3x3-avgpool, plus a (1x1-projected, pooled) shortcut."""
 
-    def __init__(self, in_ch: int, out_ch: int, preactivation: bool, downsample: bool, sn_eps: float):
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        preactivation: bool,
+        downsample: bool,
+        sn_eps: float,
+        init: str = "ortho",
+    ):
         super().__init__()
         self.preactivation, self.downsample = preactivation, downsample
-        self.conv1 = sn_conv2d(in_ch, out_ch, 3, eps=sn_eps)
-        self.conv2 = sn_conv2d(out_ch, out_ch, 3, eps=sn_eps)
+        self.conv1 = sn_conv2d(in_ch, out_ch, 3, eps=sn_eps, init=init)
+        self.conv2 = sn_conv2d(out_ch, out_ch, 3, eps=sn_eps, init=init)
         learnable = in_ch != out_ch or downsample
-        self.shortcut = sn_conv2d(in_ch, out_ch, 1, eps=sn_eps) if learnable else nn.Identity()
+        self.shortcut = sn_conv2d(in_ch, out_ch, 1, eps=sn_eps, init=init) if learnable else nn.Identity()
 
     def _pool(self, x: torch.Tensor) -> torch.Tensor:
         return F.avg_pool2d(x, 2) if self.downsample else x
@@ -167,6 +192,7 @@ class Discriminator(nn.Module):
         attn_res: tuple[int, ...] = (64,),
         num_classes: int = 1000,
         sn_eps: float = 1e-6,
+        init: str = "ortho",
     ):
         super().__init__()
         _check_resolution(resolution)
@@ -177,12 +203,14 @@ class Discriminator(nn.Module):
         self.attention = nn.ModuleDict()
         in_ch, res = 3, resolution
         for i, (out_ch, down) in enumerate(zip(widths, downsample)):
-            self.blocks.append(DBlock(in_ch, out_ch, preactivation=i > 0, downsample=down, sn_eps=sn_eps))
+            self.blocks.append(
+                DBlock(in_ch, out_ch, preactivation=i > 0, downsample=down, sn_eps=sn_eps, init=init)
+            )
             in_ch, res = out_ch, res // 2 if down else res
             if res in attn_res and i < len(widths) - 1:
-                self.attention[str(i)] = SelfAttention(out_ch, sn_eps)
-        self.linear = sn_linear(widths[-1], 1, eps=sn_eps)
-        self.embed = sn_embedding(num_classes, widths[-1], eps=sn_eps) if num_classes > 1 else None
+                self.attention[str(i)] = SelfAttention(out_ch, sn_eps, init)
+        self.linear = sn_linear(widths[-1], 1, eps=sn_eps, init=init)
+        self.embed = sn_embedding(num_classes, widths[-1], eps=sn_eps, init=init) if num_classes > 1 else None
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         assert_shape(x, (None, 3, self.resolution, self.resolution), "BigGAN D input")
@@ -196,3 +224,51 @@ class Discriminator(nn.Module):
         if self.embed is not None:
             out = out + (self.embed(y) * features).sum(dim=1)
         return out
+
+
+# --------------------------------------------------------------------------- reference weights
+
+
+def _renamed_module(parts: list[str]) -> list[str]:
+    """A BigGAN-PyTorch module path (split at dots) as bigtrain names the module."""
+    if parts[0] == "blocks":  # blocks.<i>.0 (residual block) or blocks.<i>.1 (attention)
+        head = ["blocks", parts[1]] if parts[2] == "0" else ["attention", parts[1]]
+        return [*head, *("shortcut" if p == "conv_sc" else p for p in parts[3:])]
+    if parts[0] == "output_layer":  # Sequential(bn, relu, conv)
+        return [("out_bn" if parts[1] == "0" else "out_conv"), *parts[2:]]
+    return parts
+
+
+def from_biggan_pytorch(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A BigGAN-PyTorch G or D state dict (ajbrock/BigGAN-PyTorch's BigGAN.py, e.g. its released
+    G.pth) renamed for bigtrain's Generator or Discriminator. Kernels keep their orientation (no flip).
+
+    Its spectral norm keeps one left singular vector `u0`; torch's keeps u and v, so v is set to
+    normalize(W^T u): the next power iteration then starts where the reference's would. The estimates
+    of sigma agree once the vectors have converged, as they have after training (torch estimates it
+    after the iteration's second half, the reference after its first)."""
+    renamed: dict[str, torch.Tensor] = {}
+    for name, value in state_dict.items():
+        *module, leaf = name.split(".")
+        prefix = name[: -len(leaf)]
+        target = ".".join(_renamed_module(module))
+        if leaf.startswith("sv") or leaf == "accumulation_counter":
+            continue  # the reference's last sigma estimate and standing-stats counter: no state here
+        if leaf in ("stored_mean", "stored_var"):  # BatchNorm statistics (in a `bn` inside each CBN)
+            owner = target if target == "out_bn" else f"{target}.bn"
+            renamed[f"{owner}.{'running_mean' if leaf == 'stored_mean' else 'running_var'}"] = value
+        elif leaf == "weight" and prefix + "u0" in state_dict:  # a spectrally normalized layer
+            renamed[f"{target}.parametrizations.weight.original"] = value
+        elif leaf == "u0":
+            u = value.reshape(-1)
+            weight = state_dict[prefix + "weight"]
+            sn = f"{target}.parametrizations.weight.0"
+            renamed[f"{sn}._u"] = u
+            renamed[f"{sn}._v"] = F.normalize(weight.reshape(weight.shape[0], -1).t() @ u, dim=0)
+        elif leaf == "gamma":  # attention's output scale: 0-d there, 1-d here (see SelfAttention)
+            renamed[f"{target}.gamma"] = value.reshape(1)
+        elif target == "out_bn" and leaf in ("gain", "bias"):
+            renamed[f"out_bn.{'weight' if leaf == 'gain' else 'bias'}"] = value
+        else:
+            renamed[f"{target}.{leaf}"] = value
+    return renamed

@@ -17,43 +17,73 @@ def assert_shape(tensor: torch.Tensor, shape: tuple, what: str) -> None:
         raise ValueError(f"{what}: expected shape {tuple(shape)}, got {tuple(tensor.shape)}")
 
 
-def _sn(module: nn.Module, eps: float) -> nn.Module:
-    nn.init.orthogonal_(module.weight)  # BigGAN's initialization, before the SN reparametrization
+INITS = ("ortho", "N02")  # BigGAN-PyTorch's G_init / D_init choices that its launch scripts use
+
+
+def init_weight(weight: torch.Tensor, init: str = "ortho") -> None:
+    """BigGAN's initialization of a conv, linear or embedding weight: orthogonal (the paper) or
+    N(0, 0.02) (BigGAN-PyTorch's CIFAR script)."""
+    if init == "ortho":
+        nn.init.orthogonal_(weight)
+    elif init == "N02":
+        nn.init.normal_(weight, 0.0, 0.02)
+    else:
+        raise ValueError(f"unknown initialization {init!r}: one of {INITS}")
+
+
+def _sn(module: nn.Module, eps: float, init: str = "ortho") -> nn.Module:
+    init_weight(module.weight, init)  # before the SN reparametrization, which estimates sigma from it
     if getattr(module, "bias", None) is not None:
         nn.init.zeros_(module.bias)
     return spectral_norm(module, eps=eps)
 
 
-def sn_conv2d(in_ch: int, out_ch: int, kernel: int = 3, bias: bool = True, eps: float = 1e-6) -> nn.Module:
-    return _sn(nn.Conv2d(in_ch, out_ch, kernel, padding=kernel // 2, bias=bias), eps)
+def sn_conv2d(
+    in_ch: int, out_ch: int, kernel: int = 3, bias: bool = True, eps: float = 1e-6, init: str = "ortho"
+) -> nn.Module:
+    return _sn(nn.Conv2d(in_ch, out_ch, kernel, padding=kernel // 2, bias=bias), eps, init)
 
 
-def sn_linear(in_features: int, out_features: int, bias: bool = True, eps: float = 1e-6) -> nn.Module:
-    return _sn(nn.Linear(in_features, out_features, bias=bias), eps)
+def sn_linear(
+    in_features: int, out_features: int, bias: bool = True, eps: float = 1e-6, init: str = "ortho"
+) -> nn.Module:
+    return _sn(nn.Linear(in_features, out_features, bias=bias), eps, init)
 
 
-def sn_embedding(num_embeddings: int, dim: int, eps: float = 1e-6) -> nn.Module:
-    return _sn(nn.Embedding(num_embeddings, dim), eps)
+def sn_embedding(num_embeddings: int, dim: int, eps: float = 1e-6, init: str = "ortho") -> nn.Module:
+    return _sn(nn.Embedding(num_embeddings, dim), eps, init)
 
 
 class ConditionalBatchNorm2d(nn.Module):
     """BatchNorm whose per-channel gain and bias are linear functions of a conditioning vector.
 
     y = BN(x) * (1 + W_gain c) + W_bias c      (Brock et al. 2018, Sec. 3 / appendix B)
-    With cond_dim == 0 it is an ordinary affine BatchNorm.
+    With `num_classes`, c is the class label and W_gain, W_bias are per-class embeddings of this layer
+    (BigGAN-PyTorch without G_shared). With neither, it is an ordinary affine BatchNorm.
     """
 
-    def __init__(self, num_features: int, cond_dim: int, eps: float = 1e-5, sn_eps: float = 1e-6):
+    def __init__(
+        self, num_features: int, cond_dim: int, eps: float = 1e-5, sn_eps: float = 1e-6, init: str = "ortho",
+        num_classes: int = 0,
+    ):  # fmt: skip
         super().__init__()
-        self.cond_dim = cond_dim
-        self.bn = nn.BatchNorm2d(num_features, eps=eps, affine=cond_dim == 0)
-        if cond_dim:
-            self.gain = sn_linear(cond_dim, num_features, bias=False, eps=sn_eps)
-            self.bias = sn_linear(cond_dim, num_features, bias=False, eps=sn_eps)
+        self.conditional = bool(cond_dim or num_classes)
+        self.bn = nn.BatchNorm2d(num_features, eps=eps, affine=not self.conditional)
+        if num_classes:  # one (unnormalized) embedding per layer, as BigGAN-PyTorch's nn.Embedding
+            self.gain, self.bias = (
+                nn.Embedding(num_classes, num_features),
+                nn.Embedding(num_classes, num_features),
+            )
+            init_weight(self.gain.weight, init)
+            init_weight(self.bias.weight, init)
+        elif cond_dim:
+            self.gain = sn_linear(cond_dim, num_features, bias=False, eps=sn_eps, init=init)
+            self.bias = sn_linear(cond_dim, num_features, bias=False, eps=sn_eps, init=init)
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
+        """`cond`: (B, cond_dim) float, or (B,) class labels with `num_classes`."""
         out = self.bn(x)
-        if not self.cond_dim:
+        if not self.conditional:
             return out
         gain = 1.0 + self.gain(cond)[:, :, None, None]
         bias = self.bias(cond)[:, :, None, None]
@@ -67,17 +97,17 @@ class SelfAttention(nn.Module):
     The output is x + gamma * o(attention), with gamma starting at 0.
     """
 
-    def __init__(self, ch: int, sn_eps: float = 1e-6):
+    def __init__(self, ch: int, sn_eps: float = 1e-6, init: str = "ortho"):
         super().__init__()
         if ch < 8:
             raise ValueError(
                 f"self-attention needs at least 8 channels, got {ch} (raise the channel multiplier)"
             )
         self.ch = ch
-        self.theta = sn_conv2d(ch, ch // 8, 1, bias=False, eps=sn_eps)
-        self.phi = sn_conv2d(ch, ch // 8, 1, bias=False, eps=sn_eps)
-        self.g = sn_conv2d(ch, ch // 2, 1, bias=False, eps=sn_eps)
-        self.o = sn_conv2d(ch // 2, ch, 1, bias=False, eps=sn_eps)
+        self.theta = sn_conv2d(ch, ch // 8, 1, bias=False, eps=sn_eps, init=init)
+        self.phi = sn_conv2d(ch, ch // 8, 1, bias=False, eps=sn_eps, init=init)
+        self.g = sn_conv2d(ch, ch // 2, 1, bias=False, eps=sn_eps, init=init)
+        self.o = sn_conv2d(ch // 2, ch, 1, bias=False, eps=sn_eps, init=init)
         self.gamma = nn.Parameter(torch.zeros(1))  # 1-d: some engines cannot broadcast 0-d tensors
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

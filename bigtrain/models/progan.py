@@ -22,8 +22,10 @@ from torch import nn
 
 
 def progan_channels(resolution: int, fmap_base: int = 8192, fmap_max: int = 512) -> int:
-    """Feature maps at a resolution: min(fmap_base / resolution, fmap_max), as in the paper's Table 2."""
-    return int(min(fmap_base // resolution, fmap_max))
+    """Feature maps at a resolution, as the paper's code computes them: nf(stage) = min(fmap_base /
+    2^stage, fmap_max) with stage = log2(resolution) - 1, i.e. min(2 fmap_base / resolution, fmap_max):
+    512 up to 32x32 and 16 at 1024x1024 for fmap_base 8192 (Table 2)."""
+    return int(min(2 * fmap_base // resolution, fmap_max))
 
 
 class EqualizedConv2d(nn.Module):
