@@ -44,17 +44,24 @@ class ModelConfig:
     ch: int = 64  # G channel multiplier
     d_ch: int = 64  # D channel multiplier
     z_dim: int = 120  # latent size; split into hierarchical chunks when `hier`
-    shared_dim: int = 128  # shared class embedding size (0: one embedding per BN layer)
+    shared_dim: int = 128  # shared class embedding (0: each BN layer's own, with hier off)
     hier: bool = True  # hierarchical z: one chunk to the input, one to every block's BN
     attn_res: list[int] = field(default_factory=lambda: [])  # resolutions with self-attention
     num_classes: int = 0  # 0: from the dataset manifest; 1: unconditional
     bn_eps: float = 1e-5
     sn_eps: float = 1e-6
-    fmap_base: int = 8192  # progan, stylegan2: feature maps at resolution r are min(fmap_base / r, fmap_max)
+    init: str = "ortho"  # biggan weights: ortho (the paper) | N02 (BigGAN-PyTorch's CIFAR script)
+    fmap_base: int = (
+        8192  # feature maps at r: progan min(2 fmap_base / r, fmap_max), stylegan2 min(fmap_base / r, ...)
+    )
     fmap_max: int = 512
     w_dim: int = 512  # stylegan2: intermediate latent (w) size
     mapping_layers: int = 8  # stylegan2: depth of the mapping network z -> w
     mbstd_group: int = 4  # progan, stylegan2: minibatch standard deviation group size
+    conv_clamp: float = (
+        256.0  # stylegan2: clamp conv outputs to +-this (stylegan2-ada's recipes: 256; 0: off)
+    )
+    d_architecture: str = "resnet"  # stylegan2 D: resnet (paper's Fig. 7c) | orig | skip
 
 
 @dataclass
@@ -177,6 +184,8 @@ class Config:
 CHOICES: dict[str, tuple[str, ...]] = {
     "data.loader": ("auto", "webdataset", "dali"),
     "model.name": ("biggan", "progan", "stylegan2"),
+    "model.d_architecture": ("resnet", "orig", "skip"),
+    "model.init": ("ortho", "N02"),
     "loss.name": ("hinge", "nonsat", "wgan-gp"),
     "train.device": ("auto", "cpu", "cuda"),
     "train.precision": ("auto", "fp32", "bf16"),
@@ -363,6 +372,7 @@ def validate(cfg: Config, world_size: int = 1) -> None:
         positive(f"model.{key}", getattr(m, key))
     positive("model.shared_dim", m.shared_dim, allow_zero=True)
     positive("model.num_classes", m.num_classes, allow_zero=True)
+    positive("model.conv_clamp", m.conv_clamp, allow_zero=True)
     for key in ("lr_g", "lr_d", "eps"):
         positive(f"optim.{key}", getattr(cfg.optim, key))
     for key in ("beta1", "beta2"):

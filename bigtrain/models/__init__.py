@@ -12,9 +12,10 @@ from . import biggan, progan, stylegan2
 
 def _build_biggan(m: ModelConfig, num_classes: int) -> tuple[nn.Module, nn.Module]:
     g = biggan.Generator(
-        m.resolution, m.ch, m.z_dim, m.shared_dim, m.hier, tuple(m.attn_res), num_classes, m.bn_eps, m.sn_eps
-    )
-    d = biggan.Discriminator(m.resolution, m.d_ch, tuple(m.attn_res), num_classes, m.sn_eps)
+        m.resolution, m.ch, m.z_dim, m.shared_dim, m.hier, tuple(m.attn_res), num_classes, m.bn_eps, m.sn_eps,
+        m.init,
+    )  # fmt: skip
+    d = biggan.Discriminator(m.resolution, m.d_ch, tuple(m.attn_res), num_classes, m.sn_eps, m.init)
     return g, d
 
 
@@ -28,9 +29,12 @@ def _build_stylegan2(m: ModelConfig, num_classes: int) -> tuple[nn.Module, nn.Mo
     """Conditional when the data has classes (the label joins z in the mapping network; D projects)."""
     classes = num_classes if num_classes > 1 else 0
     g = stylegan2.Generator(
-        m.resolution, m.z_dim, m.w_dim, classes, m.fmap_base, m.fmap_max, m.mapping_layers
+        m.resolution, m.z_dim, m.w_dim, classes, m.fmap_base, m.fmap_max, m.mapping_layers, m.conv_clamp
     )
-    d = stylegan2.Discriminator(m.resolution, classes, m.fmap_base, m.fmap_max, m.mbstd_group)
+    d = stylegan2.Discriminator(
+        m.resolution, classes, m.fmap_base, m.fmap_max, m.mbstd_group,
+        architecture=m.d_architecture, conv_clamp=m.conv_clamp,
+    )  # fmt: skip
     return g, d
 
 

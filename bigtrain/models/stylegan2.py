@@ -1,5 +1,7 @@
 """StyleGAN2 (Karras et al. 2020, "Analyzing and Improving the Image Quality of StyleGAN"), in plain
-PyTorch: no custom CUDA ops, so it runs (and compiles) on any current PyTorch, CPU included.
+PyTorch: no custom CUDA ops, so it runs (and compiles) on any current PyTorch, CPU included. The
+networks are stylegan2-ada-pytorch's (`training/networks.py`): same layers, same parameter shapes, so
+its weights load one to one (no kernel needs flipping; see `reference_state_dict_map`).
 
 Paper pieces, by section:
 - 2.2 / Fig. 2  modulated convolution: the style s scales the weights' input channels,
@@ -7,20 +9,25 @@ Paper pieces, by section:
   input variance gives unit output variance. Computed in the "non-fused" form (scale the activations
   by s, one shared convolution, scale the outputs by the demodulation coefficients), which is what
   NVlabs' code runs in training, and which stays an ordinary batched conv for cuDNN and channels_last.
-- 4 / Fig. 7  skip generator (toRGB at every resolution, summed after up-sampling) and residual
-  discriminator; minibatch standard deviation in D's last block (ProGAN, section 3).
+- 4 / Fig. 7  skip generator (toRGB at every resolution, summed after up-sampling) and a residual
+  discriminator (or `orig`, `skip`); minibatch standard deviation in D's last block (ProGAN, section 3).
 - StyleGAN 2.1: an 8-layer mapping network z -> w with a 0.01 learning-rate multiplier, per-layer noise
   inputs with learned strengths, and the running average w_avg that truncation pulls toward.
 - Conditional variant (StyleGAN2-ADA): the class embedding joins z at the mapping network's input, and
-  D projects its features onto an embedding of the label.
+  D projects its features onto the label mapped by a mapping network of its own (8 layers).
+- stylegan2-ada's recipes clamp every convolution's output to +-256 (`conv_clamp`).
 
-Resampling uses the [1, 3, 3, 1] filter, as the paper does: up-sampling by 2 with it is bilinear
-interpolation (F.interpolate), and down-sampling is that filter followed by stride 2.
+Resampling is upfirdn2d, written from its definition (`upfirdn2d`): insert zeros, zero-pad, convolve
+with the [1, 3, 3, 1] filter, drop pixels. Up-sampling convolutions are a stride-2 transposed
+convolution followed by the filter (gain 4), the toRGB skip is up-sampled by zero insertion and the
+filter, and down-sampling is the filter followed by stride 2: the reference's operations, borders
+included, at its cost (a transposed conv at the input resolution, not a conv at the output's).
 Equalized learning rate (ProGAN 4.1) everywhere: weights are N(0, 1) scaled by 1/sqrt(fan_in) at run time.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -51,6 +58,13 @@ def normalize_2nd_moment(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     return x * (x.square().mean(dim=1, keepdim=True) + eps).rsqrt()
 
 
+def float32_region(device: torch.device):
+    """Autocast off (float32) in this region; nothing where the device has no autocast (meta)."""
+    if torch.amp.is_autocast_available(device.type):
+        return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
 class FullyConnected(nn.Module):
     """Equalized-lr linear layer; `lr_multiplier` slows it (the mapping network's 0.01)."""
 
@@ -70,7 +84,10 @@ class FullyConnected(nn.Module):
 
 
 class MappingNetwork(nn.Module):
-    """z (and a class embedding) -> w, broadcast to every synthesis layer; tracks w_avg."""
+    """z (and a class embedding) -> w, broadcast to every synthesis layer; tracks w_avg.
+
+    With z_dim 0 and num_ws 0 it is the conditional D's label mapping: the embedding alone, no
+    broadcast and no w_avg (stylegan2-ada's MappingNetwork(z_dim=0, num_ws=None, w_avg_beta=None))."""
 
     def __init__(
         self, z_dim: int, w_dim: int, num_ws: int, num_classes: int = 0, layers: int = 8,
@@ -84,20 +101,24 @@ class MappingNetwork(nn.Module):
             *[FullyConnected(a, b, lr_multiplier=lr_multiplier) for a, b in zip(dims[:-1], dims[1:])]
         )
         self.num_classes = num_classes
-        self.register_buffer("w_avg", torch.zeros(w_dim))
+        if num_ws:
+            self.register_buffer("w_avg", torch.zeros(w_dim))
 
     def forward(
-        self, z: torch.Tensor, y: torch.Tensor | None = None, psi: float = 1.0, cutoff: int | None = None,
+        self, z: torch.Tensor | None, y: torch.Tensor | None = None, psi: float = 1.0, cutoff: int | None = None,
         update_w_avg: bool = False,
     ) -> torch.Tensor:  # fmt: skip
-        """z (B, z_dim) -> ws (B, num_ws, w_dim), in float32 also under autocast (as stylegan2-ada
-        keeps its mapping network in fp32): w_avg and truncation stay exact."""
-        with torch.autocast(z.device.type, enabled=False):
-            x = normalize_2nd_moment(z.float())
+        """z (B, z_dim) -> ws (B, num_ws, w_dim) (or w (B, w_dim) without num_ws), in float32 also
+        under autocast (as stylegan2-ada keeps its mapping network in fp32): w_avg and truncation stay
+        exact."""
+        with float32_region((z if z is not None else y).device):
+            x = normalize_2nd_moment(z.float()) if self.z_dim else None
             if self.embed is not None:
-                onehot = one_hot(y, self.num_classes)
-                x = torch.cat([x, normalize_2nd_moment(self.embed(onehot))], dim=1)
+                label = normalize_2nd_moment(self.embed(one_hot(y, self.num_classes)))
+                x = label if x is None else torch.cat([x, label], dim=1)
             w = self.layers(x)
+        if not self.num_ws:
+            return w
         if update_w_avg:
             self.w_avg.copy_(w.detach().mean(dim=0).lerp(self.w_avg, self.w_avg_beta))
         ws = w.unsqueeze(1).repeat(1, self.num_ws, 1)
@@ -107,15 +128,74 @@ class MappingNetwork(nn.Module):
         return ws
 
 
-def modulated_conv2d(
-    x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor, demodulate: bool = True, padding: int = 0
+# --------------------------------------------------------------------------- resampling
+
+
+_FIR = (1.0, 3.0, 3.0, 1.0)
+
+
+def fir_filter(dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:
+    """The separable [1, 3, 3, 1] low-pass filter as a 4x4 kernel with unit sum."""
+    f = torch.tensor(_FIR, dtype=torch.float64)
+    return (f[:, None] * f[None, :] / f.sum() ** 2).to(dtype=dtype, device=device)
+
+
+def upfirdn2d(
+    x: torch.Tensor,
+    kernel: torch.Tensor | None = None,
+    up: int = 1,
+    down: int = 1,
+    pad: tuple[int, int, int, int] = (0, 0, 0, 0),
+    gain: float = 1.0,
 ) -> torch.Tensor:
-    """x (B, I, H, W), weight (O, I, k, k) already scaled, styles (B, I) -> (B, O, H, W).
+    """Up-sample, FIR-filter, down-sample (x (B, C, H, W), pad = (left, right, top, bottom) >= 0):
+    insert up - 1 zeros after every pixel, zero-pad, convolve every channel with the 2D `kernel` times
+    `gain`, keep every down-th pixel. The [1, 3, 3, 1] filter is symmetric, so convolution and
+    correlation agree. Pass the kernel (a module buffer) to avoid a host-to-device copy."""
+    b, c, h, w = x.shape
+    kernel = fir_filter(x.dtype, x.device) if kernel is None else kernel.to(x.dtype)
+    if up > 1:
+        x = F.pad(x.reshape(b, c, h, 1, w, 1), (0, up - 1, 0, 0, 0, up - 1)).reshape(b, c, h * up, w * up)
+    x = F.pad(x, pad)
+    kernel = (kernel * gain).flip((0, 1))
+    return F.conv2d(x, kernel.expand(c, 1, *kernel.shape), stride=down, groups=c)
+
+
+def upsample2(x: torch.Tensor, kernel: torch.Tensor | None = None) -> torch.Tensor:
+    """(H, W) -> (2H, 2W): zeros inserted, padded (2, 1) per axis, filtered with gain 4."""
+    return upfirdn2d(x, kernel, up=2, pad=(2, 1, 2, 1), gain=4.0)
+
+
+def downsample2(x: torch.Tensor, kernel: torch.Tensor | None = None) -> torch.Tensor:
+    """(H, W) -> (H/2, W/2): padded (1, 1) per axis, filtered, every second pixel kept."""
+    return upfirdn2d(x, kernel, down=2, pad=(1, 1, 1, 1))
+
+
+# --------------------------------------------------------------------------- generator
+
+
+def modulated_conv2d(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    styles: torch.Tensor,
+    demodulate: bool = True,
+    padding: int = 0,
+    up: bool = False,
+    kernel: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """x (B, I, H, W), weight (O, I, k, k) already scaled, styles (B, I) -> (B, O, H, W), or
+    (B, O, 2H, 2W) with `up`.
 
     Equivalent to a per-sample conv with w'_oik = s_i w_oik / sigma_o, sigma_o = sqrt(sum_ik w'^2 + 1e-8),
-    written as activations x s -> shared conv -> outputs / sigma (no per-sample weights are built)."""
+    written as activations x s -> shared conv -> outputs / sigma (no per-sample weights are built).
+    `up`: a stride-2 transposed conv of the same weight, then the FIR filter with gain 4 and one pixel
+    of zero padding per side (stylegan2-ada's conv2d_resample for up=2, k=3)."""
     x = x * styles.to(x.dtype)[:, :, None, None]
-    out = F.conv2d(x, weight.to(x.dtype), padding=padding)
+    if up:
+        out = F.conv_transpose2d(x, weight.transpose(0, 1).to(x.dtype), stride=2)
+        out = upfirdn2d(out, kernel, pad=(1, 1, 1, 1), gain=4.0)
+    else:
+        out = F.conv2d(x, weight.to(x.dtype), padding=padding)
     if demodulate:
         sigma_inv = (
             (weight.square().sum(dim=(2, 3))[None] * styles.square()[:, None, :]).sum(dim=2).add(1e-8).rsqrt()
@@ -124,18 +204,26 @@ def modulated_conv2d(
     return out
 
 
-class SynthesisLayer(nn.Module):
-    """Modulated 3x3 conv (after 2x up-sampling when `up`), noise, bias, leaky ReLU."""
+def _clamp(x: torch.Tensor, limit: float) -> torch.Tensor:
+    return x.clamp(-limit, limit) if limit > 0 else x
 
-    def __init__(self, cin: int, cout: int, w_dim: int, resolution: int, up: bool = False):
+
+class SynthesisLayer(nn.Module):
+    """Modulated 3x3 conv (up-sampling by 2 when `up`), noise, bias, leaky ReLU x sqrt2, clamp."""
+
+    def __init__(
+        self, cin: int, cout: int, w_dim: int, resolution: int, up: bool = False, conv_clamp: float = 0.0
+    ):
         super().__init__()
         self.affine = FullyConnected(w_dim, cin, bias_init=1.0, act=False)
         self.weight = nn.Parameter(torch.randn(cout, cin, 3, 3))
         self.bias = nn.Parameter(torch.zeros(cout))
         self.weight_gain = 1.0 / math.sqrt(cin * 9)
-        self.up, self.resolution = up, resolution
+        self.up, self.resolution, self.conv_clamp = up, resolution, conv_clamp
         self.register_buffer("noise_const", torch.randn(resolution, resolution))
         self.noise_strength = nn.Parameter(torch.zeros([]))
+        if up:
+            self.register_buffer("fir", fir_filter(), persistent=False)
 
     def forward(
         self,
@@ -146,39 +234,43 @@ class SynthesisLayer(nn.Module):
     ) -> torch.Tensor:
         """`noise` (B, 1, R, R): this layer's random-mode noise, drawn by the caller (see
         Generator.draw_noise) so that a compiled forward holds no random generator; None draws it."""
-        if self.up:
-            x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
-        x = modulated_conv2d(x, self.weight * self.weight_gain, self.affine(w), padding=1)
+        weight = self.weight * self.weight_gain
+        kernel = self.fir if self.up else None
+        x = modulated_conv2d(x, weight, self.affine(w), padding=1, up=self.up, kernel=kernel)
         if noise_mode == "random":
             if noise is None:
                 noise = torch.randn(x.shape[0], 1, self.resolution, self.resolution, device=x.device)
             x = x + noise.to(x.dtype) * self.noise_strength.to(x.dtype)
         elif noise_mode == "const":
             x = x + (self.noise_const * self.noise_strength).to(x.dtype)
-        return F.leaky_relu(x + self.bias.to(x.dtype)[None, :, None, None], 0.2) * SQRT2
+        x = F.leaky_relu(x + self.bias.to(x.dtype)[None, :, None, None], 0.2) * SQRT2
+        return _clamp(x, self.conv_clamp)
 
 
 class ToRGB(nn.Module):
     """Modulated 1x1 conv to RGB, without demodulation (the skip generator's per-resolution output)."""
 
-    def __init__(self, cin: int, w_dim: int, channels: int = 3):
+    def __init__(self, cin: int, w_dim: int, channels: int = 3, conv_clamp: float = 0.0):
         super().__init__()
         self.affine = FullyConnected(w_dim, cin, bias_init=1.0, act=False)
         self.weight = nn.Parameter(torch.randn(channels, cin, 1, 1))
         self.bias = nn.Parameter(torch.zeros(channels))
         self.weight_gain = 1.0 / math.sqrt(cin)
+        self.conv_clamp = conv_clamp
 
     def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         styles = self.affine(w) * self.weight_gain
         x = modulated_conv2d(x, self.weight, styles, demodulate=False)
-        return x + self.bias.to(x.dtype)[None, :, None, None]
+        return _clamp(x + self.bias.to(x.dtype)[None, :, None, None], self.conv_clamp)
 
 
 class SynthesisNetwork(nn.Module):
     """A learned 4x4 constant, then per resolution two modulated convs and a toRGB; RGB outputs are
     up-sampled and summed (the skip architecture). Consumes ws: (B, num_ws, w_dim)."""
 
-    def __init__(self, resolution: int, w_dim: int, channel_base: int, channel_max: int):
+    def __init__(
+        self, resolution: int, w_dim: int, channel_base: int, channel_max: int, conv_clamp: float = 0.0
+    ):
         super().__init__()
         self.resolutions = _resolutions(resolution)
         ch = {r: stylegan2_channels(r, channel_base, channel_max) for r in self.resolutions}
@@ -187,13 +279,14 @@ class SynthesisNetwork(nn.Module):
         self.to_rgbs = nn.ModuleList()
         for r in self.resolutions:
             if r == 4:
-                self.convs.append(SynthesisLayer(ch[4], ch[4], w_dim, 4))
+                self.convs.append(SynthesisLayer(ch[4], ch[4], w_dim, 4, conv_clamp=conv_clamp))
             else:
-                self.convs.append(SynthesisLayer(ch[r // 2], ch[r], w_dim, r, up=True))
-                self.convs.append(SynthesisLayer(ch[r], ch[r], w_dim, r))
-            self.to_rgbs.append(ToRGB(ch[r], w_dim))
+                self.convs.append(SynthesisLayer(ch[r // 2], ch[r], w_dim, r, up=True, conv_clamp=conv_clamp))
+                self.convs.append(SynthesisLayer(ch[r], ch[r], w_dim, r, conv_clamp=conv_clamp))
+            self.to_rgbs.append(ToRGB(ch[r], w_dim, conv_clamp=conv_clamp))
         # One w per conv, plus the last toRGB's (each toRGB shares the w of the conv after it).
         self.num_ws = len(self.convs) + 1
+        self.register_buffer("fir", fir_filter(), persistent=False)
 
     def draw_noise(
         self, batch: int, generator: torch.Generator | None = None, device: torch.device | None = None
@@ -215,12 +308,11 @@ class SynthesisNetwork(nn.Module):
             for conv in block:
                 x = conv(x, ws[:, layer], noise_mode, None if noise is None else noise[layer])
                 layer += 1
-            y = self.to_rgbs[i](x, ws[:, layer])
-            rgb = (
-                y
-                if rgb is None
-                else F.interpolate(rgb, scale_factor=2, mode="bilinear", align_corners=False) + y
-            )
+            y = self.to_rgbs[i](x, ws[:, layer]).float()
+            if rgb is not None:  # the image sum stays float32 (also under autocast), as the reference's
+                with float32_region(y.device):
+                    y = upsample2(rgb, self.fir) + y
+            rgb = y
         return rgb
 
 
@@ -229,11 +321,11 @@ class Generator(nn.Module):
 
     def __init__(
         self, resolution: int, z_dim: int = 512, w_dim: int = 512, num_classes: int = 0,
-        channel_base: int = 32768, channel_max: int = 512, mapping_layers: int = 8,
+        channel_base: int = 32768, channel_max: int = 512, mapping_layers: int = 8, conv_clamp: float = 0.0,
     ):  # fmt: skip
         super().__init__()
         self.z_dim, self.w_dim, self.resolution = z_dim, w_dim, resolution
-        self.synthesis = SynthesisNetwork(resolution, w_dim, channel_base, channel_max)
+        self.synthesis = SynthesisNetwork(resolution, w_dim, channel_base, channel_max, conv_clamp)
         self.num_ws = self.synthesis.num_ws
         self.mapping = MappingNetwork(z_dim, w_dim, self.num_ws, num_classes, mapping_layers)
 
@@ -266,39 +358,22 @@ def mix_styles(ws: torch.Tensor, other: torch.Tensor, cutoff: int) -> torch.Tens
     return torch.where(layer < cutoff, ws, other)
 
 
-_FIR = (1.0, 3.0, 3.0, 1.0)
-
-
-def fir_filter(dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:
-    """The separable [1, 3, 3, 1] low-pass filter as a 4x4 kernel with unit sum."""
-    f = torch.tensor(_FIR, dtype=torch.float64)
-    return (f[:, None] * f[None, :] / f.sum() ** 2).to(dtype=dtype, device=device)
-
-
-def _fir(x: torch.Tensor, pad: int, stride: int, kernel: torch.Tensor | None = None) -> torch.Tensor:
-    """Depthwise [1, 3, 3, 1] filtering; pass the kernel (a module buffer) to avoid a host-to-device copy."""
-    c = x.shape[1]
-    kernel = fir_filter(x.dtype, x.device) if kernel is None else kernel.to(x.dtype)
-    return F.conv2d(F.pad(x, (pad,) * 4), kernel.expand(c, 1, 4, 4), stride=stride, groups=c)
-
-
-def downsample2(x: torch.Tensor, kernel: torch.Tensor | None = None) -> torch.Tensor:
-    """Low-pass with [1, 3, 3, 1], keep every second pixel: (H, W) -> (H/2, W/2)."""
-    return _fir(x, pad=1, stride=2, kernel=kernel)
+# --------------------------------------------------------------------------- discriminator
 
 
 class EqualizedConv(nn.Module):
-    """Equalized-lr conv (+ bias, leaky ReLU x sqrt2). With `down`, a 3x3 conv is blur -> stride-2 conv
-    and a 1x1 conv is filtered down-sampling -> conv, as in the paper's D."""
+    """Equalized-lr conv (+ bias, leaky ReLU x sqrt2, clamp). With `down`, a 3x3 conv is blur -> stride-2
+    conv and a 1x1 conv is filtered down-sampling -> conv, as in the paper's D."""
 
     def __init__(
-        self, cin: int, cout: int, kernel: int, down: bool = False, bias: bool = True, act: bool = True
-    ):
+        self, cin: int, cout: int, kernel: int, down: bool = False, bias: bool = True, act: bool = True,
+        conv_clamp: float = 0.0,
+    ):  # fmt: skip
         super().__init__()
         self.weight = nn.Parameter(torch.randn(cout, cin, kernel, kernel))
         self.bias = nn.Parameter(torch.zeros(cout)) if bias else None
         self.weight_gain = 1.0 / math.sqrt(cin * kernel * kernel)
-        self.down, self.act, self.kernel = down, act, kernel
+        self.down, self.act, self.kernel, self.conv_clamp = down, act, kernel, conv_clamp
         if down:  # on the module's device, so filtering needs no copy from the host in the step
             self.register_buffer("fir", fir_filter(), persistent=False)
 
@@ -306,61 +381,136 @@ class EqualizedConv(nn.Module):
         w = (self.weight * self.weight_gain).to(x.dtype)
         b = None if self.bias is None else self.bias.to(x.dtype)
         if self.down and self.kernel > 1:
-            x = F.conv2d(_fir(x, pad=(self.kernel + 1) // 2, stride=1, kernel=self.fir), w, b, stride=2)
+            pad = (self.kernel + 1) // 2
+            x = F.conv2d(upfirdn2d(x, self.fir, pad=(pad,) * 4), w, b, stride=2)
         elif self.down:
             x = F.conv2d(downsample2(x, self.fir), w, b)
         else:
             x = F.conv2d(x, w, b, padding=self.kernel // 2)
         if self.act:
             x = F.leaky_relu(x, 0.2) * SQRT2
-        return x * gain if gain != 1.0 else x
+        x = x * gain if gain != 1.0 else x
+        return _clamp(x, self.conv_clamp * gain)
+
+
+D_ARCHITECTURES = ("resnet", "orig", "skip")
 
 
 class DiscriminatorBlock(nn.Module):
-    """Residual: two 3x3 convs (the second down-sampling) beside a 1x1 down-sampled skip, summed and
-    scaled by 1/sqrt2 to keep the variance (Fig. 7c)."""
+    """Two 3x3 convs, the second down-sampling. `resnet` adds a 1x1 down-sampled skip and scales the
+    sum by 1/sqrt2 to keep the variance (Fig. 7c); `orig` and `skip` have no skip connection (in
+    `skip` the images enter every block through their own fromRGB, see Discriminator)."""
 
-    def __init__(self, cin: int, cout: int):
+    def __init__(self, cin: int, cout: int, architecture: str = "resnet", conv_clamp: float = 0.0):
         super().__init__()
-        self.conv0 = EqualizedConv(cin, cin, 3)
-        self.conv1 = EqualizedConv(cin, cout, 3, down=True)
-        self.skip = EqualizedConv(cin, cout, 1, down=True, bias=False, act=False)
+        self.conv0 = EqualizedConv(cin, cin, 3, conv_clamp=conv_clamp)
+        self.conv1 = EqualizedConv(cin, cout, 3, down=True, conv_clamp=conv_clamp)
+        self.skip = (
+            EqualizedConv(cin, cout, 1, down=True, bias=False, act=False)
+            if architecture == "resnet"
+            else None
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.skip is None:
+            return self.conv1(self.conv0(x))
         return self.skip(x, gain=math.sqrt(0.5)) + self.conv1(self.conv0(x), gain=math.sqrt(0.5))
 
 
 class Discriminator(nn.Module):
-    """images (B, 3, R, R) [, y] -> (B,) logits: fromRGB, residual blocks down to 4x4, then minibatch
-    standard deviation, a 3x3 conv, a dense layer and the output (a projection onto the label's
-    embedding when conditional)."""
+    """images (B, 3, R, R) [, y] -> (B,) logits: fromRGB, blocks down to 4x4, then minibatch standard
+    deviation, a 3x3 conv, a dense layer and the output. Conditional: the output is projected onto the
+    label mapped by an 8-layer mapping network (lr multiplier 0.01), scaled by 1/sqrt(cmap_dim)."""
 
     def __init__(
         self, resolution: int, num_classes: int = 0, channel_base: int = 32768, channel_max: int = 512,
-        mbstd_group: int = 4, cmap_dim: int = 0,
+        mbstd_group: int = 4, cmap_dim: int = 0, architecture: str = "resnet", conv_clamp: float = 0.0,
+        mapping_layers: int = 8,
     ):  # fmt: skip
         super().__init__()
+        if architecture not in D_ARCHITECTURES:
+            raise ValueError(f"StyleGAN2 D architecture {architecture!r} is not one of {D_ARCHITECTURES}")
         resolutions = _resolutions(resolution)
         ch = {r: stylegan2_channels(r, channel_base, channel_max) for r in resolutions}
-        self.resolution, self.mbstd_group = resolution, mbstd_group
+        self.resolution, self.mbstd_group, self.architecture = resolution, mbstd_group, architecture
         self.parts = 1  # the trainer passes reals and fakes in one batch; mbstd keeps them apart
-        self.from_rgb = EqualizedConv(3, ch[resolution], 1)
-        self.blocks = nn.Sequential(
-            *[DiscriminatorBlock(ch[r], ch[r // 2]) for r in reversed(resolutions[1:])]
+        block_resolutions = list(reversed(resolutions[1:]))  # R, R/2, ..., 8
+        if architecture == "skip":  # the (down-sampled) images enter every block, and the epilogue
+            self.from_rgbs = nn.ModuleList(
+                [EqualizedConv(3, ch[r], 1, conv_clamp=conv_clamp) for r in block_resolutions]
+            )
+            self.from_rgbs.append(EqualizedConv(3, ch[4], 1))
+            self.register_buffer("fir", fir_filter(), persistent=False)
+        else:
+            self.from_rgb = EqualizedConv(3, ch[resolution], 1, conv_clamp=conv_clamp)
+        self.blocks = nn.ModuleList(
+            [DiscriminatorBlock(ch[r], ch[r // 2], architecture, conv_clamp) for r in block_resolutions]
         )
-        self.conv = EqualizedConv(ch[4] + 1, ch[4], 3)
+        self.conv = EqualizedConv(ch[4] + 1, ch[4], 3, conv_clamp=conv_clamp)
         self.fc = FullyConnected(ch[4] * 16, ch[4])
         self.num_classes = num_classes if num_classes > 1 else 0
         self.cmap_dim = (cmap_dim or ch[4]) if self.num_classes else 1
         self.out = FullyConnected(ch[4], self.cmap_dim, act=False)
-        self.embed = FullyConnected(self.num_classes, self.cmap_dim, act=False) if self.num_classes else None
+        self.mapping = (
+            MappingNetwork(0, self.cmap_dim, 0, self.num_classes, mapping_layers)
+            if self.num_classes
+            else None
+        )
 
     def forward(self, images: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        x = self.blocks(self.from_rgb(images))
+        if self.architecture == "skip":
+            x, img = None, images
+            for from_rgb, block in zip(self.from_rgbs, self.blocks):
+                x = from_rgb(img) if x is None else x + from_rgb(img)
+                x, img = block(x), downsample2(img, self.fir)
+            x = x + self.from_rgbs[-1](img)
+        else:
+            x = self.from_rgb(images)
+            for block in self.blocks:
+                x = block(x)
         x = minibatch_stddev(x, self.mbstd_group, self.parts)
         x = self.fc(self.conv(x).flatten(1).float())
         x = self.out(x)
-        if self.embed is None:
+        if self.mapping is None:
             return x.squeeze(1)
-        cmap = normalize_2nd_moment(self.embed(one_hot(y, self.num_classes)))
+        cmap = self.mapping(None, y)
         return (x * cmap).sum(dim=1) / math.sqrt(self.cmap_dim)
+
+
+# --------------------------------------------------------------------------- reference weights
+
+
+def from_stylegan2_ada(state_dict: dict[str, torch.Tensor], resolution: int) -> dict[str, torch.Tensor]:
+    """A stylegan2-ada-pytorch G or D state dict (`G.state_dict()`, `D.state_dict()` of its networks.py)
+    renamed for bigtrain's Generator or Discriminator at `resolution`. Every tensor keeps its shape and
+    orientation: no kernel is flipped (the up-sampling conv is its transposed conv of the same weight).
+    Its resample_filter buffers are dropped: the [1, 3, 3, 1] filter is built in."""
+    top = int(math.log2(resolution))
+    renamed = {}
+    for name, value in state_dict.items():
+        parts = name.split(".")
+        if parts[-1] == "resample_filter":
+            continue
+        if parts[0] == "mapping" and parts[1].startswith("fc"):  # mapping.fc3.weight
+            name = f"mapping.layers.{parts[1][2:]}.{'.'.join(parts[2:])}"
+        elif parts[0] == "synthesis":  # synthesis.b16.conv0.weight
+            level = int(math.log2(int(parts[1][1:]))) - 2  # 4x4: 0
+            if parts[2] == "const":
+                name = "synthesis.const"
+            elif parts[2] == "torgb":
+                name = f"synthesis.to_rgbs.{level}.{'.'.join(parts[3:])}"
+            else:  # conv0 (up-sampling) and conv1; 4x4 has conv1 only
+                index = 0 if level == 0 else 2 * level - 1 + (parts[2] == "conv1")
+                name = f"synthesis.convs.{index}.{'.'.join(parts[3:])}"
+        elif parts[0].startswith("b"):  # D: b32.conv0.weight, b4.fc.weight
+            block = top - int(math.log2(int(parts[0][1:])))  # the first block (full resolution): 0
+            rest = ".".join(parts[2:])
+            if parts[0] == "b4" and parts[1] in ("conv", "fc", "out"):
+                name = f"{parts[1]}.{rest}"
+            elif parts[1] == "fromrgb":
+                skip_architecture = any(k.startswith("b4.fromrgb") for k in state_dict)
+                name = f"from_rgbs.{block}.{rest}" if skip_architecture else f"from_rgb.{rest}"
+            else:
+                name = f"blocks.{block}.{parts[1]}.{rest}"
+        renamed[name] = value
+    return renamed

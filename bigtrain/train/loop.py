@@ -219,72 +219,24 @@ class Trainer:
         return (x.contiguous(memory_format=torch.channels_last) if self.channels_last else x), y
 
     def train_step(self) -> None:
-        """One iteration: n_disc_steps D steps, then one G step, then the EMA update.
+        """One iteration: n_disc_steps D steps, then one G step, then the EMA update. Lazy
+        regularization is its own optimizer step, as in stylegan2-ada's phases: an R1 step after every
+        r1_interval-th D step, a path-length step after every pl_interval-th G step.
 
         A network's state (SN power iterations, BN statistics) advances only in its own step, once per
         step whatever the accumulation: the D step does not touch G, nor the G step D."""
-        t, b = self.cfg.train, self.backend
+        t, loss = self.cfg.train, self.cfg.loss
         if self.schedule:
             self._enter_phase()
         for k in range(t.n_disc_steps):
-            b.zero_grad("d")
+            loss_d, real_logits, fake_logits, reals = self._d_step()
             d_step = self.iteration * t.n_disc_steps + k
-            with_r1 = self.cfg.loss.r1_gamma > 0 and d_step % self.cfg.loss.r1_interval == 0
-            for i in range(t.accum):
-                x, y = self._real()
-                z, y_fake, g_kwargs = self._g_inputs()
-                with torch.no_grad(), frozen_state(self.G, batchnorm=True), self._autocast():
-                    fake = self.G(z, y_fake, **g_kwargs)  # plain G: no gradients, no communication
-                with (
-                    b.accumulating("d", last=i == t.accum - 1),
-                    self._first_only(self.D, i),
-                    self._autocast(),
-                ):
-                    # One D pass over real and fake (and, for WGAN-GP, their interpolates) together.
-                    if self.cfg.loss.name == "wgan-gp":
-                        loss_d, real_logits, fake_logits = self._wgan_gp_d_loss(x, y, fake, y_fake)
-                    else:
-                        if with_r1:
-                            x = x.detach().requires_grad_(True)
-                        logits = self._d_scores(
-                            torch.cat([x, fake]), torch.cat([y, y_fake]), parts=2, double_backward=with_r1
-                        )
-                        real_logits, fake_logits = logits.split(self.micro_batch)
-                        loss_d = self.d_loss(real_logits, fake_logits)
-                        if with_r1:  # lazy: every r1_interval D steps, weighted by the interval
-                            r1 = r1_penalty(real_logits, x, self.cfg.loss.r1_gamma)
-                            loss_d = loss_d + r1 * self.cfg.loss.r1_interval
-                    loss_d = loss_d / t.accum
-                    b.backward(loss_d, "d")
-            self._guarded_step("d", loss_d)
+            if loss.r1_gamma > 0 and d_step % loss.r1_interval == 0:
+                self._r1_step(reals)
         self.D.requires_grad_(False)  # frozen D in the G step: no D gradients computed or all-reduced
-        b.zero_grad("g")
-        loss = self.cfg.loss
-        with_pl = loss.pl_weight > 0 and self.iteration % loss.pl_interval == 0
-        for i in range(t.accum):
-            z, y_fake, g_kwargs = self._g_inputs(training_g=True)
-            last = i == t.accum - 1
-            with (
-                b.accumulating("g", last=last),
-                self._first_only(self.G, i),
-                frozen_state(self.D),
-                self._autocast(),
-            ):
-                if with_pl:
-                    fake, ws = self.g_train_eager(z, y_fake, **g_kwargs, return_ws=True)
-                else:
-                    fake = self.g_train(z, y_fake, **g_kwargs)
-                loss_g = self.g_loss(self._d_scores(fake, y_fake, train=False))
-                if with_pl:  # lazy: every pl_interval G steps, weighted by the interval
-                    loss_g = loss_g + self._path_length_penalty(fake, ws) * loss.pl_interval
-                loss_g = loss_g / t.accum
-                if last and self.ortho_params and not b.supports_grad_hooks:
-                    b.backward(loss_g + self._ortho_penalty(), "g")  # engines that own the gradients
-                else:
-                    b.backward(loss_g, "g")
-        if self.ortho_params and b.supports_grad_hooks:
-            add_orthogonal_grad_(self.ortho_params, self.cfg.loss.ortho_strength)  # closed form, no graph
-        self._guarded_step("g", loss_g, check_stop=True)
+        loss_g = self._g_step()
+        if loss.pl_weight > 0 and self.iteration % loss.pl_interval == 0:
+            self._path_length_step()
         self.D.requires_grad_(True)
 
         self.images += t.n_disc_steps * self.batch
@@ -302,12 +254,90 @@ class Trainer:
         self._sums += torch.stack(losses)
         self._sum_steps += 1
 
-    def _g_inputs(self, training_g: bool = False) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    def _d_step(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list]:
+        """D's main optimizer step over `accum` micro-batches: one D pass over reals and fakes (and,
+        for WGAN-GP, their interpolates) together. Returns the last loss and logits, and each
+        micro-batch's reals (the R1 step reuses them, as stylegan2-ada's Dreg phase does)."""
+        t, b = self.cfg.train, self.backend
+        b.zero_grad("d")
+        reals = []
+        for i in range(t.accum):
+            x, y = self._real()
+            reals.append((x, y))
+            z, y_fake, g_kwargs = self._g_inputs()
+            with torch.no_grad(), frozen_state(self.G, batchnorm=True), self._autocast():
+                fake = self.G(z, y_fake, **g_kwargs)  # plain G: no gradients, no communication
+            with b.accumulating("d", last=i == t.accum - 1), self._first_only(self.D, i), self._autocast():
+                if self.cfg.loss.name == "wgan-gp":
+                    loss_d, real_logits, fake_logits = self._wgan_gp_d_loss(x, y, fake, y_fake)
+                else:
+                    logits = self._d_scores(torch.cat([x, fake]), torch.cat([y, y_fake]), parts=2)
+                    real_logits, fake_logits = logits.split(self.micro_batch)
+                    loss_d = self.d_loss(real_logits, fake_logits)
+                loss_d = loss_d / t.accum
+                b.backward(loss_d, "d")
+        self._guarded_step("d", loss_d)
+        return loss_d, real_logits, fake_logits, reals
+
+    def _r1_step(self, reals: list) -> None:
+        """Lazy R1 (StyleGAN2 appendix B): its own D optimizer step every r1_interval D steps, on the
+        main step's reals, the penalty weighted by the interval (stylegan2-ada's Dreg phase)."""
+        t, b = self.cfg.train, self.backend
+        b.zero_grad("d")
+        for i, (x, y) in enumerate(reals):
+            x = x.detach().requires_grad_(True)
+            with b.accumulating("d", last=i == t.accum - 1), frozen_state(self.D), self._autocast():
+                real_logits = self._d_scores(x, y, double_backward=True)
+                penalty = (
+                    r1_penalty(real_logits, x, self.cfg.loss.r1_gamma) * self.cfg.loss.r1_interval / t.accum
+                )
+                b.backward(penalty, "d")
+        self._guarded_step("d", penalty, phase="R1")
+
+    def _g_step(self) -> torch.Tensor:
+        """G's main optimizer step over `accum` micro-batches, with BigGAN's orthogonal regularization."""
+        t, b = self.cfg.train, self.backend
+        b.zero_grad("g")
+        for i in range(t.accum):
+            z, y_fake, g_kwargs = self._g_inputs(training_g=True)
+            last = i == t.accum - 1
+            with (
+                b.accumulating("g", last=last),
+                self._first_only(self.G, i),
+                frozen_state(self.D),
+                self._autocast(),
+            ):
+                fake = self.g_train(z, y_fake, **g_kwargs)
+                loss_g = self.g_loss(self._d_scores(fake, y_fake, train=False)) / t.accum
+                if last and self.ortho_params and not b.supports_grad_hooks:
+                    b.backward(loss_g + self._ortho_penalty(), "g")  # engines that own the gradients
+                else:
+                    b.backward(loss_g, "g")
+        if self.ortho_params and b.supports_grad_hooks:
+            add_orthogonal_grad_(self.ortho_params, self.cfg.loss.ortho_strength)  # closed form, no graph
+        self._guarded_step("g", loss_g, check_stop=True)
+        return loss_g
+
+    def _path_length_step(self) -> None:
+        """Lazy path length regularization: its own G optimizer step every pl_interval G steps, on
+        batch / pl_batch_shrink new samples, weighted by the interval (stylegan2-ada's Greg phase)."""
+        t, b, loss = self.cfg.train, self.backend, self.cfg.loss
+        b.zero_grad("g")
+        n = max(1, self.micro_batch // loss.pl_batch_shrink)
+        for i in range(t.accum):
+            z, y_fake, g_kwargs = self._g_inputs(training_g=True, batch=n)
+            with b.accumulating("g", last=i == t.accum - 1), frozen_state(self.G), self._autocast():
+                fake, ws = self.g_train_eager(z, y_fake, **g_kwargs, return_ws=True)
+                penalty = self._path_length_penalty(fake, ws) * loss.pl_interval / t.accum
+                b.backward(penalty, "g")
+        self._guarded_step("g", penalty, phase="path length")
+
+    def _g_inputs(self, training_g: bool = False, batch: int = 0) -> tuple[torch.Tensor, torch.Tensor, dict]:
         """Latents, labels and G's keyword arguments for one micro-batch. A style-based G gets its
         per-pixel noise drawn here from the slot's generator (so a resumed run draws the same, and a
         compiled G holds no generator), and with probability loss.style_mixing takes a second latent's
         w from a random layer on."""
-        z, y = self._latents(self.micro_batch)
+        z, y = self._latents(batch or self.micro_batch)
         if not self.style_based:
             return z, y, {}
         kwargs = {"update_w_avg": training_g}
@@ -343,11 +373,10 @@ class Trainer:
                 self.D.parts = 1
 
     def _path_length_penalty(self, fake: torch.Tensor, ws: torch.Tensor) -> torch.Tensor:
-        """(||J_w^T y|| - a)^2 x pl_weight on batch / pl_batch_shrink samples, a being the running mean
-        of the lengths (decay pl_decay), averaged over ranks so every rank keeps the same a."""
+        """(||J_w^T y|| - a)^2 x pl_weight over the samples given, a being the running mean of the
+        lengths (decay pl_decay), averaged over ranks so every rank keeps the same a."""
         loss = self.cfg.loss
-        n = max(1, fake.shape[0] // loss.pl_batch_shrink)
-        noise = torch.randn(fake[:n].shape, device=fake.device, generator=self.noise)
+        noise = torch.randn(fake.shape, device=fake.device, generator=self.noise)
         noise = noise.div(np.sqrt(fake.shape[2] * fake.shape[3])).to(fake.dtype)
         lengths = path_lengths(fake, ws, noise)
         batch_mean = lengths.detach().mean()
@@ -409,9 +438,12 @@ class Trainer:
         """SN power iteration on the first micro-batch of a step only."""
         return frozen_state(module) if micro_batch > 0 else contextlib.nullcontext()
 
-    def _guarded_step(self, which: str, loss: torch.Tensor, check_stop: bool = False) -> None:
+    def _guarded_step(
+        self, which: str, loss: torch.Tensor, check_stop: bool = False, phase: str = ""
+    ) -> None:
         """Optimizer step, unless the loss is non-finite on any rank (then every rank skips it).
-        The G step's collective also carries the SIGTERM flag, so all ranks stop at the same step."""
+        The G step's collective also carries the SIGTERM flag, so all ranks stop at the same step.
+        `phase`: a regularization step's name ("R1", "path length"), for messages."""
         check_finite = self.cfg.train.check_finite
         wants_stop = check_stop and self.stop.requested
         if check_finite or (check_stop and self.world_size > 1):  # one small collective, one host sync
@@ -427,12 +459,11 @@ class Trainer:
         self.skipped_steps += 1
         self._bad_in_a_row[which] += 1
         in_a_row = self._bad_in_a_row[which]
-        log.warning(
-            "non-finite %s loss at %.3f kimg: step skipped (%d in a row)", which.upper(), self.kimg, in_a_row
-        )
+        what = f"{which.upper()} {phase}".strip()
+        log.warning("non-finite %s loss at %.3f kimg: step skipped (%d in a row)", what, self.kimg, in_a_row)
         if in_a_row >= self.cfg.train.max_nonfinite_steps:
             raise NonFiniteLoss(
-                f"{in_a_row} consecutive non-finite {which.upper()} losses (train.max_nonfinite_steps); training "
+                f"{in_a_row} consecutive non-finite {what} losses (train.max_nonfinite_steps); training "
                 f"stopped at {self.kimg:.3f} kimg, last good checkpoint: {latest_checkpoint(self.run_dir) or 'none yet'}"
             )
 
