@@ -83,3 +83,25 @@ def test_stylegan2_generator_flops_equal_the_reference(recipe):
         G(z, y, noise_mode="const")
     got = counter.get_total_flops() / 1e9
     assert got == pytest.approx(gflop, rel=0.01), f"{recipe}: {got:.3f} GFLOP per image; {source}: {gflop}"
+
+
+# stylegan2-ada-pytorch's D at cfg=cifar (32x32, channel_base 32768, mbstd 32): (architecture, classes) -> parameters
+STYLEGAN2_CIFAR_D = {
+    ("resnet", 0): 21_507_073,
+    ("resnet", 10): 23_876_096,
+    ("orig", 0): 20_720_641,
+    ("orig", 10): 23_089_664,
+    ("skip", 0): 20_726_785,
+    ("skip", 10): 23_095_808,
+}
+
+
+@pytest.mark.parametrize("architecture, classes", STYLEGAN2_CIFAR_D)
+def test_stylegan2_discriminator_architectures_equal_the_reference(architecture, classes):
+    """Each D layout, unconditional and conditional (the label's own 8-layer mapping network)."""
+    from bigtrain.models.stylegan2 import Discriminator
+
+    with torch.device("meta"):
+        D = Discriminator(32, classes, 32768, 512, 32, architecture=architecture, conv_clamp=256.0)
+    got, want = sum(p.numel() for p in D.parameters()), STYLEGAN2_CIFAR_D[architecture, classes]
+    assert got == want, f"{architecture} D with {classes} classes: {got} parameters, the reference {want}"

@@ -284,6 +284,22 @@ def test_lazy_regularization_steps_follow_stylegan2_adas_phases(demo_shards, tmp
         )
 
 
+def test_conv_clamp_bounds_every_convolution_output():
+    torch.manual_seed(8)
+    G = Generator(16, 16, 16, 0, channel_base=256, channel_max=16, mapping_layers=1, conv_clamp=0.5)
+    D = Discriminator(16, 0, channel_base=256, channel_max=16, conv_clamp=0.5)
+    outputs = []
+    hooks = [m.register_forward_hook(lambda m, i, o: outputs.append(o)) for m in [*G.modules(), *D.modules()]
+             if type(m).__name__ in ("SynthesisLayer", "ToRGB", "EqualizedConv") and getattr(m, "conv_clamp", 0)]  # fmt: skip
+    with torch.no_grad():
+        images = G(torch.randn(4, 16) * 10)
+        D(images)
+    for hook in hooks:
+        hook.remove()
+    assert len(outputs) == len(hooks) > 10 and all(o.abs().max() <= 0.5 for o in outputs)
+    assert any(o.abs().max() == 0.5 for o in outputs), "the clamp never engaged: the test proves nothing"
+
+
 def test_downsample_is_the_filtered_half():
     x = torch.ones(1, 2, 8, 8)
     y = downsample2(x)
