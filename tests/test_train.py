@@ -12,6 +12,7 @@ from bigtrain.train.loop import Trainer
 from conftest import BIGTRAIN, REPO, cli_env
 
 DEMO = REPO / "configs" / "biggan" / "digits32.yaml"
+LEARNED_BAR = 100.0  # fd_digits after 16 kimg of the demo recipe: see test_demo_run_learns
 
 
 def tiny(data, run_dir, *extra):
@@ -91,16 +92,18 @@ def test_sigterm_saves_a_checkpoint_and_resume_continues(demo_shards, tmp_path):
 def test_demo_run_learns(learned_run):
     """The `make train` recipe, shortened to 16 kimg: the Frechet distance must fall clearly.
 
-    The start does not depend on the CPU (the feature classifier is trained in float64 from
-    numpy-drawn weights, see test_the_fd_classifier_does_not_depend_on_the_cpu): 594.7 for seed 0
-    under ATEN_CPU_CAPABILITY=avx2 and =default alike. The end does, through float32 training:
-    54.8 and 55.8 for seed 0 there, 60.4 and 61.2 for seed 1 (from 149.6). The threshold, a quarter
-    of the start (149), is 2.4x the largest end measured."""
+    Measured with the fd classifier that is the same on every CPU (see
+    test_the_fd_classifier_does_not_depend_on_the_cpu), 2 threads, 0 -> 16 kimg:
+    seed 0 161.8 -> 63.7 (native AVX-512) and 161.8 -> 62.7 (ATEN_CPU_CAPABILITY=default),
+    seed 1 327.0 -> 56.8, seed 2 134.0 -> 49.5. Untrained generators start at 134 or above; from
+    8 kimg on every run sits between 48 and 66 and wanders by about 8 between evaluations. The bar,
+    100, is 1.6x the worst end and below every start: an untrained or barely trained G fails it."""
     start, end = learned_run["start"], learned_run["end"]
     print(f"fd_digits at 0 kimg {start:.2f}, at 16 kimg {end:.2f}")  # shown by `make test-cpus`
-    assert end < 0.25 * start, (
-        f"fd_digits went from {start:.2f} to {end:.2f}; expected below {0.25 * start:.2f}"
+    assert start > LEARNED_BAR, (
+        f"the untrained G already scores {start:.2f} (bar {LEARNED_BAR}): the test shows nothing"
     )
+    assert end < LEARNED_BAR, f"fd_digits went from {start:.2f} to {end:.2f}; expected below {LEARNED_BAR}"
     run_dir = learned_run["run_dir"]
     grids = sorted((run_dir / "samples").glob("*.png"))
     assert len(grids) >= 2 and grids[-1].stat().st_size > 1000

@@ -291,7 +291,9 @@ class Trainer:
                 penalty = (
                     r1_penalty(real_logits, x, self.cfg.loss.r1_gamma) * self.cfg.loss.r1_interval / t.accum
                 )
-                b.backward(penalty, "d")
+                # R1 does not reach D's last bias; the zero term keeps every parameter in the graph, which
+                # DDP's reducer requires (stylegan2-ada's Dreg phase does the same).
+                b.backward(penalty + real_logits.sum() * 0, "d")
         self._guarded_step("d", penalty, phase="R1")
 
     def _g_step(self) -> torch.Tensor:
@@ -329,7 +331,9 @@ class Trainer:
             with b.accumulating("g", last=i == t.accum - 1), frozen_state(self.G), self._autocast():
                 fake, ws = self.g_train_eager(z, y_fake, **g_kwargs, return_ws=True)
                 penalty = self._path_length_penalty(fake, ws) * loss.pl_interval / t.accum
-                b.backward(penalty, "g")
+                # Path length does not reach the toRGB biases; the zero term keeps them in the graph for
+                # DDP's reducer (as stylegan2-ada's Greg phase does).
+                b.backward(penalty + fake[:, 0, 0, 0].sum() * 0, "g")
         self._guarded_step("g", penalty, phase="path length")
 
     def _g_inputs(self, training_g: bool = False, batch: int = 0) -> tuple[torch.Tensor, torch.Tensor, dict]:
