@@ -1,3 +1,4 @@
+import json
 import os
 import signal
 import subprocess
@@ -7,9 +8,17 @@ import pytest
 import torch
 
 from bigtrain.config import load_config
-from bigtrain.train.checkpoint import LATEST, STATE_FILE, latest_checkpoint, load_checkpoint
+from bigtrain.train.checkpoint import (
+    CHECKSUMS,
+    LATEST,
+    STATE_FILE,
+    CheckpointError,
+    checkpoint_problem,
+    latest_checkpoint,
+    load_checkpoint,
+)
 from bigtrain.train.loop import Trainer
-from conftest import BIGTRAIN, REPO, cli_env
+from conftest import BIGTRAIN, REPO, assert_same_networks, cli_env
 
 DEMO = REPO / "configs" / "biggan" / "digits32.yaml"
 LEARNED_BAR = 100.0  # fd_digits after 16 kimg of the demo recipe: see test_demo_run_learns
@@ -47,6 +56,9 @@ def test_checkpoint_is_atomic_complete_and_weights_only(demo_shards, tmp_path):
     assert not [p for p in root.iterdir() if p.name.startswith(".tmp")], "temp checkpoint left behind"
     state = torch.load(ckpt / STATE_FILE, weights_only=True)  # raises on any pickled object
     assert set(state) >= {"G", "D", "G_ema", "opt_g", "opt_d", "images", "loader", "rng", "config"}
+    listed = json.loads((ckpt / CHECKSUMS).read_text())
+    assert set(listed) == {STATE_FILE, "config.yaml"}, listed
+    assert checkpoint_problem(ckpt) is None
     for _ in range(3):  # pruning keeps the newest two
         t.iteration += 1
         t.save()
@@ -60,8 +72,6 @@ def test_corrupt_checkpoint_is_one_clear_error(tmp_path):
     bad = tmp_path / "ckpt"
     bad.mkdir()
     (bad / STATE_FILE).write_bytes(b"not a checkpoint")
-    from bigtrain.train.checkpoint import CheckpointError
-
     with pytest.raises(CheckpointError, match="cannot be loaded"):
         load_checkpoint(bad)
     with pytest.raises(CheckpointError, match="does not exist"):
@@ -133,3 +143,40 @@ def test_truncation_sweep_logs_each_threshold_and_plots(demo_shards, tmp_path):
     assert [r["truncation"] for r in rows] == [0.5, 2.0] and all(r["fd_digits"] > 0 for r in rows), rows
     assert (tmp_path / "run" / "truncation_sweep.png").stat().st_size > 1000
     assert len(trainer.metric_history) == 2, "the sweep must not join the kimg history"
+
+
+@pytest.mark.parametrize("damage", ["truncated", "flipped byte"])
+def test_resume_passes_over_a_damaged_latest_checkpoint(demo_shards, tmp_path, caplog, damage):
+    """Three checkpoints, the newest damaged after it was written: --resume continues from the one
+    before it (exactly: it ends equal to an undisturbed run) and the log names both."""
+    run = tmp_path / "run"
+    steps = ["train.total_kimg=0.48", "train.ckpt_every_kimg=0.16", "train.keep_checkpoints=3"]
+    whole = Trainer(tiny(demo_shards, run, *steps))
+    whole.run()
+    root = run / "checkpoints"
+    assert sorted(p.name for p in root.glob("step-*")) == ["step-00000010", "step-00000020", "step-00000030"]
+    state = root / "step-00000030" / STATE_FILE
+    data = bytearray(state.read_bytes())
+    if damage == "truncated":
+        data = data[: len(data) // 2]
+    else:
+        data[len(data) // 2] ^= 0x01  # one bit: torch.load alone would not notice in tensor data
+    state.write_bytes(bytes(data))
+    caplog.set_level("WARNING")
+    resumed = Trainer(tiny(demo_shards, run, *steps), resume=True)
+    assert resumed.iteration == 20, f"resumed at iteration {resumed.iteration}, expected 20"
+    assert "step-00000030 is damaged" in caplog.text and "resuming from" in caplog.text, caplog.text
+    assert "step-00000020" in caplog.text, caplog.text
+    resumed.run()
+    assert_same_networks(whole, resumed, "after falling back to the previous checkpoint")
+
+
+def test_resume_with_every_checkpoint_damaged_is_one_clear_error(demo_shards, tmp_path):
+    run = tmp_path / "run"
+    Trainer(tiny(demo_shards, run, "train.total_kimg=0.16", "train.ckpt_every_kimg=0.08")).run()
+    for state in (run / "checkpoints").glob("step-*/" + STATE_FILE):
+        state.write_bytes(state.read_bytes()[:100])
+    with pytest.raises(
+        CheckpointError, match="no intact checkpoint in .*step-00000010: state.pt has 100 bytes"
+    ):
+        Trainer(tiny(demo_shards, run, "train.total_kimg=0.16"), resume=True)

@@ -2,14 +2,18 @@
 
     RUN/checkpoints/step-00001234/state.pt      everything needed to resume (tensors and plain data)
     RUN/checkpoints/step-00001234/config.yaml   the run's config, for people
+    RUN/checkpoints/step-00001234/checksums.json  sha256 and size of every other file in the folder
     RUN/checkpoints/latest                      the name of the newest complete checkpoint
 
-A crash at any moment leaves `latest` naming a complete checkpoint (or no `latest` at all).
+A crash at any moment leaves `latest` naming a complete checkpoint (or no `latest` at all). A
+checkpoint damaged afterwards (a truncated copy, a flipped byte on disk) fails its checksums, and
+`--resume` falls back to the newest intact one, naming both.
 Loading uses torch.load(weights_only=True): no arbitrary unpickling.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -18,10 +22,13 @@ from pathlib import Path
 import torch
 import yaml
 
+from ..data.manifest import sha256_file
+
 log = logging.getLogger(__name__)
 
 STATE_FILE = "state.pt"
 LATEST = "latest"
+CHECKSUMS = "checksums.json"
 
 
 class CheckpointError(ValueError):
@@ -77,6 +84,7 @@ def save_checkpoint(
     try:
         torch.save(state, tmp / STATE_FILE)
         (tmp / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        (tmp / CHECKSUMS).write_text(json.dumps(folder_checksums(tmp), indent=1, sort_keys=True))
         _fsync_tree(tmp)
         if final.exists():  # same step saved twice (SIGTERM right after a periodic save), or a new best
             old = final.with_name(f".old-{name}-{os.getpid()}")
@@ -103,6 +111,60 @@ def _prune(root: Path, keep: int, protect: str) -> None:
             shutil.rmtree(old, ignore_errors=True)
 
 
+def folder_checksums(folder: Path) -> dict[str, dict]:
+    """{relative path: {"sha256", "bytes"}} of every file under `folder` (engine shards included)."""
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != CHECKSUMS)
+    return {
+        p.relative_to(folder).as_posix(): {"sha256": sha256_file(p), "bytes": p.stat().st_size} for p in files
+    }
+
+
+def checkpoint_problem(ckpt: Path) -> str | None:
+    """Why checkpoint folder `ckpt` cannot be trusted, or None when every file matches its checksum.
+    A checkpoint from before checksums were recorded is trusted if its state.pt exists."""
+    if not (ckpt / STATE_FILE).is_file():
+        return f"it has no {STATE_FILE}"
+    listing = ckpt / CHECKSUMS
+    if not listing.is_file():
+        return None
+    try:
+        expected = json.loads(listing.read_text())
+    except json.JSONDecodeError:
+        return f"its {CHECKSUMS} is not valid JSON"
+    for name, want in expected.items():
+        path = ckpt / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != want["bytes"]:
+            return f"{name} has {path.stat().st_size} bytes, {want['bytes']} were written"
+        if sha256_file(path) != want["sha256"]:
+            return f"{name} does not match the sha256 recorded when it was written"
+    return None
+
+
+def intact_checkpoint(run_dir: str | Path) -> tuple[Path | None, list[tuple[Path, str]]]:
+    """The checkpoint to resume from: the one `latest` names if it is intact, else the newest intact
+    `step-*` one. Also returns the (checkpoint, problem) pairs passed over, newest first."""
+    root = Path(run_dir) / "checkpoints"
+    if not root.is_dir():
+        return None, []
+    steps = sorted((p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-")), reverse=True)
+    named = latest_checkpoint_name(run_dir)
+    candidates = ([root / named] if named else []) + [p for p in steps if p.name != named]
+    passed_over = []
+    for ckpt in candidates:
+        problem = checkpoint_problem(ckpt) if ckpt.is_dir() else "it does not exist"
+        if problem is None:
+            return ckpt, passed_over
+        passed_over.append((ckpt, problem))
+    return None, passed_over
+
+
+def latest_checkpoint_name(run_dir: str | Path) -> str | None:
+    marker = Path(run_dir) / "checkpoints" / LATEST
+    return marker.read_text().strip() if marker.is_file() else None
+
+
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
     """The newest complete checkpoint of a run, or None if it has none."""
     root = Path(run_dir) / "checkpoints"
@@ -120,9 +182,15 @@ def resolve_checkpoint(path: str | Path) -> Path:
         return path.parent
     if (path / STATE_FILE).is_file():
         return path
-    latest = latest_checkpoint(path)
+    latest, passed_over = intact_checkpoint(path)
+    for bad, problem in passed_over:
+        log.warning("checkpoint %s is damaged (%s); passing over it", bad, problem)
     if latest is not None:
         return latest
+    if passed_over:
+        raise CheckpointError(
+            f"{path} has no intact checkpoint: " + "; ".join(f"{b.name}: {p}" for b, p in passed_over)
+        )
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist")
     raise CheckpointError(f"{path} is neither a checkpoint directory nor a run directory with checkpoints")

@@ -43,7 +43,15 @@ from ..losses import (
 from ..models import build_models
 from ..models.layers import frozen_state
 from ..track import make_tracker
-from .checkpoint import begin_checkpoint, latest_checkpoint, load_checkpoint, save_checkpoint, staging_dir
+from .checkpoint import (
+    CheckpointError,
+    begin_checkpoint,
+    intact_checkpoint,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+    staging_dir,
+)
 from .ema import EMA, ema_beta, refresh_batchnorm_stats
 from .phases import PhaseSchedule, PhaseState
 
@@ -181,10 +189,19 @@ class Trainer:
         # Called on every rank after each recorded evaluation with its metrics (sweeps report from here).
         self.on_evaluate: list = []
         if resume:
-            ckpt = latest_checkpoint(self.run_dir)
+            ckpt, passed_over = intact_checkpoint(self.run_dir)
+            for bad, problem in passed_over:
+                log.warning("checkpoint %s is damaged (%s); passing over it", bad, problem)
+            if ckpt is None and passed_over:
+                raise CheckpointError(
+                    f"no intact checkpoint in {self.run_dir}: "
+                    + "; ".join(f"{bad.name}: {problem}" for bad, problem in passed_over)
+                )
             if ckpt is None:
                 log.info("no checkpoint in %s: starting a new run", self.run_dir)
             else:
+                if passed_over:
+                    log.warning("resuming from %s instead of %s", ckpt, passed_over[0][0])
                 self.load_state_dict(load_checkpoint(ckpt))
                 self.backend.load_engine_state(ckpt)
                 log.info("resumed from %s at %.3f kimg", ckpt, self.kimg)
