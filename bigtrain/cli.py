@@ -130,7 +130,7 @@ def _eval(args: argparse.Namespace) -> int:
     truncations = _floats(args.truncation, "--truncation")
     ckpt = resolve_checkpoint(args.checkpoint)
     gen = load_generator(str(ckpt), args.device)
-    data = Path(args.data or gen.cfg.data.path)
+    data = args.data or gen.cfg.data.path
     manifest = load_manifest(data)
     suite = MetricSuite(names, data, manifest, gen.device, args.num_samples, args.reference_images)
     # A ProGAN checkpoint from an earlier phase is scored against the reals at its resolution.

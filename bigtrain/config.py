@@ -35,6 +35,10 @@ class DataConfig:
     # datasets: a comma-separated policy of color, translation, cutout ("" disables).
     diffaugment: str = ""
     verify_checksums: bool = True  # sha256 of this rank's shards against the manifest at start
+    # A URL data.path (http(s)://, s3://, gs://): each shard is fetched whole and checked as it arrives.
+    retries: int = 4  # attempts after a transient fault (connection reset, 5xx, a short body)
+    retry_backoff_s: float = 0.5  # the first wait; doubled per retry, at most 30 s
+    max_bad_shards: float = 0.1  # fraction of a worker's shards per epoch that may stay unreadable
 
 
 @dataclass
@@ -373,6 +377,12 @@ def validate(cfg: Config, world_size: int = 1) -> None:
     positive("model.shared_dim", m.shared_dim, allow_zero=True)
     positive("model.num_classes", m.num_classes, allow_zero=True)
     positive("model.conv_clamp", m.conv_clamp, allow_zero=True)
+    positive("data.retries", cfg.data.retries, allow_zero=True)
+    positive("data.retry_backoff_s", cfg.data.retry_backoff_s, allow_zero=True)
+    if not 0 <= cfg.data.max_bad_shards <= 1:
+        raise ConfigError(
+            f"data.max_bad_shards={cfg.data.max_bad_shards} is a fraction of shards, from 0 to 1"
+        )
     for key in ("lr_g", "lr_d", "eps"):
         positive(f"optim.{key}", getattr(cfg.optim, key))
     for key in ("beta1", "beta2"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import signal
@@ -9,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -123,6 +125,39 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@contextlib.contextmanager
+def served(cmd: list[str], ready_url: str, log_path: Path, env: dict | None = None, ready_status=(200,)):
+    """Run a server process until the block ends; wait (90 s at most) until `ready_url` answers.
+    The process gets its own group, stopped as a whole (servers fork workers)."""
+    log = open(log_path, "w")
+    proc = subprocess.Popen(
+        cmd, env=env or cli_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    try:
+        deadline = time.time() + 90
+        while True:
+            try:
+                if urllib.request.urlopen(ready_url, timeout=2).status in ready_status:
+                    break
+            except urllib.error.HTTPError as e:
+                if e.code in ready_status:
+                    break
+            except OSError:
+                pass
+            assert proc.poll() is None, log_path.read_text()[-2000:]
+            assert time.time() < deadline, f"{cmd[0]} did not come up in 90 s"
+            time.sleep(0.5)
+        yield proc
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+
+
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory):
     """A real `mlflow server` on 127.0.0.1 (sqlite backend), shared by the tests that log to one."""
@@ -130,29 +165,9 @@ def mlflow_server(tmp_path_factory):
     port = free_port()
     env = cli_env()
     env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
-    log = open(folder / "server.log", "w")
     mlflow_cli = str(Path(sys.executable).parent / "mlflow")
     cmd = [mlflow_cli, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "2",
            "--backend-store-uri", f"sqlite:///{folder}/server.db", "--artifacts-destination", str(folder / "art")]  # fmt: skip
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     uri = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 90
-        while True:
-            try:
-                if urllib.request.urlopen(uri + "/health", timeout=2).status == 200:
-                    break
-            except OSError:
-                pass
-            assert proc.poll() is None, (folder / "server.log").read_text()[-2000:]
-            assert time.time() < deadline, "mlflow server did not come up in 90 s"
-            time.sleep(0.5)
+    with served(cmd, uri + "/health", folder / "server.log", env):
         yield uri
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)  # the server forks workers: stop the whole group
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        log.close()

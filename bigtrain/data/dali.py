@@ -189,3 +189,5 @@ class DaliLoader:
     @property
     def skipped_corrupt(self) -> int:
         return 0  # DALI stops on a corrupt sample with a DataError instead of skipping it
+
+    read_retries = skipped_shards = 0  # DALI reads local files only

@@ -6,6 +6,10 @@ How the stream is split and ordered:
   permuted with a generator seeded by (seed, rank, e) and role k reads permutation[k::roles];
 - each role shuffles its samples through a seeded buffer and batches them itself.
 
+Shards live in a local folder or behind a URL (`remote.py`); a remote shard is fetched with retries
+and checked against the manifest before its samples are read, and one that stays unreadable is
+skipped and counted, so the position never depends on where the shards live.
+
 Position: every batch carries (role, epoch, samples emitted in that epoch, skip counters). The torch
 DataLoader hands batches out round-robin by worker, so the consumer knows exactly which role comes
 next. On resume each role replays its epoch up to the saved count without decoding, and worker k takes
@@ -14,6 +18,7 @@ role (k + next_role) % roles, which makes the resumed stream identical to the un
 
 from __future__ import annotations
 
+import io
 import logging
 import random
 from collections.abc import Iterator
@@ -27,11 +32,12 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from .images import BadImage, decode_rgb, to_hwc_uint8
 from .manifest import DataError, Manifest, ShardInfo, check_shards, load_manifest
+from .remote import RemoteReader, ShardUnreadable, is_url, join
 
 log = logging.getLogger(__name__)
 
 # Layout of the per-batch position record.
-META_ROLE, META_EPOCH, META_EMITTED, META_CORRUPT, META_NOLABEL = range(5)
+META_ROLE, META_EPOCH, META_EMITTED, META_CORRUPT, META_NOLABEL, META_RETRIES, META_BAD_SHARDS = range(7)
 
 
 @dataclass
@@ -40,6 +46,8 @@ class RoleState:
     emitted: int = 0  # samples that left the shuffle buffer in this epoch (decoded or skipped)
     corrupt: int = 0
     nolabel: int = 0
+    retries: int = 0  # remote reads retried (connection reset, 5xx, a short body)
+    bad_shards: int = 0  # shards skipped because they stayed unreadable
 
 
 def _seed(*parts: int) -> int:
@@ -49,7 +57,7 @@ def _seed(*parts: int) -> int:
 class _ShardStream(IterableDataset):
     def __init__(
         self,
-        shard_paths: list[str],
+        shards: list[tuple[str, str, int]],
         batch_size: int,
         resolution: int,
         labelled: bool,
@@ -60,9 +68,15 @@ class _ShardStream(IterableDataset):
         hflip: bool,
         role_offset: int,
         start: list[RoleState],
+        retries: int = 4,
+        max_bad_shards: float = 0.1,
+        retry_backoff_s: float = 0.5,
     ):
         super().__init__()
-        self.shard_paths, self.batch_size, self.resolution = shard_paths, batch_size, resolution
+        self.shards, self.retries, self.max_bad_shards = shards, retries, max_bad_shards
+        self.retry_backoff_s = retry_backoff_s
+        self.shard_paths = [url for url, _, _ in shards]
+        self.batch_size, self.resolution = batch_size, resolution
         self.labelled, self.seed, self.rank, self.num_roles = labelled, seed, rank, num_roles
         self.shuffle_buffer, self.hflip, self.role_offset, self.start = (
             shuffle_buffer,
@@ -77,13 +91,46 @@ class _ShardStream(IterableDataset):
         assert num_workers == self.num_roles, f"{num_workers} workers for {self.num_roles} roles"
         return (worker + self.role_offset) % self.num_roles
 
-    def _epoch_samples(self, role: int, epoch: int) -> Iterator[dict]:
+    def _open_shards(
+        self, shards: list[tuple[str, str, int]], state: RoleState, replay_until: int
+    ) -> Iterator[dict]:
+        """Tar streams of `shards` in order. A remote shard arrives whole and checked; one that stays
+        unreadable is skipped and counted (not while replaying a resumed epoch: counted already)."""
+        reader = RemoteReader(self.retries, self.retry_backoff_s)
+        bad_now, allowed = 0, max(1, int(self.max_bad_shards * len(shards)))
+        for url, sha256, size in shards:
+            if not is_url(url):
+                with open(url, "rb") as f:
+                    yield {"url": url, "stream": f}
+                continue
+            counting = state.emitted >= replay_until
+            try:
+                data = reader.read(url, sha256, size)
+            except ShardUnreadable as e:
+                bad_now += 1
+                state.bad_shards += counting
+                log.error("skipping shard: %s", e)
+                if bad_now > allowed:
+                    raise DataError(
+                        f"{bad_now} of this worker's {len(shards)} shards were unreadable this epoch (at most "
+                        f"{allowed} may be skipped, data.max_bad_shards={self.max_bad_shards}); last: {e}"
+                    ) from None
+                continue
+            finally:
+                state.retries += reader.retries_done * counting
+                reader.retries_done = 0
+            yield {"url": url, "stream": io.BytesIO(data)}
+
+    def _epoch_samples(
+        self, role: int, epoch: int, state: RoleState, replay_until: int = 0
+    ) -> Iterator[dict]:
         """Raw samples of this role's shards in epoch order, through the seeded shuffle buffer."""
         order = torch.randperm(
-            len(self.shard_paths), generator=torch.Generator().manual_seed(_seed(self.seed, self.rank, epoch))
+            len(self.shards), generator=torch.Generator().manual_seed(_seed(self.seed, self.rank, epoch))
         )
-        urls = [self.shard_paths[i] for i in order.tolist()[role :: self.num_roles]]
-        samples = wds.tarfile_samples([{"url": u} for u in urls])
+        shards = [self.shards[i] for i in order.tolist()[role :: self.num_roles]]
+        files = wds.tariterators.tar_file_expander(self._open_shards(shards, state, replay_until))
+        samples = wds.tariterators.group_by_keys(files)
         rng = random.Random(_seed(self.seed, self.rank, role, epoch, 1))
         buffer: list[dict] = []
         for sample in samples:
@@ -113,7 +160,7 @@ class _ShardStream(IterableDataset):
         while True:
             skip, valid = state.emitted, 0  # non-zero only in the epoch a resumed run starts in
             state.emitted = 0
-            for sample in self._epoch_samples(role, state.epoch):
+            for sample in self._epoch_samples(role, state.epoch, state, skip):
                 state.emitted += 1
                 if state.emitted <= skip:  # resuming: replay the order without decoding
                     continue
@@ -133,7 +180,7 @@ class _ShardStream(IterableDataset):
                 if len(images) == self.batch_size:
                     x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
                     y = torch.tensor(labels, dtype=torch.int64)
-                    meta = torch.tensor([role, state.epoch, state.emitted, state.corrupt, state.nolabel])
+                    meta = torch.tensor([role, *vars(state).values()])
                     images, labels = [], []
                     yield x, y, meta
             if valid == 0 and skip == 0:
@@ -162,7 +209,8 @@ def select_rank_shards(
             "(re-run `bigtrain prepare` with a smaller --shard-size)"
         )
     shards = m.shards[rank::world_size]
-    check_shards(path, shards, verify_checksums)
+    if not is_url(path):  # remote shards are checked as they arrive
+        check_shards(path, shards, verify_checksums)
     return m, shards
 
 
@@ -182,8 +230,12 @@ class ShardLoader:
         shuffle_buffer: int = 512,
         hflip: bool = False,
         verify_checksums: bool = True,
+        retries: int = 4,
+        max_bad_shards: float = 0.1,
+        retry_backoff_s: float = 0.5,
     ):
-        self.path = Path(path)
+        self.path = path if is_url(path) else Path(path)
+        self.retries, self.max_bad_shards, self.retry_backoff_s = retries, max_bad_shards, retry_backoff_s
         self.manifest, self.rank_shards = select_rank_shards(
             path, resolution, rank, world_size, verify_checksums
         )
@@ -211,9 +263,17 @@ class ShardLoader:
     def skipped_nolabel(self) -> int:
         return sum(r.nolabel for r in self.roles)
 
+    @property
+    def read_retries(self) -> int:
+        return sum(r.retries for r in self.roles)
+
+    @property
+    def skipped_shards(self) -> int:
+        return sum(r.bad_shards for r in self.roles)
+
     def _start(self) -> None:
         stream = _ShardStream(
-            [str(self.path / s.name) for s in self.rank_shards],
+            [(str(join(self.path, s.name)), s.sha256, s.bytes) for s in self.rank_shards],
             self.batch_size,
             self.resolution,
             self.manifest.num_classes > 0,
@@ -224,6 +284,9 @@ class ShardLoader:
             self.hflip,
             self.next_role,
             [RoleState(**vars(r)) for r in self.roles],
+            self.retries,
+            self.max_bad_shards,
+            self.retry_backoff_s,
         )
         workers = self.num_workers
         self._iter = iter(
@@ -259,7 +322,7 @@ class ShardLoader:
 
     def state_dict(self) -> dict:
         return {
-            "roles": [[r.epoch, r.emitted, r.corrupt, r.nolabel] for r in self.roles],
+            "roles": [list(vars(r).values()) for r in self.roles],
             "next_role": self.next_role,
         }
 
@@ -269,7 +332,7 @@ class ShardLoader:
                 f"the checkpoint's loader ran {len(state['roles'])} workers on this rank, this run has {self.num_roles}; "
                 "resume with the same data.num_workers and world size"
             )
-        self.roles = [RoleState(*r) for r in state["roles"]]
+        self.roles = [RoleState(*r) for r in state["roles"]]  # older checkpoints: fewer counters
         self.next_role = int(state["next_role"])
         self.close()
 

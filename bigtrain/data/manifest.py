@@ -50,13 +50,28 @@ class Manifest:
 
 
 def load_manifest(folder: str | Path) -> Manifest:
-    path = Path(folder) / MANIFEST_NAME
-    if not Path(folder).is_dir():
-        raise DataError(f"data folder {folder} does not exist; make it with `bigtrain prepare SRC {folder}`")
-    if not path.is_file():
-        raise DataError(f"{path} does not exist; make the shards with `bigtrain prepare SRC {folder}`")
+    """The manifest of a shard folder or URL (see remote.py), checked to be bigtrain's."""
+    from .remote import ShardUnreadable, is_url, join, read_text
+
+    path = join(folder, MANIFEST_NAME)
+    if is_url(folder):
+        try:
+            text = read_text(str(path))
+        except ShardUnreadable as e:
+            raise DataError(
+                f"{e}; a shard set at a URL needs its manifest: `bigtrain prepare SRC OUT` and upload OUT, "
+                "or `bigtrain index SHARDS OUT` for shards made by other tools"
+            ) from None
+    else:
+        if not Path(folder).is_dir():
+            raise DataError(
+                f"data folder {folder} does not exist; make it with `bigtrain prepare SRC {folder}`"
+            )
+        if not path.is_file():
+            raise DataError(f"{path} does not exist; make the shards with `bigtrain prepare SRC {folder}`")
+        text = path.read_text()
     try:
-        d = json.loads(path.read_text())
+        d = json.loads(text)
         if d.get("format") != FORMAT:
             raise DataError(f"{path} has format {d.get('format')!r}, expected {FORMAT!r}")
         d.pop("num_samples", None)

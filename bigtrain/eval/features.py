@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from ..data.loader import ShardLoader
 from ..data.manifest import MANIFEST_NAME, DataError, Manifest
+from ..data.remote import join, read_bytes
 from .frechet import FeatureStats, frechet_distance_of
 
 log = logging.getLogger(__name__)
@@ -80,8 +81,8 @@ class SmallClassifier(nn.Module):
         return self.head(self.embed(x))
 
 
-def manifest_digest(data_path: Path) -> str:
-    return hashlib.sha256((data_path / MANIFEST_NAME).read_bytes()).hexdigest()
+def manifest_digest(data_path: str | Path) -> str:
+    return hashlib.sha256(read_bytes(join(data_path, MANIFEST_NAME))).hexdigest()
 
 
 def train_classifier(
@@ -160,7 +161,6 @@ def classifier_evaluator(
     max_real: int = 10_000,
 ) -> FrechetEvaluator:
     """Load or build the dataset's classifier and reference statistics (cached in `cache_dir`)."""
-    data_path = Path(data_path)
     if manifest.num_classes < 2:
         raise DataError(
             f"the fd metric needs class labels, and {data_path} has none; use an Inception metric "

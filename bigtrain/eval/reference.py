@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from ..data.loader import ShardLoader
 from ..data.manifest import load_manifest
+from ..data.remote import basename, eval_cache_dir
 from .features import manifest_digest
 from .frechet import FeatureStats
 from .inception import INCEPTION_SHA1, inception_for
@@ -31,7 +32,7 @@ MAX_STORED_FEATURES = 50_000  # real features kept for KID and precision/recall 
 
 def reference_path(data_path: str | Path, resolution: int | None = None) -> Path:
     suffix = f"-{resolution}px" if resolution else ""
-    return Path(data_path) / "eval" / f"inception-{INCEPTION_SHA1[:12]}{suffix}.pt"
+    return eval_cache_dir(data_path) / f"inception-{INCEPTION_SHA1[:12]}{suffix}.pt"
 
 
 def _usable(saved: dict, digest: str, wanted: int) -> bool:
@@ -52,7 +53,6 @@ def inception_reference(
     """Load (or compute and store) the reference of the first `max_images` images (0: all of them),
     area-downscaled to `resolution` when that is below the stored one.
     Returns {"count", "stats": FeatureStats, "features": (min(count, 50k), 2048) float16}."""
-    data_path = Path(data_path)
     manifest = load_manifest(data_path)
     wanted = manifest.num_samples if max_images <= 0 else min(max_images, manifest.num_samples)
     if resolution is not None and resolution >= manifest.resolution:
@@ -74,7 +74,7 @@ def inception_reference(
     num_kept = 0
     with tqdm(
         total=wanted,
-        desc=f"Inception reference of {data_path.name}" + (f" at {resolution}px" if resolution else ""),
+        desc=f"Inception reference of {basename(data_path)}" + (f" at {resolution}px" if resolution else ""),
         unit="img",
     ) as bar:
         while stats.count < wanted:

@@ -15,6 +15,7 @@ import torch
 import torch.distributed as dist
 
 from ..data.manifest import Manifest
+from ..data.remote import eval_cache_dir
 from .features import FrechetEvaluator, classifier_evaluator, classifier_reference_at
 from .frechet import FeatureStats, all_reduce_stats, frechet_distance_of
 from .inception import InceptionFeatures, inception_for, to_uint8_range
@@ -75,7 +76,7 @@ class MetricSuite:
         reference_images: int = 0,
     ):
         self.specs = [parse_metric(n) for n in names]
-        self.data_path, self.manifest, self.device = Path(data_path), manifest, device
+        self.data_path, self.manifest, self.device = data_path, manifest, device
         self.fd_samples, self.reference_images = fd_samples, reference_images
         self.rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
         self.world_size = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
@@ -124,7 +125,7 @@ class MetricSuite:
         if self._classifier is None:
             self._classifier = self._once_on_rank0_first(
                 lambda: classifier_evaluator(
-                    self.data_path, self.manifest, self.device, self.data_path / "eval"
+                    self.data_path, self.manifest, self.device, eval_cache_dir(self.data_path)
                 )
             )
         return self._classifier

@@ -620,6 +620,8 @@ class Trainer:
         if self.phase is not None:
             metrics.update(phase=self.phase.index, resolution=self.phase.resolution, alpha=self.phase.alpha)
         metrics["data_skipped_corrupt"] = self.loader.skipped_corrupt
+        metrics["data_read_retries"] = self.loader.read_retries  # non-zero only for a URL data.path
+        metrics["data_skipped_shards"] = self.loader.skipped_shards
         metrics["skipped_steps"] = self.skipped_steps
         if self.device.type == "cuda":
             metrics["gpu_mem_peak_gib"] = torch.cuda.max_memory_allocated(self.device) / 2**30

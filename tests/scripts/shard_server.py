@@ -1,0 +1,67 @@
+"""An HTTP server on 127.0.0.1 that serves a folder of shards, with faults injected on request.
+
+    python shard_server.py FOLDER PORT [--fail-every N] [--drop-every N] [--truncate NAME]
+
+--fail-every N: every N-th GET of a .tar answers 503. --drop-every N: every N-th GET of a .tar sends
+its headers and half the body, then closes the connection. --truncate NAME: that file is always served
+cut in half, with a Content-Length that matches (only its checksum can tell). Faults follow a request
+counter, so a run sees the same faults every time.
+"""
+
+import argparse
+import functools
+import itertools
+import threading
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+
+class FaultyHandler(SimpleHTTPRequestHandler):
+    counter = itertools.count(1)
+    lock = threading.Lock()
+    args: argparse.Namespace
+
+    def log_message(self, fmt, *a):  # quiet: the tests read counts, not logs
+        pass
+
+    def do_GET(self):
+        path = Path(self.translate_path(self.path))
+        if not path.name.endswith(".tar") or not path.is_file():
+            return super().do_GET()
+        with self.lock:
+            k = next(self.counter)
+        a = self.args
+        data = path.read_bytes()
+        if a.fail_every and k % a.fail_every == 0:
+            self.send_error(503, "injected fault")
+            return
+        if a.truncate == path.name:
+            data = data[: len(data) // 2]
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-tar")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        if a.drop_every and k % a.drop_every == 0:
+            self.wfile.write(data[: len(data) // 2])
+            self.wfile.flush()
+            self.close_connection = True
+            self.connection.shutdown(2)  # the peer sees the connection reset mid-body
+            return
+        self.wfile.write(data)
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("folder")
+    p.add_argument("port", type=int)
+    p.add_argument("--fail-every", type=int, default=0)
+    p.add_argument("--drop-every", type=int, default=0)
+    p.add_argument("--truncate", default="")
+    args = p.parse_args()
+    FaultyHandler.args = args
+    handler = functools.partial(FaultyHandler, directory=args.folder)
+    ThreadingHTTPServer(("127.0.0.1", args.port), handler).serve_forever()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,133 @@
+"""Shards behind a URL: a real HTTP server and a real S3-API server (moto) on 127.0.0.1, started here."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from bigtrain.data.loader import ShardLoader
+from bigtrain.data.manifest import DataError, load_manifest
+from conftest import PYTHON, free_port, image_id, served
+
+SCRIPTS = Path(__file__).parent / "scripts"
+pytest.importorskip("s3fs")
+
+
+def shard_server(folder: Path, log: Path, *faults: str):
+    port = free_port()
+    cmd = [PYTHON, str(SCRIPTS / "shard_server.py"), str(folder), str(port), *faults]
+    return served(cmd, f"http://127.0.0.1:{port}/manifest.json", log), f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture(scope="module")
+def http_digits(demo_shards, tmp_path_factory):
+    server, url = shard_server(demo_shards, tmp_path_factory.mktemp("http") / "server.log")
+    with server:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def s3_store(tmp_path_factory):
+    """moto's S3 server; the credentials and endpoint come from the environment, as on a cluster."""
+    port = free_port()
+    moto = str(Path(sys.executable).parent / "moto_server")
+    log = tmp_path_factory.mktemp("s3") / "server.log"
+    env = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1",
+           "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}  # fmt: skip
+    saved = {k: os.environ.get(k) for k in env}
+    with served([moto, "-H", "127.0.0.1", "-p", str(port)], f"http://127.0.0.1:{port}/moto-api/", log):
+        os.environ.update(env)
+        try:
+            import s3fs
+
+            fs = s3fs.S3FileSystem()
+            fs.mkdir("bigtrain-test")
+            yield fs
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+
+
+@pytest.fixture(scope="module")
+def s3_digits(s3_store, demo_shards):
+    for path in sorted(demo_shards.glob("*.tar")) + [demo_shards / "manifest.json"]:  # manifest last
+        s3_store.put_file(str(path), f"bigtrain-test/digits/{path.name}")
+    return "s3://bigtrain-test/digits"
+
+
+def _batches(loader, n):
+    return [loader.next_uint8() for _ in range(n)]
+
+
+@pytest.mark.parametrize("store", ["http", "s3"])
+def test_a_url_gives_the_local_folders_batches_and_resumes_exactly(
+    demo_shards, http_digits, s3_digits, store
+):
+    url = {"http": http_digits, "s3": s3_digits}[store]
+    kw = dict(batch_size=32, resolution=32, seed=3, num_workers=2, shuffle_buffer=64)
+    assert load_manifest(url).num_samples == load_manifest(demo_shards).num_samples == 1797
+    local, remote = ShardLoader(demo_shards, **kw), ShardLoader(url, **kw)
+    for i, ((x, y), (rx, ry)) in enumerate(zip(_batches(local, 60), _batches(remote, 60))):  # past one epoch
+        assert torch.equal(x, rx) and torch.equal(y, ry), (
+            f"batch {i} from {url} differs from the local folder's"
+        )
+    resumed = ShardLoader(url, **kw)
+    resumed.load_state_dict(remote.state_dict())
+    for i, ((x, y), (rx, ry)) in enumerate(zip(_batches(local, 5), _batches(resumed, 5))):
+        assert torch.equal(x, rx) and torch.equal(y, ry), f"batch {i} after resuming from {url} differs"
+    assert remote.read_retries == 0 and remote.skipped_shards == 0
+
+
+def test_training_from_s3_resumes_exactly(s3_digits, tmp_path):
+    from test_train import tiny
+
+    from bigtrain.train.loop import Trainer
+    from conftest import assert_same_networks
+
+    whole = Trainer(tiny(s3_digits, tmp_path / "whole", "train.total_kimg=0.064"))
+    whole.run()
+    Trainer(tiny(s3_digits, tmp_path / "split", "train.total_kimg=0.032")).run()
+    second = Trainer(tiny(s3_digits, tmp_path / "split", "train.total_kimg=0.064"), resume=True)
+    assert second.iteration == 2
+    second.run()
+    assert_same_networks(whole, second)
+
+
+def test_faults_are_retried_and_a_truncated_shard_is_skipped(id_shards, tmp_path):
+    """503s and connections dropped mid-body are retried; a shard served truncated fails its checksum
+    every time and is skipped; every other sample of the epoch arrives exactly once."""
+    truncated = "shard-00003.tar"  # ids 75..99
+    server, url = shard_server(id_shards, tmp_path / "server.log", "--fail-every", "4", "--drop-every", "5",
+                               "--truncate", truncated)  # fmt: skip
+    with server:
+        loader = ShardLoader(url, 25, 8, num_workers=2, shuffle_buffer=0, retries=3, max_bad_shards=0.5,
+                             retry_backoff_s=0.01)  # fmt: skip
+        ids = []
+        while all(r.epoch == 0 for r in loader.roles):
+            x, _ = loader.next_uint8()
+            ids += image_id(x)
+    assert sorted(ids) == [i for i in range(200) if not 75 <= i < 100], "samples lost or repeated"
+    assert loader.skipped_shards == 1, f"{loader.skipped_shards} shards counted as skipped, expected 1"
+    assert loader.read_retries >= 6, f"only {loader.read_retries} retries counted for 8 faulty shard reads"
+
+
+def test_too_many_unreadable_shards_stop_the_run_with_one_clear_error(id_shards, tmp_path):
+    server, url = shard_server(
+        id_shards, tmp_path / "server.log", "--fail-every", "1"
+    )  # every shard GET: 503
+    with server:
+        loader = ShardLoader(url, 25, 8, num_workers=0, shuffle_buffer=0, retries=1, retry_backoff_s=0.01)
+        with pytest.raises(DataError, match=r"2 of this worker's 8 shards were unreadable .* 503"):
+            loader.next_uint8()
+
+
+def test_a_missing_manifest_at_a_url_is_one_clear_error(http_digits):
+    with pytest.raises(DataError, match="nothing/manifest.json cannot be read.*bigtrain prepare"):
+        load_manifest(http_digits + "/nothing")
