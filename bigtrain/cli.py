@@ -1,4 +1,4 @@
-"""`bigtrain` command line: prepare | train | sample | eval."""
+"""`bigtrain` command line: prepare | index | train | sample | eval."""
 
 from __future__ import annotations
 
@@ -18,6 +18,18 @@ log = logging.getLogger("bigtrain")
 
 USER_ERRORS = (ConfigError, DataError, CheckpointError, ValueError, FileNotFoundError)
 EXIT_TERMINATED = 143  # 128 + SIGTERM: a preempted run is not a finished one
+
+
+def _index(args: argparse.Namespace) -> int:
+    from .data.index import index_shards
+
+    keys = tuple(k.strip().lstrip(".") for k in args.image_keys.split(",") if k.strip())
+    m = index_shards(args.shards, args.out, keys, args.label_key, args.name)
+    print(
+        f"indexed {len(m.shards)} shards: {m.num_samples} samples, {m.num_classes} classes, smallest side "
+        f"{m.resolution}px, {m.num_skipped} skipped -> {args.out}"
+    )
+    return 0
 
 
 def _prepare(args: argparse.Namespace) -> int:
@@ -234,6 +246,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--fid-images", type=int, default=0, help="real images in those statistics (default: all)")
     s.add_argument("--device", default="auto", help="device for --fid-stats: auto | cpu | cuda")
     s.set_defaults(fn=_prepare)
+
+    s = sub.add_parser("index", help="write a manifest for WebDataset shards made by other tools",
+                       description="Read every shard once (a local folder of .tar files, or a brace pattern of "
+                       "paths or URLs such as 's3://bucket/imagenet-{000000..001281}.tar') and write bigtrain's "
+                       "manifest.json to OUT (a folder or a URL): counts, sha256, classes, resolution. The "
+                       "manifest names the shards where they are; train with data.path=OUT.")  # fmt: skip
+    s.add_argument("shards", help="folder of .tar shards, or a brace pattern of shard paths or URLs")
+    s.add_argument("out", help="folder or URL that receives manifest.json")
+    s.add_argument("--image-keys", default="jpg,jpeg,png,webp",
+                   help="members holding the image, first present wins (default jpg,jpeg,png,webp)")  # fmt: skip
+    s.add_argument(
+        "--label-key", default="cls", help="'cls' (an integer member) or 'json:FIELD' (default cls)"
+    )
+    s.add_argument("--name", default="", help="dataset name for metric names (default: OUT's last part)")
+    s.set_defaults(fn=_index)
 
     s = sub.add_parser("train", help="train a GAN from a recipe", description="Train from a YAML recipe with "
                        "dotted overrides, e.g. `bigtrain train configs/biggan/digits32.yaml train.batch=128 "

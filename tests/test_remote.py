@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -20,7 +21,7 @@ pytest.importorskip("s3fs")
 def shard_server(folder: Path, log: Path, *faults: str):
     port = free_port()
     cmd = [PYTHON, str(SCRIPTS / "shard_server.py"), str(folder), str(port), *faults]
-    return served(cmd, f"http://127.0.0.1:{port}/manifest.json", log), f"http://127.0.0.1:{port}"
+    return served(cmd, f"http://127.0.0.1:{port}/", log, ready_status=(200, 404)), f"http://127.0.0.1:{port}"
 
 
 @pytest.fixture(scope="module")
@@ -131,3 +132,81 @@ def test_too_many_unreadable_shards_stop_the_run_with_one_clear_error(id_shards,
 def test_a_missing_manifest_at_a_url_is_one_clear_error(http_digits):
     with pytest.raises(DataError, match="nothing/manifest.json cannot be read.*bigtrain prepare"):
         load_manifest(http_digits + "/nothing")
+
+
+def foreign_shards(folder: Path, json_labels: bool = False) -> Path:
+    """Shards as webdataset.ShardWriter writes them (other tools' layout): 4 x 25 samples, ids 0..99
+    as PNG under `.png`, label id % 5 in `.cls` (or `.json`); every 10th sample has no label."""
+    import webdataset as wds
+
+    from conftest import id_image, png_bytes
+
+    folder.mkdir(parents=True)
+    with wds.ShardWriter(str(folder / "other-%06d.tar"), maxcount=25, verbose=0) as w:
+        for i in range(100):
+            sample = {"__key__": f"s{i:05d}", "png": png_bytes(id_image(i, 8 + i % 3))}
+            if i % 10 != 9:
+                sample["json" if json_labels else "cls"] = (
+                    json.dumps({"label": i % 5}).encode() if json_labels else str(i % 5).encode()
+                )
+            w.write(sample)
+    return folder
+
+
+def _ids_and_labels(loader, batches):
+    ids, labels = [], []
+    for _ in range(batches):
+        x, y = loader.next_uint8()
+        ids += image_id(x)
+        labels += y.tolist()
+    return ids, labels
+
+
+@pytest.mark.parametrize("labels", ["cls", "json:label"])
+def test_index_makes_other_tools_shards_trainable(tmp_path, labels):
+    from bigtrain.cli import main
+
+    src = foreign_shards(tmp_path / "src", json_labels=labels != "cls")
+    out = tmp_path / "indexed"
+    assert main(["index", str(src / "other-{000000..000003}.tar"), str(out), "--label-key", labels]) == 0
+    m = load_manifest(out)
+    assert [s.count for s in m.shards] == [25] * 4 and m.classes == ["0", "1", "2", "3", "4"]
+    assert m.resolution == 8, f"smallest side {m.resolution}, expected 8 (images are 8, 9 and 10 px)"
+    assert m.num_skipped == 10 and "10 samples without" in m.skipped[-1]["reason"], m.skipped
+    loader = ShardLoader(out, 30, 8, num_workers=0, shuffle_buffer=0)
+    ids, ys = _ids_and_labels(loader, 3)
+    assert sorted(ids) == [i for i in range(100) if i % 10 != 9], "every labelled sample, once"
+    assert ys == [i % 5 for i in ids], "labels do not follow their images"
+    assert loader.skipped_nolabel == 10
+
+
+def test_index_over_http_writes_the_manifest_to_s3_and_training_streams_from_both(tmp_path, s3_store):
+    from bigtrain.cli import main
+
+    src = foreign_shards(tmp_path / "src")
+    server, url = shard_server(src, tmp_path / "server.log")
+    with server:
+        pattern = url + "/other-{000000..000003}.tar"
+        assert main(["index", pattern, "s3://bigtrain-test/foreign"]) == 0
+        m = load_manifest("s3://bigtrain-test/foreign")
+        assert m.shards[0].name == url + "/other-000000.tar", "the manifest names the shards where they are"
+        loader = ShardLoader("s3://bigtrain-test/foreign", 30, 8, num_workers=2, seed=1, shuffle_buffer=16)
+        local = ShardLoader(
+            _index_locally(src, tmp_path / "local"), 30, 8, num_workers=2, seed=1, shuffle_buffer=16
+        )
+        assert _ids_and_labels(loader, 6) == _ids_and_labels(local, 6)
+
+
+def _index_locally(src: Path, out: Path) -> Path:
+    from bigtrain.data.index import index_shards
+
+    index_shards(str(src), str(out))
+    return out
+
+
+def test_index_of_nothing_is_one_clear_error(tmp_path):
+    from bigtrain.data.index import index_shards
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="holds no .tar shards"):
+        index_shards(str(tmp_path / "empty"), str(tmp_path / "out"))

@@ -19,6 +19,7 @@ import torch
 
 from .loader import check_resolution, select_rank_shards
 from .manifest import DataError
+from .remote import is_url, join
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +72,12 @@ class DaliLoader:
         self.manifest, self.rank_shards = select_rank_shards(
             path, resolution, rank, world_size, verify_checksums
         )
-        self.shard_paths = [str(self.path / s.name) for s in self.rank_shards]
+        self.shard_paths = [str(join(self.path, s.name)) for s in self.rank_shards]
+        if any(is_url(p) for p in self.shard_paths):
+            raise DataError(
+                f"data.loader=dali reads local files, and the manifest in {path} names shards at URLs; "
+                "use data.loader=webdataset (or auto), which streams them"
+            )
         self.index_paths = [str(Path(p).with_suffix(".idx")) for p in self.shard_paths]
         missing = [p for p in self.index_paths if not Path(p).is_file()]
         if missing:

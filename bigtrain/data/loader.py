@@ -19,6 +19,7 @@ role (k + next_role) % roles, which makes the resumed stream identical to the un
 from __future__ import annotations
 
 import io
+import json
 import logging
 import random
 from collections.abc import Iterator
@@ -71,8 +72,11 @@ class _ShardStream(IterableDataset):
         retries: int = 4,
         max_bad_shards: float = 0.1,
         retry_backoff_s: float = 0.5,
+        image_keys: tuple[str, ...] = ("png", "jpg", "jpeg"),
+        label_key: str = "cls",
     ):
         super().__init__()
+        self.image_keys, self.label_key = tuple(image_keys), label_key
         self.shards, self.retries, self.max_bad_shards = shards, retries, max_bad_shards
         self.retry_backoff_s = retry_backoff_s
         self.shard_paths = [url for url, _, _ in shards]
@@ -147,7 +151,7 @@ class _ShardStream(IterableDataset):
         yield from buffer
 
     def _decode(self, sample: dict) -> np.ndarray:
-        data = next((v for k, v in sample.items() if k in ("png", "jpg", "jpeg")), None)
+        data = next((sample[k] for k in self.image_keys if k in sample), None)
         if data is None:
             raise BadImage("no image in sample")
         return to_hwc_uint8(decode_rgb(data), self.resolution)
@@ -164,7 +168,8 @@ class _ShardStream(IterableDataset):
                 state.emitted += 1
                 if state.emitted <= skip:  # resuming: replay the order without decoding
                     continue
-                if self.labelled and "cls" not in sample:
+                label = sample_label(sample, self.label_key) if self.labelled else 0
+                if label is None:
                     state.nolabel += 1
                     continue
                 try:
@@ -176,7 +181,7 @@ class _ShardStream(IterableDataset):
                 if self.hflip and flip_rng.random() < 0.5:
                     image = image[:, ::-1]
                 images.append(image)
-                labels.append(int(sample["cls"]) if self.labelled else 0)
+                labels.append(label)
                 if len(images) == self.batch_size:
                     x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
                     y = torch.tensor(labels, dtype=torch.int64)
@@ -186,6 +191,16 @@ class _ShardStream(IterableDataset):
             if valid == 0 and skip == 0:
                 raise DataError(f"no decodable sample in shards {', '.join(self.shard_paths)}")
             state.epoch, state.emitted = state.epoch + 1, 0
+
+
+def sample_label(sample: dict, label_key: str) -> int | None:
+    """`cls` -> the member's integer; `json:FIELD` -> that field of the sample's JSON; None if absent."""
+    if label_key.startswith("json:"):
+        if "json" not in sample:
+            return None
+        value = json.loads(sample["json"]).get(label_key[5:])
+        return None if value is None else int(value)
+    return int(sample[label_key]) if label_key in sample else None
 
 
 def check_resolution(path: str | Path, manifest: Manifest, resolution: int) -> None:
@@ -209,8 +224,8 @@ def select_rank_shards(
             "(re-run `bigtrain prepare` with a smaller --shard-size)"
         )
     shards = m.shards[rank::world_size]
-    if not is_url(path):  # remote shards are checked as they arrive
-        check_shards(path, shards, verify_checksums)
+    local = [s for s in shards if not is_url(str(join(path, s.name)))]  # remote ones: checked on arrival
+    check_shards(path, local, verify_checksums)
     return m, shards
 
 
@@ -287,6 +302,8 @@ class ShardLoader:
             self.retries,
             self.max_bad_shards,
             self.retry_backoff_s,
+            self.manifest.image_keys,
+            self.manifest.label_key,
         )
         workers = self.num_workers
         self._iter = iter(

@@ -34,6 +34,10 @@ class Manifest:
     skipped: list[dict] = field(default_factory=list)
     source: str = ""
     format: str = FORMAT
+    # Members that hold a sample's image (the first present is used) and its label: `cls`, or
+    # `json:FIELD` for a field of the sample's JSON. Shards from `bigtrain index` record their own.
+    image_keys: list[str] = field(default_factory=lambda: ["png", "jpg", "jpeg"])
+    label_key: str = "cls"
 
     @property
     def num_samples(self) -> int:

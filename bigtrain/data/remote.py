@@ -36,7 +36,10 @@ def is_url(path: str | Path) -> bool:
 
 
 def join(root: str | Path, name: str) -> str | Path:
-    """`root/name` for a folder or a URL (pathlib would fold a URL's `//`)."""
+    """`root/name` for a folder or a URL (pathlib would fold a URL's `//`); a `name` that is a URL or
+    an absolute path (a manifest from `bigtrain index` may point anywhere) is returned as it is."""
+    if is_url(name) or Path(name).is_absolute():
+        return name if is_url(name) else Path(name)
     return f"{str(root).rstrip('/')}/{name}" if is_url(root) else Path(root) / name
 
 
@@ -129,3 +132,16 @@ def eval_cache_dir(data_path: str | Path) -> Path:
     root = Path(os.environ.get("BIGTRAIN_CACHE", Path.home() / ".cache" / "bigtrain"))
     digest = hashlib.sha1(str(data_path).rstrip("/").encode()).hexdigest()[:12]
     return root / "datasets" / f"{basename(data_path)}-{digest}" / "eval"
+
+
+def write_bytes(path: str | Path, data: bytes) -> None:
+    """Write a whole file so that a reader sees the old content or the new, never a part: a local
+    file through a renamed temp file; an object in a store is replaced in one PUT."""
+    if is_url(path):
+        _filesystem(str(path)).pipe_file(str(path), data)
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
