@@ -57,10 +57,26 @@ def s3_store(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def s3_digits(s3_store, demo_shards):
-    for path in sorted(demo_shards.glob("*.tar")) + [demo_shards / "manifest.json"]:  # manifest last
-        s3_store.put_file(str(path), f"bigtrain-test/digits/{path.name}")
+def s3_digits(s3_store):
+    """`bigtrain prepare demo s3://...`: the same shards as the local demo_shards, in the store."""
+    from bigtrain.cli import main
+
+    assert main(["prepare", "demo", "s3://bigtrain-test/digits", "--shard-size", "200"]) == 0
     return "s3://bigtrain-test/digits"
+
+
+def test_prepare_into_a_store_writes_the_local_shards_and_refuses_to_overwrite(
+    s3_digits, s3_store, demo_shards
+):
+    listed = sorted(p.rsplit("/", 1)[-1] for p in s3_store.ls("bigtrain-test/digits"))
+    assert listed == sorted(p.name for p in demo_shards.iterdir() if p.is_file()), listed
+    assert load_manifest(s3_digits).shards == load_manifest(demo_shards).shards, (
+        "not the local prepare's shards"
+    )
+    from bigtrain.data.writer import prepare
+
+    with pytest.raises(DataError, match="already holds a manifest; pass --overwrite"):
+        prepare("demo", s3_digits)
 
 
 def _batches(loader, n):

@@ -59,7 +59,7 @@ class ChecksumMismatch(IOError):
     """A body whose size or sha256 is not the manifest's: truncated or corrupted in transit."""
 
 
-def _filesystem(url: str):
+def filesystem(url: str):
     try:
         import fsspec
     except ImportError:  # pragma: no cover - fsspec ships with the base install
@@ -83,7 +83,7 @@ class RemoteReader:
         """The file's bytes, checked against `size` and `sha256` when given."""
         for attempt in range(self.retries + 1):
             try:
-                data = _filesystem(url).cat_file(url)
+                data = filesystem(url).cat_file(url)
                 if size is not None and len(data) != size:
                     raise ChecksumMismatch(f"{len(data)} bytes arrived, the manifest says {size}")
                 if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
@@ -138,7 +138,7 @@ def write_bytes(path: str | Path, data: bytes) -> None:
     """Write a whole file so that a reader sees the old content or the new, never a part: a local
     file through a renamed temp file; an object in a store is replaced in one PUT."""
     if is_url(path):
-        _filesystem(str(path)).pipe_file(str(path), data)
+        filesystem(str(path)).pipe_file(str(path), data)
         return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

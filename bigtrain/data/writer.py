@@ -17,6 +17,7 @@ import os
 import random
 import shutil
 import tarfile
+import tempfile
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from tqdm import tqdm
 from .demo import DEMO_NAME, DEMO_SOURCE, demo_images
 from .images import IMAGE_EXTENSIONS, BadImage, decode_rgb, encode, fit_square
 from .manifest import MANIFEST_NAME, DataError, Manifest, ShardInfo, load_manifest, sha256_file
+from .remote import is_url, join, write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -183,6 +185,35 @@ def _demo_stream(resolution: int, image_format: str) -> tuple[Iterator, int, lis
     return stream, len(images), classes
 
 
+def _prepare_to_store(src: str | Path, url: str, exist_ok: bool, overwrite: bool, **options) -> Manifest:
+    """`prepare` into a local temp folder, then upload: shards and DALI indexes first, the manifest
+    last, so a reader of the store sees either no manifest or a complete set."""
+    from .remote import filesystem
+
+    fs = filesystem(url)
+    if fs.exists(str(join(url, MANIFEST_NAME))):
+        if exist_ok:
+            m = load_manifest(url)
+            log.info(
+                "%s already holds %d samples in %d shards; leaving it as it is",
+                url,
+                m.num_samples,
+                len(m.shards),
+            )
+            return m
+        if not overwrite:
+            raise DataError(f"{url} already holds a manifest; pass --overwrite to replace it")
+        fs.rm(str(join(url, MANIFEST_NAME)))  # readers stop trusting the old set before it changes
+    with tempfile.TemporaryDirectory(prefix="bigtrain-prepare-") as tmp:
+        local = Path(tmp) / url.rstrip("/").rsplit("/", 1)[-1]
+        m = prepare(src, local, **options)
+        files = sorted(p for p in local.rglob("*") if p.is_file() and p.name != MANIFEST_NAME)
+        for path in tqdm(files, desc=f"upload to {url}", unit="file"):
+            fs.put_file(str(path), str(join(url, path.relative_to(local).as_posix())))
+        write_bytes(join(url, MANIFEST_NAME), (local / MANIFEST_NAME).read_bytes())
+    return m
+
+
 def prepare(
     src: str | Path,
     out: str | Path,
@@ -195,7 +226,13 @@ def prepare(
     exist_ok: bool = False,
     overwrite: bool = False,
 ) -> Manifest:
-    """Write shards and manifest for `src` ("demo", an image folder, or a zip) into `out`."""
+    """Write shards and manifest for `src` ("demo", an image folder, or a zip) into `out`, a folder or
+    an object-store URL (see `_prepare_to_store`)."""
+    if is_url(out):
+        return _prepare_to_store(
+            src, str(out), exist_ok, overwrite, resolution=resolution, shard_size=shard_size,
+            image_format=image_format, jpeg_quality=jpeg_quality, workers=workers, seed=seed,
+        )  # fmt: skip
     out = Path(out)
     if resolution < 4 or resolution & (resolution - 1):
         raise DataError(f"--resolution {resolution} must be a power of two of at least 4")
