@@ -122,6 +122,9 @@ class TrainConfig:
     log_every: int = 20  # iterations between logged (host-synced) metrics
     ckpt_every_kimg: float = 10.0
     keep_checkpoints: int = 3
+    # A URL (s3://bucket/prefix, gs://...) that keeps a copy of every checkpoint, for a run whose nodes
+    # do not share a disk: `--resume` on a fresh node fetches from it. "" keeps checkpoints local only.
+    checkpoint_store: str = ""
     check_finite: bool = True  # skip an optimizer step whose loss is not finite on any rank (1 sync/step)
     max_nonfinite_steps: int = 10  # consecutive skipped steps before training stops
     # Progressive growing: resolution, fade-in, batch and learning rates per phase (empty: one phase

@@ -226,3 +226,35 @@ def test_index_of_nothing_is_one_clear_error(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="holds no .tar shards"):
         index_shards(str(tmp_path / "empty"), str(tmp_path / "out"))
+
+
+@pytest.mark.parametrize("damage", ["truncated", "flipped byte"])
+def test_a_fresh_node_resumes_from_the_store_past_a_damaged_latest_checkpoint(
+    demo_shards, s3_store, tmp_path, caplog, damage
+):
+    """Checkpoints copied to S3 (train.checkpoint_store); the newest object damaged in the store; a node
+    with an empty run folder resumes from the one before it, exactly, and the log names both."""
+    from test_train import tiny
+
+    from bigtrain.train.loop import Trainer
+    from conftest import assert_same_networks
+
+    store = f"s3://bigtrain-test/runs-{damage.replace(' ', '-')}"
+    steps = ["train.total_kimg=0.096", "train.ckpt_every_kimg=0.032", f"train.checkpoint_store={store}"]
+    whole = Trainer(tiny(demo_shards, tmp_path / "node1", *steps))
+    whole.run()
+    names = sorted(p.rsplit("/", 1)[-1] for p in s3_store.ls(store[5:], refresh=True))
+    assert names == ["latest", "step-00000002", "step-00000004", "step-00000006"], names
+    key = f"{store[5:]}/step-00000006/state.pt"
+    data = bytearray(s3_store.cat_file(key))
+    if damage == "truncated":
+        data = data[: len(data) // 2]
+    else:
+        data[len(data) // 2] ^= 0x01
+    s3_store.pipe_file(key, bytes(data))
+    caplog.set_level("INFO")
+    resumed = Trainer(tiny(demo_shards, tmp_path / "node2", *steps), resume=True)
+    assert resumed.iteration == 4, f"resumed at iteration {resumed.iteration}, expected 4"
+    assert "step-00000006 is damaged" in caplog.text and "resuming from" in caplog.text, caplog.text
+    resumed.run()
+    assert_same_networks(whole, resumed, "after falling back past the damaged checkpoint in the store")

@@ -202,3 +202,57 @@ def load_checkpoint(path: str | Path) -> dict:
         return torch.load(ckpt / STATE_FILE, map_location="cpu", weights_only=True)
     except Exception as e:  # a truncated or foreign file: one sentence, not a pickle traceback
         raise CheckpointError(f"checkpoint {ckpt / STATE_FILE} cannot be loaded: {e}") from None
+
+
+# ---------------------------------------------------------------- a copy in object storage
+# `train.checkpoint_store` (an s3://, gs:// ... URL) keeps a copy of every checkpoint where a new node
+# finds it. Upload order keeps the store consistent for a reader: a checkpoint's files, then its
+# checksums.json, then the `latest` pointer; pruning follows. `fetch_from_store` brings the store's
+# checkpoints that the run folder lacks, and resume then checks them like local ones.
+
+
+def upload_checkpoint(ckpt: Path, store: str, keep: int, mark_latest: bool) -> None:
+    from ..data.remote import filesystem, join, write_bytes
+
+    fs = filesystem(store)
+    target = join(store, ckpt.name)
+    files = sorted(p for p in ckpt.rglob("*") if p.is_file() and p.name != CHECKSUMS)
+    for path in files:
+        fs.put_file(str(path), str(join(target, path.relative_to(ckpt).as_posix())))
+    write_bytes(join(target, CHECKSUMS), (ckpt / CHECKSUMS).read_bytes())
+    if mark_latest:
+        write_bytes(join(store, LATEST), (ckpt.name + "\n").encode())
+    steps = sorted(name for name in _store_checkpoints(fs, store) if name.startswith("step-"))
+    for old in steps[:-keep]:
+        if old != ckpt.name:
+            fs.rm(str(join(store, old)), recursive=True)
+
+
+def _store_checkpoints(fs, store: str) -> list[str]:
+    try:
+        entries = fs.ls(store, detail=True, refresh=True)
+    except FileNotFoundError:
+        return []
+    return [e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries if e["type"] == "directory"]
+
+
+def fetch_from_store(store: str, run_dir: str | Path) -> list[str]:
+    """Download the store's complete checkpoints (those with checksums.json) that `run_dir` lacks, and
+    its `latest` pointer when the run folder has none. Returns the names fetched."""
+    from ..data.remote import filesystem, join
+
+    fs = filesystem(store)
+    root = Path(run_dir) / "checkpoints"
+    fetched = []
+    for name in sorted(_store_checkpoints(fs, store)):
+        if (root / name).exists() or not fs.exists(str(join(join(store, name), CHECKSUMS))):
+            continue
+        tmp = root / f".fetch-{name}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        fs.get(str(join(store, name)) + "/", str(tmp) + "/", recursive=True)
+        os.rename(tmp, root / name)
+        fetched.append(name)
+    if fs.exists(str(join(store, LATEST))) and not (root / LATEST).is_file():
+        root.mkdir(parents=True, exist_ok=True)
+        _write_atomic(root / LATEST, fs.cat_file(str(join(store, LATEST))).decode())
+    return fetched

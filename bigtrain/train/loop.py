@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import random
 import signal
 import threading
@@ -46,11 +47,13 @@ from ..track import make_tracker
 from .checkpoint import (
     CheckpointError,
     begin_checkpoint,
+    fetch_from_store,
     intact_checkpoint,
     latest_checkpoint,
     load_checkpoint,
     save_checkpoint,
     staging_dir,
+    upload_checkpoint,
 )
 from .ema import EMA, ema_beta, refresh_batchnorm_stats
 from .phases import PhaseSchedule, PhaseState
@@ -189,6 +192,12 @@ class Trainer:
         # Called on every rank after each recorded evaluation with its metrics (sweeps report from here).
         self.on_evaluate: list = []
         if resume:
+            if t.checkpoint_store:
+                if int(os.environ.get("LOCAL_RANK", 0)) == 0:  # one download per node
+                    fetched = fetch_from_store(t.checkpoint_store, self.run_dir)
+                    if fetched:
+                        log.info("fetched %s from %s", ", ".join(fetched), t.checkpoint_store)
+                self.backend.barrier()
             ckpt, passed_over = intact_checkpoint(self.run_dir)
             for bad, problem in passed_over:
                 log.warning("checkpoint %s is damaged (%s); passing over it", bad, problem)
@@ -654,6 +663,10 @@ class Trainer:
                 mark_latest=periodic,
             )
             log.info("checkpoint %s (%.2f kimg)", path, self.kimg)
+            if self.cfg.train.checkpoint_store:
+                upload_checkpoint(
+                    path, self.cfg.train.checkpoint_store, self.cfg.train.keep_checkpoints, periodic
+                )
         self.backend.barrier()  # nobody moves on (or exits) before the checkpoint is complete
         return path
 
