@@ -209,7 +209,7 @@ def _k8s_render(args: argparse.Namespace) -> int:
         gpus_per_node=args.gpus_per_node, name=args.name or "", namespace=args.namespace, overrides=args.overrides,
         data_pvc=args.data_pvc, runs_pvc=args.runs_pvc, checkpoint_seconds=args.checkpoint_seconds,
         max_restarts=args.max_restarts, mlflow_name=args.mlflow_name, mlflow_backend=args.mlflow_backend,
-        storage_class=args.storage_class or "",
+        storage_class=args.storage_class or "", data_url=args.data_url or "", store_secret=args.store_secret or "",
     )  # fmt: skip
     text = to_yaml(render(options))  # everything is checked before anything is printed
     if args.out:
@@ -337,6 +337,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--runs-pvc", default="bigtrain-runs", help="claim for runs and checkpoints, mounted at /runs"
     )
     s.add_argument("--storage-class", help="storage class of rendered claims")
+    s.add_argument(
+        "--data-url", help="stream the shards from this URL (s3://, gs://, https://): no data claim"
+    )
+    s.add_argument(
+        "--store-secret", help="Secret whose keys become the pods' environment (the store's credentials)"
+    )
     s.add_argument(
         "--checkpoint-seconds",
         type=int,

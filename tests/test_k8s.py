@@ -227,3 +227,26 @@ def test_committed_examples_are_what_render_prints_now(monkeypatch):
         assert committed == to_yaml(render(options)), (
             f"k8s/examples/{name}.yaml is stale: run make k8s-examples"
         )
+
+
+@pytest.mark.parametrize("kind", ["pytorchjob", "job"])
+def test_shards_from_a_url_need_no_data_claim_and_take_credentials_from_a_secret(kind):
+    docs = list(_render(kind, data_url="s3://bucket/imagenet128", store_secret="imagenet-s3"))
+    for doc in docs:
+        _validate(doc)
+    config = next(d for d in docs if d["kind"] == "ConfigMap")
+    recipe = yaml.safe_load(next(iter(config["data"].values())))
+    assert recipe["data"]["path"] == "s3://bucket/imagenet128"
+    templates = [t for d in docs for t in _pod_templates(d)]
+    assert templates
+    for t in templates:
+        assert "data" not in [v["name"] for v in t["spec"]["volumes"]], "a data claim is still mounted"
+        for c in t["spec"]["containers"]:
+            assert "data" not in [m["name"] for m in c["volumeMounts"]]
+            assert c["envFrom"] == [{"secretRef": {"name": "imagenet-s3"}}], c.get("envFrom")
+            assert "AWS" not in json.dumps(c["env"]), "credentials must come from the Secret only"
+
+
+def test_a_data_url_that_is_not_a_url_is_refused():
+    with pytest.raises(ConfigError, match="--data-url '/data/x' must be a URL"):
+        _render("pytorchjob", data_url="/data/x")

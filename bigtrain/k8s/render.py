@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 
 from ..config import ConfigError, config_yaml, load_config, read_yaml_mapping, validate
+from ..data.remote import is_url
 
 KINDS = ("pytorchjob", "job", "rayjob", "mlflow", "storage")
 RDZV_PORT = 29400
@@ -55,6 +56,9 @@ class RenderOptions:
     mlflow_name: str = "bigtrain-mlflow"
     mlflow_backend: str = "sqlite"  # sqlite (on the PVC) | postgres (URI from a Secret)
     mlflow_secret: str = "bigtrain-mlflow-postgres"  # Secret with key `uri` (postgresql://...)
+    data_url: str = ""  # shards streamed from a URL (s3://, gs://, https://): no data claim is mounted
+    store_secret: str = ""  # Secret whose keys become the pods' environment (AWS_ACCESS_KEY_ID, ...)
+    data_on_claim: bool = True  # set by check(): whether the shards are read from the data claim
 
 
 def _name_ok(name: str) -> bool:
@@ -76,6 +80,10 @@ def check(o: RenderOptions) -> str:
         raise ConfigError(f"--config is required for --kind {o.kind} (a recipe, or a sweep file for rayjob)")
     if o.checkpoint_seconds < 1:
         raise ConfigError(f"--checkpoint-seconds {o.checkpoint_seconds} must be at least 1")
+    if o.data_url and not is_url(o.data_url):
+        raise ConfigError(f"--data-url {o.data_url!r} must be a URL (s3://, gs://, http(s)://)")
+    if o.store_secret and not _name_ok(o.store_secret):
+        raise ConfigError(f"--store-secret {o.store_secret!r} must be the name of a Secret (a DNS label)")
     if o.mlflow_backend not in ("sqlite", "postgres"):
         raise ConfigError(f"--mlflow-backend {o.mlflow_backend!r} must be sqlite or postgres")
     if not _name_ok(o.name):
@@ -86,7 +94,10 @@ def check(o: RenderOptions) -> str:
         return _check_sweep(o)
     if o.kind in ("job", "pytorchjob"):
         cfg = load_config(o.config, [*o.overrides, f"train.run_dir=/runs/{o.name}"])
-        if not Path(cfg.data.path).is_absolute():  # shards live on the data claim, mounted at /data
+        if o.data_url:
+            cfg.data.path = o.data_url
+        o.data_on_claim = not is_url(cfg.data.path)
+        if o.data_on_claim and not Path(cfg.data.path).is_absolute():  # shards on the claim, at /data
             cfg.data.path = f"/data/{Path(cfg.data.path).name}"
         world = o.nodes * max(o.gpus_per_node, 1)
         try:
@@ -159,12 +170,14 @@ def _container(
         "resources": _resources(o, gpus),
         "volumeMounts": [
             {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
-            {"name": "data", "mountPath": "/data"},
+            *([{"name": "data", "mountPath": "/data"}] if o.data_on_claim else []),
             {"name": "runs", "mountPath": "/runs"},
             {"name": "dshm", "mountPath": "/dev/shm"},
         ],
         "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
     }  # fmt: skip
+    if o.store_secret:  # the store's credentials, never in the recipe or the ConfigMap
+        c["envFrom"] = [{"secretRef": {"name": o.store_secret}}]
     if ports:
         c["ports"] = ports
     return c
@@ -178,7 +191,7 @@ def _pod_spec(o: RenderOptions, containers: list[dict], restart_policy: str | No
         "containers": containers,
         "volumes": [
             {"name": "config", "configMap": {"name": f"{o.name}-config"}},
-            {"name": "data", "persistentVolumeClaim": {"claimName": o.data_pvc}},
+            *([{"name": "data", "persistentVolumeClaim": {"claimName": o.data_pvc}}] if o.data_on_claim else []),
             {"name": "runs", "persistentVolumeClaim": {"claimName": o.runs_pvc}},
             {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": f"{o.shm_gi}Gi"}},
         ],
