@@ -145,10 +145,10 @@ def test_truncation_sweep_logs_each_threshold_and_plots(demo_shards, tmp_path):
     assert len(trainer.metric_history) == 2, "the sweep must not join the kimg history"
 
 
-@pytest.mark.parametrize("damage", ["truncated", "flipped byte"])
-def test_resume_passes_over_a_damaged_latest_checkpoint(demo_shards, tmp_path, caplog, damage):
-    """Three checkpoints, the newest damaged after it was written: --resume continues from the one
-    before it (exactly: it ends equal to an undisturbed run) and the log names both."""
+def test_resume_passes_over_a_damaged_latest_checkpoint(demo_shards, tmp_path, caplog):
+    """Three checkpoints, the newest damaged after it was written (truncated; then, restored, one bit
+    flipped): --resume continues from the one before it, exactly (it ends equal to an undisturbed
+    run), and the log names both."""
     run = tmp_path / "run"
     steps = ["train.total_kimg=0.48", "train.ckpt_every_kimg=0.16", "train.keep_checkpoints=3"]
     whole = Trainer(tiny(demo_shards, run, *steps))
@@ -156,17 +156,17 @@ def test_resume_passes_over_a_damaged_latest_checkpoint(demo_shards, tmp_path, c
     root = run / "checkpoints"
     assert sorted(p.name for p in root.glob("step-*")) == ["step-00000010", "step-00000020", "step-00000030"]
     state = root / "step-00000030" / STATE_FILE
-    data = bytearray(state.read_bytes())
-    if damage == "truncated":
-        data = data[: len(data) // 2]
-    else:
-        data[len(data) // 2] ^= 0x01  # one bit: torch.load alone would not notice in tensor data
-    state.write_bytes(bytes(data))
-    caplog.set_level("WARNING")
-    resumed = Trainer(tiny(demo_shards, run, *steps), resume=True)
-    assert resumed.iteration == 20, f"resumed at iteration {resumed.iteration}, expected 20"
-    assert "step-00000030 is damaged" in caplog.text and "resuming from" in caplog.text, caplog.text
-    assert "step-00000020" in caplog.text, caplog.text
+    intact = state.read_bytes()
+    flipped = bytearray(intact)
+    flipped[len(flipped) // 2] ^= 0x01  # one bit: torch.load alone would not notice in tensor data
+    for damage, data in [("truncated", intact[: len(intact) // 2]), ("flipped byte", bytes(flipped))]:
+        state.write_bytes(data)
+        caplog.clear()
+        caplog.set_level("WARNING")
+        resumed = Trainer(tiny(demo_shards, run, *steps), resume=True)
+        assert resumed.iteration == 20, f"{damage}: resumed at iteration {resumed.iteration}, expected 20"
+        assert "step-00000030 is damaged" in caplog.text and "resuming from" in caplog.text, caplog.text
+        assert "step-00000020" in caplog.text, caplog.text
     resumed.run()
     assert_same_networks(whole, resumed, "after falling back to the previous checkpoint")
 
