@@ -39,6 +39,10 @@ class DataConfig:
     retries: int = 4  # attempts after a transient fault (connection reset, 5xx, a short body)
     retry_backoff_s: float = 0.5  # the first wait; doubled per retry, at most 30 s
     max_bad_shards: float = 0.1  # fraction of a worker's shards per epoch that may stay unreadable
+    cache_dir: str = (
+        ""  # DALI from a URL: node-local shard cache ("": $BIGTRAIN_CACHE/datasets/<name>/shards)
+    )
+    cache_gb: float = 20.0  # its size cap per rank; it must hold two shards
 
 
 @dataclass
@@ -382,6 +386,7 @@ def validate(cfg: Config, world_size: int = 1) -> None:
     positive("model.conv_clamp", m.conv_clamp, allow_zero=True)
     positive("data.retries", cfg.data.retries, allow_zero=True)
     positive("data.retry_backoff_s", cfg.data.retry_backoff_s, allow_zero=True)
+    positive("data.cache_gb", cfg.data.cache_gb)
     if not 0 <= cfg.data.max_bad_shards <= 1:
         raise ConfigError(
             f"data.max_bad_shards={cfg.data.max_bad_shards} is a fraction of shards, from 0 to 1"

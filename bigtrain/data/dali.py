@@ -46,6 +46,61 @@ def ascii_labels(padded: torch.Tensor) -> torch.Tensor:
     return value
 
 
+def dali_pipeline(
+    paths: list[str],
+    index_paths: list[str],
+    batch_size: int,
+    resolution: int,
+    device: torch.device,
+    num_threads: int,
+    seed: int,
+    shuffle_buffer: int,
+    hflip: bool,
+    checkpoint: str | None = None,
+    image_ext: str = "png;jpg;jpeg",
+):
+    """The decode pipeline over local shards: reader (named "reader"), image decoder ("mixed" on a
+    GPU), resize to `resolution`, optional flip, [-1, 1] CHW floats; labels as padded ASCII."""
+    from nvidia.dali import fn, pipeline_def, types
+
+    on_gpu = device.type == "cuda"
+    device_id = (device.index or 0) if on_gpu else None
+
+    @pipeline_def(
+        batch_size=batch_size,
+        num_threads=num_threads,
+        device_id=device_id,
+        seed=seed,
+        enable_checkpointing=True,
+        checkpoint=checkpoint,
+        prefetch_queue_depth=2,
+    )
+    def pipeline():
+        encoded, label = fn.readers.webdataset(
+            paths=paths,
+            index_paths=index_paths,
+            ext=[image_ext, "cls"],
+            missing_component_behavior="error",
+            random_shuffle=shuffle_buffer > 1,
+            initial_fill=max(shuffle_buffer, 1),
+            name="reader",
+        )
+        images = fn.decoders.image(encoded, device="mixed" if on_gpu else "cpu", output_type=types.RGB)
+        # Always resized, even to the stored size: a checkpoint restores into a graph of the same
+        # operators, and a phase change must not add one.
+        images = fn.resize(
+            images, size=[resolution, resolution], antialias=True, interp_type=types.INTERP_LINEAR
+        )
+        mirror = fn.random.coin_flip(probability=0.5) if hflip else 0
+        images = fn.crop_mirror_normalize(
+            images, dtype=types.FLOAT, output_layout="CHW", mean=[127.5] * 3, std=[127.5] * 3, mirror=mirror
+        )
+        label = fn.pad(label, axes=[0], shape=[LABEL_BYTES], fill_value=0)
+        return images, label.gpu() if on_gpu else label
+
+    return pipeline()
+
+
 class DaliLoader:
     """Infinite iterator of `(x, y)` decoded by DALI; see the module docstring."""
 
@@ -75,8 +130,8 @@ class DaliLoader:
         self.shard_paths = [str(join(self.path, s.name)) for s in self.rank_shards]
         if any(is_url(p) for p in self.shard_paths):
             raise DataError(
-                f"data.loader=dali reads local files, and the manifest in {path} names shards at URLs; "
-                "use data.loader=webdataset (or auto), which streams them"
+                f"the manifest in {path} names shards at URLs, which DaliLoader cannot read; "
+                "use DaliStreamLoader (make_loader does), which streams them through a shard cache"
             )
         self.index_paths = [str(Path(p).with_suffix(".idx")) for p in self.shard_paths]
         missing = [p for p in self.index_paths if not Path(p).is_file()]
@@ -94,52 +149,10 @@ class DaliLoader:
     # ------------------------------------------------------------------ pipeline
 
     def _pipeline(self):
-        from nvidia.dali import fn, pipeline_def, types
-
-        on_gpu = self.device.type == "cuda"
-        device_id = (self.device.index or 0) if on_gpu else None
-
-        @pipeline_def(
-            batch_size=self.batch_size,
-            num_threads=self.num_threads,
-            device_id=device_id,
-            seed=self.seed * 1000 + self.rank,
-            enable_checkpointing=True,
-            checkpoint=self._checkpoint,
-            prefetch_queue_depth=2,
-        )
-        def pipeline():
-            encoded, label = fn.readers.webdataset(
-                paths=self.shard_paths,
-                index_paths=self.index_paths,
-                ext=["png;jpg;jpeg", "cls"],
-                missing_component_behavior="error",
-                random_shuffle=self.shuffle_buffer > 1,
-                initial_fill=max(self.shuffle_buffer, 1),
-                name="reader",
-            )
-            images = fn.decoders.image(encoded, device="mixed" if on_gpu else "cpu", output_type=types.RGB)
-            # Always resized, even to the stored size: a checkpoint restores into a graph of the same
-            # operators, and a phase change must not add one.
-            images = fn.resize(
-                images,
-                size=[self.resolution, self.resolution],
-                antialias=True,
-                interp_type=types.INTERP_LINEAR,
-            )
-            mirror = fn.random.coin_flip(probability=0.5) if self.hflip else 0
-            images = fn.crop_mirror_normalize(
-                images,
-                dtype=types.FLOAT,
-                output_layout="CHW",
-                mean=[127.5] * 3,
-                std=[127.5] * 3,
-                mirror=mirror,
-            )
-            label = fn.pad(label, axes=[0], shape=[LABEL_BYTES], fill_value=0)
-            return images, label.gpu() if on_gpu else label
-
-        return pipeline()
+        return dali_pipeline(
+            self.shard_paths, self.index_paths, self.batch_size, self.resolution, self.device, self.num_threads,
+            self.seed * 1000 + self.rank, self.shuffle_buffer, self.hflip, checkpoint=self._checkpoint,
+        )  # fmt: skip
 
     def _start(self) -> None:
         from nvidia.dali.plugin.pytorch import DALIGenericIterator
