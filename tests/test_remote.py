@@ -338,3 +338,20 @@ def test_make_loader_streams_a_url_with_either_loader(http_digits, tmp_path):
         x, y = next(loader)
         assert x.shape == (16, 3, 32, 32) and y.shape == (16,)
         loader.close()
+
+
+def test_prepare_over_http_put_then_train_from_it(demo_shards, tmp_path):
+    """A server that takes PUT: `prepare` uploads the shards, then the manifest; the loader reads them
+    back as the local folder's batches."""
+    (tmp_path / "www").mkdir()
+    server, url = shard_server(tmp_path / "www", tmp_path / "server.log", "--accept-put")
+    with server:
+        from bigtrain.cli import main
+
+        assert main(["prepare", "demo", url + "/digits", "--shard-size", "200"]) == 0
+        assert load_manifest(url + "/digits").shards == load_manifest(demo_shards).shards
+        kw = dict(batch_size=32, resolution=32, seed=5, num_workers=0, shuffle_buffer=32)
+        for (x, y), (rx, ry) in zip(
+            _batches(ShardLoader(demo_shards, **kw), 3), _batches(ShardLoader(url + "/digits", **kw), 3)
+        ):
+            assert torch.equal(x, rx) and torch.equal(y, ry)

@@ -191,6 +191,8 @@ def _prepare_to_store(src: str | Path, url: str, exist_ok: bool, overwrite: bool
     from .remote import filesystem
 
     fs = filesystem(url)
+    http = url.startswith(("http://", "https://"))  # a server that takes PUT (WebDAV, nginx dav, ...)
+    put = {"method": "put"} if http else {}
     if fs.exists(str(join(url, MANIFEST_NAME))):
         if exist_ok:
             m = load_manifest(url)
@@ -203,13 +205,14 @@ def _prepare_to_store(src: str | Path, url: str, exist_ok: bool, overwrite: bool
             return m
         if not overwrite:
             raise DataError(f"{url} already holds a manifest; pass --overwrite to replace it")
-        fs.rm(str(join(url, MANIFEST_NAME)))  # readers stop trusting the old set before it changes
+        if not http:  # HTTP has no delete here: the new manifest replaces the old one, last
+            fs.rm(str(join(url, MANIFEST_NAME)))  # readers stop trusting the old set before it changes
     with tempfile.TemporaryDirectory(prefix="bigtrain-prepare-") as tmp:
         local = Path(tmp) / url.rstrip("/").rsplit("/", 1)[-1]
         m = prepare(src, local, **options)
         files = sorted(p for p in local.rglob("*") if p.is_file() and p.name != MANIFEST_NAME)
         for path in tqdm(files, desc=f"upload to {url}", unit="file"):
-            fs.put_file(str(path), str(join(url, path.relative_to(local).as_posix())))
+            fs.put_file(str(path), str(join(url, path.relative_to(local).as_posix())), **put)
         write_bytes(join(url, MANIFEST_NAME), (local / MANIFEST_NAME).read_bytes())
     return m
 

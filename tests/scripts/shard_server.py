@@ -4,7 +4,8 @@
 
 --fail-every N: every N-th GET of a .tar answers 503. --drop-every N: every N-th GET of a .tar sends
 its headers and half the body, then closes the connection. --truncate NAME: that file is always served
-cut in half, with a Content-Length that matches (only its checksum can tell). Faults follow a request
+cut in half, with a Content-Length that matches (only its checksum can tell). --accept-put: PUT
+stores the body (plain or chunked) under the folder, atomically. Faults follow a request
 counter, so a run sees the same faults every time.
 """
 
@@ -23,6 +24,27 @@ class FaultyHandler(SimpleHTTPRequestHandler):
 
     def log_message(self, fmt, *a):  # quiet: the tests read counts, not logs
         pass
+
+    def do_PUT(self):
+        if not self.args.accept_put:
+            self.send_error(405, "PUT not accepted")
+            return
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            body = bytearray()
+            while size := int(self.rfile.readline().split(b";")[0].strip() or b"0", 16):
+                body += self.rfile.read(size)
+                self.rfile.readline()
+            self.rfile.readline()
+        else:
+            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        path = Path(self.translate_path(self.path))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name("." + path.name + ".part")
+        tmp.write_bytes(bytes(body))
+        tmp.replace(path)
+        self.send_response(201)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
 
     def do_GET(self):
         path = Path(self.translate_path(self.path))
@@ -57,6 +79,7 @@ def main():
     p.add_argument("--fail-every", type=int, default=0)
     p.add_argument("--drop-every", type=int, default=0)
     p.add_argument("--truncate", default="")
+    p.add_argument("--accept-put", action="store_true")
     args = p.parse_args()
     FaultyHandler.args = args
     handler = functools.partial(FaultyHandler, directory=args.folder)
