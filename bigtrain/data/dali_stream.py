@@ -22,19 +22,14 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from .dali import DaliLoader, ascii_labels, dali_available, dali_pipeline
-from .loader import check_resolution, select_rank_shards
+from .loader import _seed, check_resolution, select_rank_shards
 from .manifest import DataError
 from .remote import RemoteReader, ShardUnreadable, join
 
 log = logging.getLogger(__name__)
-
-
-def _seed(*parts: int) -> int:
-    return int(np.random.SeedSequence(list(parts)).generate_state(1)[0])
 
 
 class ShardCache:

@@ -185,6 +185,15 @@ def _demo_stream(resolution: int, image_format: str) -> tuple[Iterator, int, lis
     return stream, len(images), classes
 
 
+def _keep_existing(out: str | Path) -> Manifest:
+    """--exist-ok on a finished output: its manifest, untouched."""
+    m = load_manifest(out)
+    log.info(
+        "%s already holds %d samples in %d shards; leaving it as it is", out, m.num_samples, len(m.shards)
+    )
+    return m
+
+
 def _prepare_to_store(src: str | Path, url: str, exist_ok: bool, overwrite: bool, **options) -> Manifest:
     """`prepare` into a local temp folder, then upload: shards and DALI indexes first, the manifest
     last, so a reader of the store sees either no manifest or a complete set."""
@@ -195,14 +204,7 @@ def _prepare_to_store(src: str | Path, url: str, exist_ok: bool, overwrite: bool
     put = {"method": "put"} if http else {}
     if fs.exists(str(join(url, MANIFEST_NAME))):
         if exist_ok:
-            m = load_manifest(url)
-            log.info(
-                "%s already holds %d samples in %d shards; leaving it as it is",
-                url,
-                m.num_samples,
-                len(m.shards),
-            )
-            return m
+            return _keep_existing(url)
         if not overwrite:
             raise DataError(f"{url} already holds a manifest; pass --overwrite to replace it")
         if not http:  # HTTP has no delete here: the new manifest replaces the old one, last
@@ -245,14 +247,7 @@ def prepare(
         raise DataError(f"--format {image_format!r} must be png or jpg")
     if out.exists():
         if exist_ok and (out / MANIFEST_NAME).is_file():
-            m = load_manifest(out)
-            log.info(
-                "%s already holds %d samples in %d shards; leaving it as it is",
-                out,
-                m.num_samples,
-                len(m.shards),
-            )
-            return m
+            return _keep_existing(out)
         if not overwrite:
             raise DataError(f"output folder {out} already exists; pass --overwrite to replace it")
 
