@@ -355,3 +355,32 @@ def test_prepare_over_http_put_then_train_from_it(demo_shards, tmp_path):
             _batches(ShardLoader(demo_shards, **kw), 3), _batches(ShardLoader(url + "/digits", **kw), 3)
         ):
             assert torch.equal(x, rx) and torch.equal(y, ry)
+
+
+def test_a_shard_pattern_as_data_path_is_indexed_once(tmp_path, monkeypatch, caplog):
+    from bigtrain.config import load_config
+    from bigtrain.data import make_loader
+
+    monkeypatch.setenv("BIGTRAIN_CACHE", str(tmp_path / "cache"))
+    src = foreign_shards(tmp_path / "src")
+    server, url = shard_server(src, tmp_path / "server.log")
+    recipe = Path(__file__).parents[1] / "configs" / "biggan" / "digits32.yaml"
+    pattern = url + "/other-{000000..000003}.tar"
+    caplog.set_level("INFO")
+    with server:
+        for _ in range(2):  # the second run reuses the index
+            cfg = load_config(
+                recipe,
+                [
+                    f"data.path={pattern}",
+                    "data.loader=webdataset",
+                    "data.num_workers=0",
+                    "model.resolution=8",
+                    "model.attn_res=[]",
+                ],
+            )
+            loader = make_loader(cfg, 30, torch.device("cpu"))
+            assert cfg.data.path.startswith(str(tmp_path / "cache")), cfg.data.path
+            assert loader.manifest.num_samples == 100 and loader.manifest.num_classes == 5
+            assert sorted(_ids_and_labels(loader, 3)[0]) == [i for i in range(100) if i % 10 != 9]
+    assert caplog.text.count("indexing") == 1, "the pattern was indexed more than once"

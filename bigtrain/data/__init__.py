@@ -9,6 +9,7 @@ import torch
 from ..config import Config
 from .dali import DaliLoader, dali_available
 from .dali_stream import DaliStreamLoader
+from .index import is_shard_pattern, manifest_for_pattern
 from .loader import ShardLoader
 from .manifest import DataError, Manifest, load_manifest
 from .remote import is_url, shard_cache_dir
@@ -34,6 +35,8 @@ def make_loader(
     """The loader `data.loader` names; `auto` takes DALI on CUDA where it is installed. Shards behind
     a URL are streamed: by the CPU loader, or for DALI through a node-local shard cache."""
     d = cfg.data
+    if is_shard_pattern(d.path):  # shards without a manifest: indexed once, then read as usual
+        d.path = manifest_for_pattern(d.path)
     kind = d.loader
     if kind == "auto":
         kind = "dali" if device.type == "cuda" and dali_available() else "webdataset"

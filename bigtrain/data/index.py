@@ -100,3 +100,29 @@ def index_shards(
     )
     write_bytes(join(out, MANIFEST_NAME), manifest.to_json().encode())
     return manifest
+
+
+def is_shard_pattern(path: str | Path) -> bool:
+    """`data.path` given as shards rather than a manifest's folder: a brace pattern or one .tar."""
+    return isinstance(path, str) and ("{" in path or path.endswith(".tar"))
+
+
+def manifest_for_pattern(
+    pattern: str, image_keys=("jpg", "jpeg", "png", "webp"), label_key: str = "cls"
+) -> str:
+    """The folder of the manifest for a brace pattern of shards, indexed once into the node-local cache
+    (a later run with the same pattern reuses it). Runs on many ranks index concurrently but write the
+    same manifest atomically; `bigtrain index` beforehand spares that."""
+    from .remote import node_cache_dir
+
+    folder = node_cache_dir(pattern) / "manifest"
+    if not (folder / MANIFEST_NAME).is_file():
+        log.info("data.path is a shard pattern: indexing %s once into %s", pattern, folder)
+        index_shards(
+            pattern,
+            str(folder),
+            tuple(image_keys),
+            label_key,
+            name=Path(pattern.split("{")[0].rstrip("-_/")).name,
+        )
+    return str(folder)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import time
 from pathlib import Path
 
@@ -124,22 +125,23 @@ def basename(path: str | Path) -> str:
     return str(path).rstrip("/").rsplit("/", 1)[-1]
 
 
-def _node_cache(data_path: str | Path) -> Path:
+def node_cache_dir(data_path: str | Path) -> Path:
     """This dataset's folder in the node-local cache ($BIGTRAIN_CACHE, default ~/.cache/bigtrain)."""
     root = Path(os.environ.get("BIGTRAIN_CACHE", Path.home() / ".cache" / "bigtrain"))
     digest = hashlib.sha1(str(data_path).rstrip("/").encode()).hexdigest()[:12]
-    return root / "datasets" / f"{basename(data_path)}-{digest}"
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", basename(data_path))[:60]
+    return root / "datasets" / f"{name}-{digest}"
 
 
 def eval_cache_dir(data_path: str | Path) -> Path:
     """Where evaluation keeps what it derives from a dataset (classifier, reference statistics): beside
     local shards, or for a URL in the node-local cache."""
-    return _node_cache(data_path) / "eval" if is_url(data_path) else Path(data_path) / "eval"
+    return node_cache_dir(data_path) / "eval" if is_url(data_path) else Path(data_path) / "eval"
 
 
 def shard_cache_dir(data_path: str) -> Path:
     """The default folder of the DALI loader's shard cache for a URL dataset (data.cache_dir)."""
-    return _node_cache(data_path) / "shards"
+    return node_cache_dir(data_path) / "shards"
 
 
 def write_bytes(path: str | Path, data: bytes) -> None:
