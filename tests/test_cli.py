@@ -132,6 +132,7 @@ def test_prepare_with_fid_stats_stores_the_reference_beside_the_manifest(tmp_pat
     proc = run("prepare", "demo", tmp_path / "d", "--shard-size", "500", "--fid-stats", "--fid-images", "24",
                "--device", "cpu")  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "computing the Inception reference of 24 images" in proc.stderr, proc.stderr[-2000:]
     import torch
 
     saved = torch.load(tmp_path / "d" / "eval" / "inception-a16e4d89c0ec.pt", weights_only=True)

@@ -23,10 +23,15 @@ def test_server_receives_metric_history_params_and_samples(demo_shards, tmp_path
     run = client.get_run(trainer.tracker.run_id)
     assert run.info.status == "FINISHED"
     assert run.data.params["train.batch"] == "32" and run.data.params["model.name"] == "biggan"
+    # Steps are images shown (exact): one per log point, so MLflow draws no zigzag; kimg is a value.
     history = client.get_metric_history(run.info.run_id, "fd_digits")
-    assert [m.step for m in history] == [0, 1, 2], [(m.step, m.value) for m in history]
+    assert [m.step for m in history] == [0, 1024, 2016], [(m.step, m.value) for m in history]
     assert all(m.value > 0 for m in history)
-    assert len(client.get_metric_history(run.info.run_id, "loss_d")) >= 5
+    losses = client.get_metric_history(run.info.run_id, "loss_d")
+    steps = [m.step for m in losses]
+    assert len(steps) >= 5 and steps == sorted(set(steps)), f"loss_d steps repeat or go back: {steps}"
+    kimg = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "kimg")}
+    assert all(kimg[step] == step / 1000 for step in steps), kimg
     samples = [a.path for a in client.list_artifacts(run.info.run_id, "samples")]
     assert len(samples) == 3 and all(p.endswith(".png") for p in samples), samples
     plots = [a.path for a in client.list_artifacts(run.info.run_id, "plots")]

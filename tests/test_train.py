@@ -180,3 +180,12 @@ def test_resume_with_every_checkpoint_damaged_is_one_clear_error(demo_shards, tm
         CheckpointError, match="no intact checkpoint in .*step-00000010: state.pt has 100 bytes"
     ):
         Trainer(tiny(demo_shards, run, "train.total_kimg=0.16"), resume=True)
+
+
+def test_eval_every_kimg_0_turns_off_every_evaluation(demo_shards, tmp_path):
+    """The end-of-run truncation sweep included: a recipe that asks for one trains without any."""
+    t = Trainer(
+        tiny(demo_shards, tmp_path / "run", "train.total_kimg=0.032", "eval.truncation_sweep=[0.5, 1.0]")
+    )
+    assert t.run() == "finished"
+    assert t.metric_history == [] and not (tmp_path / "run" / "truncation_sweep.png").exists()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from pathlib import Path
 
 import torch
@@ -65,13 +66,17 @@ def inception_reference(
             return {**saved, "stats": FeatureStats.from_state_dict(saved["stats"])}
         log.info("%s does not match these shards or holds too few images; recomputing it", path)
 
+    log.warning(
+        "computing the Inception reference of %d images from %s%s on %s, once (stored in %s)",
+        wanted, data_path, f" at {resolution}px" if resolution else "", device, path,
+    )  # fmt: skip
     net = inception_for(device)
     loader = ShardLoader(
         data_path, batch, resolution or manifest.resolution, device, seed=0, num_workers=0, shuffle_buffer=0
     )
     stats = FeatureStats.empty(net.feature_dim)
     kept: list[torch.Tensor] = []
-    num_kept = 0
+    num_kept, announced, started, first = 0, False, None, 0
     with tqdm(
         total=wanted,
         desc=f"Inception reference of {basename(data_path)}" + (f" at {resolution}px" if resolution else ""),
@@ -86,6 +91,15 @@ def inception_reference(
                 kept.append(features.half().cpu())
                 num_kept += len(features)
             bar.update(len(x))
+            if started is None:
+                started, first = time.time(), stats.count  # the first batch also paid for warm-up
+            elif not announced and stats.count - first >= 2 * batch:
+                rate = (stats.count - first) / max(time.time() - started, 1e-9)
+                log.warning(
+                    "Inception reference: about %.0f min for %d images at %.0f img/s",
+                    (wanted - stats.count) / rate / 60, wanted, rate,
+                )  # fmt: skip
+                announced = True
     loader.close()
     saved = {
         "extractor_sha1": INCEPTION_SHA1,

@@ -537,7 +537,7 @@ class Trainer:
         self.metric_history.append({"kimg": self.kimg, **metrics})
         if self.rank == 0:
             grid = self.save_grid()
-            self.tracker.log_metrics(metrics, step=int(self.kimg))
+            self.tracker.log_metrics(metrics, step=self.images)
             self.tracker.log_artifact(grid, "samples")
             plot = self.plot_history()
             if plot is not None:
@@ -575,7 +575,7 @@ class Trainer:
         path = self.save(name="best")
         if self.rank == 0:
             log.info("best %s so far (%.4g at %.2f kimg): %s", name, value, self.kimg, path)
-            self.tracker.log_metrics({f"best_{name}": value}, step=int(self.kimg))
+            self.tracker.log_metrics({f"best_{name}": value}, step=self.images)
 
     def truncation_sweep(self) -> list[dict[str, float]]:
         """The metrics at each `eval.truncation_sweep` threshold: MLflow metrics (step = threshold x 100)
@@ -634,7 +634,7 @@ class Trainer:
         metrics["skipped_steps"] = self.skipped_steps
         if self.device.type == "cuda":
             metrics["gpu_mem_peak_gib"] = torch.cuda.max_memory_allocated(self.device) / 2**30
-        self.tracker.log_metrics(metrics, step=int(self.kimg))
+        self.tracker.log_metrics(metrics, step=self.images)
         self.last_metrics.update(metrics)
         return metrics
 
@@ -712,7 +712,7 @@ class Trainer:
         bar.close()
         if status == "finished" and eval_every:
             self.evaluate()
-        if status == "finished" and self.cfg.eval.truncation_sweep:
+        if status == "finished" and eval_every and self.cfg.eval.truncation_sweep:  # every_kimg=0: none
             self.truncation_sweep()
         self.save()
         self.tracker.close("FINISHED" if status == "finished" else "KILLED")
