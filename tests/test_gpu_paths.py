@@ -53,6 +53,11 @@ FAMILIES = {
     ),  # fmt: skip
 }
 COMPILE_TOLERANCE = 1e-4
+# Gradients of the compiled nets against eager ones (relative L2), measured under `make test-cpus`'s
+# settings: at most 2.2e-6 everywhere except BigGAN G under ATEN_CPU_CAPABILITY=default with 1 thread
+# and native oneDNN, 1.26e-4 (deterministic; its BatchNorm backward subtracts near-equal sums, which
+# amplifies reordered rounding). The bound is 8x that; a missing or mis-scaled term gives 1e-2 and up.
+COMPILE_GRAD_TOLERANCE = 1e-3
 CHANNELS_LAST_TOLERANCE = 1e-4
 BF16_TOLERANCE = 5e-2
 
@@ -177,8 +182,9 @@ def test_compiled_training_equals_eager(family, demo_shards, tmp_path):
         assert pairs and all(a is not None for a, _ in pairs), f"{family} compiled {what}: gradients missing"
         flat_got, flat_expected = (torch.cat([t.flatten() for t in ts]) for ts in zip(*pairs))
         error = _relative(flat_got, flat_expected)
-        assert error <= COMPILE_TOLERANCE, (
-            f"{family} compiled {what}: relative error {error:.3g} in its gradients"
+        print(f"{family} compiled {what}: relative error {error:.3g} in its gradients")  # `make test-cpus`
+        assert error <= COMPILE_GRAD_TOLERANCE, (
+            f"{family} compiled {what}: relative error {error:.3g} in its gradients (bound {COMPILE_GRAD_TOLERANCE:g})"
         )
 
 
