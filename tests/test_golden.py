@@ -49,9 +49,16 @@ def digest(flat: dict[str, torch.Tensor]) -> dict[str, dict]:
     }
 
 
+@pytest.fixture(scope="module")
+def pinned_runs(demo_shards, tmp_path_factory) -> dict:
+    """Each recipe's pinned run, made once for the tests below."""
+    folder = tmp_path_factory.mktemp("golden")
+    return {family: run_recipe(family, demo_shards, folder / f"{family}.pt") for family in RECIPES}
+
+
 @pytest.mark.parametrize("family", RECIPES)
-def test_three_iterations_equal_the_recorded_values(family, demo_shards, tmp_path):
-    got = digest(run_recipe(family, demo_shards, tmp_path / "state.pt"))
+def test_three_iterations_equal_the_recorded_values(family, pinned_runs):
+    got = digest(pinned_runs[family])
     want = json.loads((GOLDEN / f"{family}_digits32.json").read_text())
     assert sorted(got) == sorted(want), f"keys differ: {sorted(set(got) ^ set(want))[:10]}"
     differ = [k for k in want if got[k]["sha256"] != want[k]["sha256"]]
@@ -60,13 +67,13 @@ def test_three_iterations_equal_the_recorded_values(family, demo_shards, tmp_pat
     )
 
 
-def test_native_kernels_stay_within_tolerance_of_the_pinned_ones(demo_shards, tmp_path):
+def test_native_kernels_stay_within_tolerance_of_the_pinned_ones(pinned_runs, demo_shards, tmp_path):
     """What pinning buys: after 3 BigGAN iterations the native run's networks differ from the pinned
     run's by rounding only, measured as ||native - pinned|| / ||pinned|| over each network's weights.
     Measured on an AVX-512 machine: G_ema 6.0e-5, D 1.9e-5 (StyleGAN2 1.6e-6, ProGAN 2.4e-7). Per
     tensor the difference can be large: a zero-initialized bias after 3 Adam steps is lr-sized noise
     whose sign follows the rounding. The bound, 1e-3, is 16x the largest measured."""
-    pinned = run_recipe("biggan", demo_shards, tmp_path / "pinned.pt")
+    pinned = pinned_runs["biggan"]
     native = run_recipe("biggan", demo_shards, tmp_path / "native.pt", pinned=False)
     for net in ("G.", "D.", "G_ema."):
         keys = [k for k in pinned if k.startswith(net) and pinned[k].is_floating_point()]
