@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from .loader import sample_label
 from .manifest import MANIFEST_NAME, DataError, Manifest, ShardInfo
-from .remote import RemoteReader, is_url, join, write_bytes
+from .remote import is_url, join, read_bytes, write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +50,10 @@ def index_shards(
     retries: int = 4,
 ) -> Manifest:
     shards = expand_shards(source)
-    reader = RemoteReader(retries)
     infos, labels, skipped = [], set(), []
     smallest, nolabel, noimage, image_format = None, 0, 0, ""
     for url in tqdm(shards, desc="index shards", unit="shard"):
-        data = reader.read(url) if is_url(url) else Path(url).read_bytes()
+        data = read_bytes(url, retries)
         count = 0
         files = wds.tariterators.tar_file_expander([{"url": url, "stream": io.BytesIO(data)}])
         for sample in wds.tariterators.group_by_keys(files):

@@ -167,11 +167,10 @@ def latest_checkpoint_name(run_dir: str | Path) -> str | None:
 
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
     """The newest complete checkpoint of a run, or None if it has none."""
-    root = Path(run_dir) / "checkpoints"
-    marker = root / LATEST
-    if not marker.is_file():
+    name = latest_checkpoint_name(run_dir)
+    if name is None:
         return None
-    path = root / marker.read_text().strip()
+    path = Path(run_dir) / "checkpoints" / name
     return path if (path / STATE_FILE).is_file() else None
 
 
