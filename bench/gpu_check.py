@@ -93,7 +93,7 @@ def stages(out: Path, dry: bool, cifar: Path = CIFAR) -> list[Stage]:
         batch, big_batch, extra = "8", "16", ["--num-classes", "10", "train.device=cpu"]
         stylegan2 = [PY, "bench/stylegan2_step.py", "configs/stylegan2/digits32.yaml", "--cycles", "1",
                      "--warmup", "1", "train.batch=8", "train.device=cpu", "model.fmap_base=256",
-                     "loss.r1_interval=2", "loss.pl_interval=2"]  # fmt: skip
+                     "regularize.r1.interval=2", "regularize.path_length.interval=2"]  # fmt: skip
         real_run_s = 5
         fid_sources = [data / "fid-a", data / "fid-b"]
     prepare_digits = [

@@ -3,7 +3,7 @@
     python bench/stylegan2_step.py configs/stylegan2/auto256.yaml [overrides ...]
 
 Uses the recipe's batch (on one device, accumulation 1). The timed iterations are a whole number of
-lazy-regularization cycles (R1 every loss.r1_interval D steps, path length every loss.pl_interval G
+lazy-regularization cycles (R1 every regularize.r1.interval D steps, path length every regularize.path_length.interval G
 steps), so their cost is in the figure as in training. Prints one JSON line; stylegan2-ada-pytorch's
 figure for the same setting is its `sec/kimg`.
 """
@@ -43,7 +43,7 @@ def main() -> None:
     loader = RandomLoader(cfg.train.batch, cfg.model.resolution, max(args.num_classes, 1), device)
     trainer = Trainer(cfg, loader=loader)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    cycle = math.lcm(cfg.loss.r1_interval, cfg.loss.pl_interval)
+    cycle = math.lcm(cfg.regularize.r1.interval, cfg.regularize.path_length.interval)
     iters = args.cycles * cycle
 
     for _ in range(args.warmup):

@@ -8,6 +8,7 @@ impossible values fail at load with a `ConfigError` that names the dotted key.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import types
 import typing
@@ -18,6 +19,8 @@ from typing import Any
 import yaml
 
 from .eval.metrics import parse_metric
+
+log = logging.getLogger(__name__)
 
 
 class ConfigError(ValueError):
@@ -31,9 +34,6 @@ class DataConfig:
     num_workers: int = 2  # loader worker processes (webdataset) or decoding threads (dali) per rank
     shuffle_buffer: int = 512  # samples held for in-stream shuffling (per worker)
     hflip: bool = False  # random horizontal flip of real images
-    # Differentiable augmentation of every image D sees, reals and fakes (Zhao et al. 2020), for small
-    # datasets: a comma-separated policy of color, translation, cutout ("" disables).
-    diffaugment: str = ""
     verify_checksums: bool = True  # sha256 of this rank's shards against the manifest at start
     # A URL data.path (http(s)://, s3://, gs://): each shard is fetched whole and checked as it arrives.
     retries: int = 4  # attempts after a transient fault (connection reset, 5xx, a short body)
@@ -74,19 +74,56 @@ class ModelConfig:
 
 @dataclass
 class LossConfig:
-    name: str = "hinge"  # hinge | nonsat | wgan-gp (ProGAN: gradient penalty and drift)
-    ortho_strength: float = 1e-4  # BigGAN orthogonal regularization beta on G (0 disables)
-    gp_weight: float = 10.0  # wgan-gp: lambda of the gradient penalty (target norm 1)
-    drift: float = 0.001  # wgan-gp: epsilon_drift x E[D(real)^2] keeps D's output near 0
-    # StyleGAN2's regularizers, both lazy (every r1_interval D steps / pl_interval G steps, weighted by
-    # the interval, with Adam's lr and betas adjusted as in the paper's appendix B).
-    r1_gamma: float = 0.0  # R1 weight gamma: (gamma / 2) E[||grad D(x)||^2] on reals (0 disables)
-    r1_interval: int = 16
-    pl_weight: float = 0.0  # path length regularization weight (stylegan2; 0 disables; paper: 2)
-    pl_interval: int = 4
-    pl_decay: float = 0.01  # running mean of the path lengths
-    pl_batch_shrink: int = 2  # the path-length pass uses batch / this many samples
-    style_mixing: float = 0.0  # stylegan2: probability of mixing two latents at a random layer (paper: 0.9)
+    name: str = "hinge"  # the adversarial loss: hinge | nonsat | wgan (with regularize.gradient_penalty)
+
+
+# The regularizers (bigtrain/objective/), one section each under `regularize`; a zero weight leaves it off.
+@dataclass
+class OrthoConfig:
+    strength: float = 0.0  # BigGAN's orthogonal regularization beta on G (the paper: 1e-4)
+
+
+@dataclass
+class GradientPenaltyConfig:
+    weight: float = 0.0  # WGAN-GP lambda (target norm 1; ProGAN: 10)
+    drift: float = 0.0  # ProGAN's epsilon_drift x E[D(real)^2] keeps D's output near 0 (0.001)
+
+
+@dataclass
+class R1Config:
+    gamma: float = 0.0  # (gamma / 2) E[||grad D(x)||^2] on reals
+    interval: int = 16  # lazy: its own D step every this many D steps (lr and betas adjusted, appendix B)
+
+
+@dataclass
+class PathLengthConfig:
+    weight: float = 0.0  # StyleGAN2's path length regularization (the paper: 2)
+    interval: int = 4  # lazy: its own G step every this many G steps
+    decay: float = 0.01  # of the running mean of the lengths
+    batch_shrink: int = 2  # its pass uses micro-batch / this many samples
+
+
+@dataclass
+class StyleMixingConfig:
+    prob: float = 0.0  # StyleGAN2: probability of a second latent's w from a random layer on (0.9)
+
+
+@dataclass
+class RegularizeConfig:
+    ortho: OrthoConfig = field(default_factory=OrthoConfig)
+    gradient_penalty: GradientPenaltyConfig = field(default_factory=GradientPenaltyConfig)
+    r1: R1Config = field(default_factory=R1Config)
+    path_length: PathLengthConfig = field(default_factory=PathLengthConfig)
+    style_mixing: StyleMixingConfig = field(default_factory=StyleMixingConfig)
+
+
+@dataclass
+class AugmentConfig:
+    """How D sees every image, real or generated, in D and G steps alike."""
+
+    # Differentiable augmentation (Zhao et al. 2020) for small datasets: a comma-separated policy of
+    # color, translation, cutout ("" disables).
+    diffaugment: str = ""
 
 
 @dataclass
@@ -184,6 +221,8 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    regularize: RegularizeConfig = field(default_factory=RegularizeConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     ema: EMAConfig = field(default_factory=EMAConfig)
@@ -197,7 +236,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.name": ("biggan", "progan", "stylegan2"),
     "model.d_architecture": ("resnet", "orig", "skip"),
     "model.init": ("ortho", "N02"),
-    "loss.name": ("hinge", "nonsat", "wgan-gp"),
+    "loss.name": ("hinge", "nonsat", "wgan"),
     "train.device": ("auto", "cpu", "cuda"),
     "train.precision": ("auto", "fp32", "bf16"),
     "train.channels_last": ("auto", "on", "off"),
@@ -315,11 +354,65 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key, value
 
 
+# Keys that moved when the objective became parts (issue 17): old recipes and checkpoints still load.
+MOVED_KEYS = {
+    "loss.ortho_strength": "regularize.ortho.strength",
+    "loss.gp_weight": "regularize.gradient_penalty.weight",
+    "loss.drift": "regularize.gradient_penalty.drift",
+    "loss.r1_gamma": "regularize.r1.gamma",
+    "loss.r1_interval": "regularize.r1.interval",
+    "loss.pl_weight": "regularize.path_length.weight",
+    "loss.pl_interval": "regularize.path_length.interval",
+    "loss.pl_decay": "regularize.path_length.decay",
+    "loss.pl_batch_shrink": "regularize.path_length.batch_shrink",
+    "loss.style_mixing": "regularize.style_mixing.prob",
+    "data.diffaugment": "augment.diffaugment",
+}
+
+
+def _move_old_keys(tree: dict[str, Any]) -> None:
+    """Rewrite keys of the layout before `regularize` and `augment` in place, with a warning. The old
+    `loss.name: wgan-gp` meant WGAN plus the gradient penalty and drift, at their old defaults unless
+    given. An old layout left the orthogonal regularizer on (1e-4) unless it was set."""
+    old = {key for key in MOVED_KEYS if _get_dotted(tree, key) is not None}
+    wgan_gp = isinstance(tree.get("loss"), dict) and tree["loss"].get("name") == "wgan-gp"
+    if not old and not wgan_gp:
+        return
+    values = {key: _pop_dotted(tree, key) for key in old}
+    if "loss.ortho_strength" not in old and isinstance(tree.get("loss"), dict):
+        values["loss.ortho_strength"] = 1e-4  # the old default
+    if wgan_gp:
+        tree["loss"]["name"] = "wgan"
+        values.setdefault("loss.gp_weight", 10.0)
+        values.setdefault("loss.drift", 0.001)
+    for key, value in values.items():
+        _set_dotted(tree, MOVED_KEYS[key], value)
+    log.warning(
+        "config keys moved: %s; the recipe still runs, update it",
+        ", ".join([f"{k} -> {MOVED_KEYS[k]}" for k in sorted(old)] + ["loss.name wgan-gp -> wgan"] * wgan_gp),
+    )
+
+
+def _get_dotted(tree: dict[str, Any], key: str) -> Any:
+    node: Any = tree
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def _pop_dotted(tree: dict[str, Any], key: str) -> Any:
+    section, name = key.split(".")
+    return tree[section].pop(name)
+
+
 def from_dict(data: dict[str, Any], overrides: list[str] | None = None) -> Config:
     tree = _deep_copy_dict(data)
     for text in overrides or []:
         key, value = parse_override(text)
         _set_dotted(tree, key, value)
+    _move_old_keys(tree)
     cfg = _build(Config, tree, "")
     validate(cfg)
     return cfg
@@ -397,7 +490,6 @@ def validate(cfg: Config, world_size: int = 1) -> None:
         v = getattr(cfg.optim, key)
         if not 0 <= v < 1:
             raise ConfigError(f"optim.{key}={v} must be in [0, 1)")
-    positive("loss.ortho_strength", cfg.loss.ortho_strength, allow_zero=True)
     for key in ("total_kimg", "ckpt_every_kimg"):
         positive(f"train.{key}", getattr(t, key))
     for key in ("batch", "accum", "n_disc_steps", "log_every", "keep_checkpoints", "max_nonfinite_steps"):
@@ -429,11 +521,11 @@ def validate(cfg: Config, world_size: int = 1) -> None:
             raise ConfigError(f"eval.metrics[{i}]: {e}") from None
     positive("dist.timeout_minutes", cfg.dist.timeout_minutes)
     _validate_phases(cfg, world_size)
-    _validate_stylegan2(cfg)
+    _validate_networks_and_objective(cfg)
 
 
-def _validate_stylegan2(cfg: Config) -> None:
-    m, loss = cfg.model, cfg.loss
+def _validate_networks_and_objective(cfg: Config) -> None:
+    m = cfg.model
     for key in ("fmap_base", "fmap_max", "w_dim", "mapping_layers", "mbstd_group"):
         if getattr(m, key) < 1:
             raise ConfigError(f"model.{key}={getattr(m, key)} must be > 0")
@@ -442,25 +534,14 @@ def _validate_stylegan2(cfg: Config) -> None:
             f"model.fmap_base={m.fmap_base} leaves no feature maps at {m.resolution}x{m.resolution} "
             "(they are fmap_base / resolution); raise it to at least model.resolution"
         )
-    for key in ("r1_gamma", "pl_weight", "pl_decay", "style_mixing"):
-        value = getattr(loss, key)
-        if math.isnan(value) or value < 0:
-            raise ConfigError(f"loss.{key}={value} must be >= 0")
-    for key in ("r1_interval", "pl_interval", "pl_batch_shrink"):
-        if getattr(loss, key) < 1:
-            raise ConfigError(f"loss.{key}={getattr(loss, key)} must be >= 1")
-    if loss.style_mixing > 1 or loss.pl_decay > 1:
-        raise ConfigError("loss.style_mixing and loss.pl_decay are probabilities/rates in [0, 1]")
-    if m.name != "stylegan2" and (loss.pl_weight or loss.style_mixing):
-        raise ConfigError(f"loss.pl_weight and loss.style_mixing need model.name=stylegan2, not {m.name}")
-    if loss.r1_gamma and loss.name == "wgan-gp":
-        raise ConfigError("loss.r1_gamma and loss.name=wgan-gp are two gradient penalties; use one")
     from .augment import parse_policy
+    from .objective import check_config as check_objective
 
+    check_objective(cfg)
     try:
-        parse_policy(cfg.data.diffaugment)
+        parse_policy(cfg.augment.diffaugment)
     except ValueError as e:
-        raise ConfigError(f"data.diffaugment: {e}") from None
+        raise ConfigError(f"augment.diffaugment: {e}") from None
     if cfg.eval.truncation_cutoff < 0:
         raise ConfigError(f"eval.truncation_cutoff={cfg.eval.truncation_cutoff} must be >= 0")
 

@@ -35,7 +35,7 @@ def test_recipe_files_all_load():
         ("model.resolution=2048", "model.resolution"),
         ("optim.lr_g=-1", "optim.lr_g"),
         ("optim.beta2=1.0", "optim.beta2"),
-        ("loss.name=wgan", "loss.name"),
+        ("loss.name=wgan-gan", "loss.name"),
         ("train.compile=maybe", "train.compile"),
         ("model.attn_res=[12]", "model.attn_res"),
         ("ema.halflife_kimg=0", "ema.halflife_kimg"),

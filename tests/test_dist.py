@@ -65,9 +65,9 @@ def test_two_ranks_are_identical_and_equal_one_process_with_the_same_global_batc
 
 
 STYLEGAN2 = ["model.name=stylegan2", "model.fmap_base=256", "model.fmap_max=16", "model.w_dim=32",
-             "model.mapping_layers=2", "loss.name=nonsat", "loss.ortho_strength=0", "loss.r1_gamma=0.2",
-             "loss.r1_interval=2", "loss.pl_weight=2", "loss.pl_interval=2", "loss.style_mixing=0.9",
-             "data.diffaugment=color,translation,cutout"]  # fmt: skip
+             "model.mapping_layers=2", "loss.name=nonsat", "regularize.ortho.strength=0", "regularize.r1.gamma=0.2",
+             "regularize.r1.interval=2", "regularize.path_length.weight=2", "regularize.path_length.interval=2", "regularize.style_mixing.prob=0.9",
+             "augment.diffaugment=color,translation,cutout"]  # fmt: skip
 
 
 def test_two_ranks_stay_identical_through_stylegan2s_double_backward_regularizers(tmp_path):
@@ -95,7 +95,7 @@ def test_two_ranks_stay_identical_through_stylegan2s_double_backward_regularizer
 # under ATEN_CPU_CAPABILITY=default/avx2 and ONEDNN_MAX_CPU_ISA=SSE41. The orthogonal regularizer is
 # strong here, so an engine that dropped it would be off by 1e-2 of the movement, 10x the tolerance.
 # Two iterations reach the second D step, where a gradient left over from the G step would show.
-LINEAR_REGIME = ["optim.eps=1", "optim.lr_g=0.02", "optim.lr_d=0.02", "loss.ortho_strength=0.1"]
+LINEAR_REGIME = ["optim.eps=1", "optim.lr_g=0.02", "optim.lr_d=0.02", "regularize.ortho.strength=0.1"]
 AGREEMENT_ITERATIONS = 2
 AGREEMENT_TOLERANCE = 1e-3  # relative to the change of the same probe in the ddp run
 

@@ -36,9 +36,9 @@ FAMILIES = {
             "model.fmap_max=16",
             "model.w_dim=16",
             "model.z_dim=16",
-            "loss.r1_interval=2",
-            "loss.pl_interval=2",
-            "data.diffaugment=color,translation",
+            "regularize.r1.interval=2",
+            "regularize.path_length.interval=2",
+            "augment.diffaugment=color,translation",
         ],
     ),  # fmt: skip
     "progan": (
@@ -99,9 +99,8 @@ def test_networks_trace_without_graph_breaks(family):
     if family == "stylegan2":  # style mixing at a random layer, and the path-length pass's ws
         calls.append(("G mixing", G, (z, y), {**_g_kwargs(G, 8), "mix_z": torch.randn(8, z_dim), "mix_cutoff": 2,
                                               "return_ws": True}))  # fmt: skip
-    if hasattr(D, "parts"):
-        D.parts = 2  # reals and fakes in one batch, as the D step passes them
-    calls.append(("D", D, (x, torch.randint(0, 10, (16,))), {}))
+    # reals and fakes in one batch, as the D step passes them
+    calls.append(("D", D, (x, torch.randint(0, 10, (16,))), {"parts": 2}))
     for what, net, args, kwargs in calls:
         explanation = torch._dynamo.explain(net)(*args, **kwargs)
         reasons = [str(r.reason).splitlines()[0] for r in explanation.break_reasons]
@@ -156,15 +155,13 @@ def test_compiled_training_equals_eager(family, demo_shards, tmp_path):
         f"{family}: G and D were not both compiled: {dict(counters['stats'])}"
     )
 
-    z, y, kwargs = trainer._g_inputs(training_g=True)
-    if hasattr(trainer.D, "parts"):
-        trainer.D.parts = 2
+    z, y, kwargs = trainer.g_inputs(trainer.micro_batch, training_g=True)
     x = torch.rand(2 * z.shape[0], 3, trainer.D.resolution, trainer.D.resolution) * 2 - 1
     x = x.contiguous(memory_format=torch.channels_last)
     labels = torch.randint(0, 10, (x.shape[0],))
     for what, compiled, eager_net, args, kw in [
         ("G", trainer.g_train, copy.deepcopy(trainer.G), (z, y), kwargs),
-        ("D", trainer.d_train, copy.deepcopy(trainer.D), (x, labels), {}),
+        ("D", trainer.d_train, copy.deepcopy(trainer.D), (x, labels), {"parts": 2}),
     ]:
         original = trainer.G if what == "G" else trainer.D
         expected = eager_net(*args, **kw)

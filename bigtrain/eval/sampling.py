@@ -27,7 +27,7 @@ def truncated_normal(
 
 def is_style_based(G: torch.nn.Module) -> bool:
     """StyleGAN2 truncates w toward w_avg inside G; BigGAN truncates the z it is given."""
-    return hasattr(G, "mapping")
+    return G.style_based
 
 
 def z_truncation(G: torch.nn.Module, truncation: float) -> float:

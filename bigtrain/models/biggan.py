@@ -22,6 +22,7 @@ from .layers import (
     sn_embedding,
     sn_linear,
 )
+from .roles import DiscriminatorRole, GeneratorRole
 
 # Generator: channel multipliers of the 4x4 input, then the output of each up-block (x2 each).
 G_WIDTHS = {
@@ -73,7 +74,7 @@ class GBlock(nn.Module):
         return h + self.shortcut(F.interpolate(x, scale_factor=2, mode="nearest"))
 
 
-class Generator(nn.Module):
+class Generator(GeneratorRole):
     """G(z, y) -> images in [-1, 1], (B, 3, R, R).
 
     With `hier`, z is split into one chunk per block plus one for the 4x4 input; each block's BN is
@@ -181,7 +182,7 @@ class DBlock(nn.Module):
         return h + skip
 
 
-class Discriminator(nn.Module):
+class Discriminator(DiscriminatorRole):
     """D(x, y) -> one logit per image, (B,). Projection discriminator (Miyato & Koyama 2018):
     D = w^T phi(x) + <embed(y), phi(x)>, with phi the sum-pooled ReLU features."""
 
@@ -212,7 +213,7 @@ class Discriminator(nn.Module):
         self.linear = sn_linear(widths[-1], 1, eps=sn_eps, init=init)
         self.embed = sn_embedding(num_classes, widths[-1], eps=sn_eps, init=init) if num_classes > 1 else None
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, y: torch.Tensor, parts: int = 1) -> torch.Tensor:
         assert_shape(x, (None, 3, self.resolution, self.resolution), "BigGAN D input")
         h = x
         for i, block in enumerate(self.blocks):

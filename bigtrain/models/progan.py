@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .roles import DiscriminatorRole, GeneratorRole
+
 
 def progan_channels(resolution: int, fmap_base: int = 8192, fmap_max: int = 512) -> int:
     """Feature maps at a resolution, as the paper's code computes them: nf(stage) = min(fmap_base /
@@ -99,7 +101,7 @@ class PhaseMixin:
         self.resolution, self.alpha = resolution, float(alpha)
 
 
-class Generator(PhaseMixin, nn.Module):
+class Generator(PhaseMixin, GeneratorRole):
     def __init__(self, resolution: int, z_dim: int = 512, fmap_base: int = 8192, fmap_max: int = 512):
         super().__init__()
         self.resolutions = _resolutions(resolution)
@@ -143,13 +145,11 @@ class Generator(PhaseMixin, nn.Module):
         return _blend(old, rgb, self.alpha)
 
 
-class Discriminator(PhaseMixin, nn.Module):
+class Discriminator(PhaseMixin, DiscriminatorRole):
     def __init__(self, resolution: int, fmap_base: int = 8192, fmap_max: int = 512, mbstd_group: int = 4):
         super().__init__()
         self.resolutions = _resolutions(resolution)
         self.mbstd_group = mbstd_group
-        # The trainer passes reals, fakes (and interpolates) in one batch: see minibatch_stddev.
-        self.parts = 1
         ch = {r: progan_channels(r, fmap_base, fmap_max) for r in self.resolutions}
         self.from_rgb = nn.ModuleDict({str(r): EqualizedConv2d(3, ch[r], 1) for r in self.resolutions})
         self.blocks = nn.ModuleDict()
@@ -170,7 +170,7 @@ class Discriminator(PhaseMixin, nn.Module):
             x = F.leaky_relu(conv(x), 0.2)
         return F.avg_pool2d(x, 2)
 
-    def forward(self, images: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, images: torch.Tensor, y: torch.Tensor | None = None, parts: int = 1) -> torch.Tensor:
         """(B, 3, R, R) at the active resolution -> (B,) scores. Call it on reals and fakes separately:
         the minibatch standard deviation must not mix them."""
         r = self.resolution
@@ -185,7 +185,7 @@ class Discriminator(PhaseMixin, nn.Module):
             for lower in reversed(self.resolutions[1:]):
                 if lower < r:
                     x = self._block(lower, x)
-        x = minibatch_stddev(x, self.mbstd_group, self.parts)
+        x = minibatch_stddev(x, self.mbstd_group, parts)
         x = F.leaky_relu(self.final_conv(x), 0.2)
         x = F.leaky_relu(self.final_dense(x.flatten(1)), 0.2)
         return self.output(x).squeeze(1)

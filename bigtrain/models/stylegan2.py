@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .progan import minibatch_stddev
+from .roles import DiscriminatorRole, GeneratorRole
 
 SQRT2 = math.sqrt(2.0)
 
@@ -316,8 +317,10 @@ class SynthesisNetwork(nn.Module):
         return rgb
 
 
-class Generator(nn.Module):
+class Generator(GeneratorRole):
     """z (B, z_dim) [, y (B,)] -> images (B, 3, R, R) in about [-1, 1]."""
+
+    style_based = True
 
     def __init__(
         self, resolution: int, z_dim: int = 512, w_dim: int = 512, num_classes: int = 0,
@@ -350,6 +353,12 @@ class Generator(nn.Module):
     ) -> list[torch.Tensor]:
         """Per-layer noise for `forward(noise=...)`, drawn outside the (possibly compiled) forward."""
         return self.synthesis.draw_noise(batch, generator, device)
+
+    def pass_kwargs(self, training_g: bool) -> dict:
+        return {"update_w_avg": training_g}  # w_avg follows the G step's w only
+
+    def pass_noise(self, batch: int, generator: torch.Generator, device: torch.device) -> dict:
+        return {"noise": self.draw_noise(batch, generator, device)}
 
 
 def mix_styles(ws: torch.Tensor, other: torch.Tensor, cutoff: int) -> torch.Tensor:
@@ -417,7 +426,7 @@ class DiscriminatorBlock(nn.Module):
         return self.skip(x, gain=math.sqrt(0.5)) + self.conv1(self.conv0(x), gain=math.sqrt(0.5))
 
 
-class Discriminator(nn.Module):
+class Discriminator(DiscriminatorRole):
     """images (B, 3, R, R) [, y] -> (B,) logits: fromRGB, blocks down to 4x4, then minibatch standard
     deviation, a 3x3 conv, a dense layer and the output. Conditional: the output is projected onto the
     label mapped by an 8-layer mapping network (lr multiplier 0.01), scaled by 1/sqrt(cmap_dim)."""
@@ -433,7 +442,6 @@ class Discriminator(nn.Module):
         resolutions = _resolutions(resolution)
         ch = {r: stylegan2_channels(r, channel_base, channel_max) for r in resolutions}
         self.resolution, self.mbstd_group, self.architecture = resolution, mbstd_group, architecture
-        self.parts = 1  # the trainer passes reals and fakes in one batch; mbstd keeps them apart
         block_resolutions = list(reversed(resolutions[1:]))  # R, R/2, ..., 8
         if architecture == "skip":  # the (down-sampled) images enter every block, and the epilogue
             self.from_rgbs = nn.ModuleList(
@@ -457,7 +465,7 @@ class Discriminator(nn.Module):
             else None
         )
 
-    def forward(self, images: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, images: torch.Tensor, y: torch.Tensor | None = None, parts: int = 1) -> torch.Tensor:
         if self.architecture == "skip":
             x, img = None, images
             for from_rgb, block in zip(self.from_rgbs, self.blocks):
@@ -468,7 +476,7 @@ class Discriminator(nn.Module):
             x = self.from_rgb(images)
             for block in self.blocks:
                 x = block(x)
-        x = minibatch_stddev(x, self.mbstd_group, self.parts)
+        x = minibatch_stddev(x, self.mbstd_group, parts)
         x = self.fc(self.conv(x).flatten(1).float())
         x = self.out(x)
         if self.mapping is None:

@@ -14,17 +14,15 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..augment import diff_augment, parse_policy
+from ..augment import parse_policy
 from ..config import Config, ConfigError, to_dict, validate
 from ..data import make_loader
 from ..dist import make_backend, pick_device
 from ..eval.plots import plot_lines
 from ..eval.sampling import (
-    is_style_based,
     random_labels,
     save_grid,
     truncated_normal,
@@ -32,17 +30,10 @@ from ..eval.sampling import (
     z_truncation,
 )
 from ..eval.suite import MetricSuite
-from ..losses import (
-    LOSSES,
-    add_orthogonal_grad_,
-    ortho_parameters,
-    orthogonal_penalty,
-    path_lengths,
-    r1_penalty,
-    wgan_gp_terms,
-)
 from ..models import build_models
 from ..models.layers import frozen_state
+from ..objective import DView, GInputs, PassTools, Regularizer, build_objective
+from ..seeds import seed_for
 from ..track import make_tracker
 from .checkpoint import (
     CheckpointError,
@@ -63,12 +54,7 @@ log = logging.getLogger(__name__)
 EVAL_SEED = 123_456  # fixed latents for every evaluation and grid, independent of training RNG
 
 
-__all__ = ["NonFiniteLoss", "Trainer", "pick_device"]
-
-
-def seed_for(*parts: int) -> int:
-    """A well-mixed 63-bit seed from integers (neighbouring slots get unrelated streams)."""
-    return int(np.random.SeedSequence(list(parts)).generate_state(2, dtype=np.uint64)[0] >> np.uint64(1))
+__all__ = ["NonFiniteLoss", "Trainer", "pick_device", "seed_for"]
 
 
 class NonFiniteLoss(RuntimeError):
@@ -135,15 +121,11 @@ class Trainer:
         self.G = G.to(self.device, memory_format=memory_format).train()
         self.D = D.to(self.device, memory_format=memory_format).train()
         self.ema = EMA(self.G)
+        # The adversarial loss and the regularizers that are on (bigtrain/objective/).
+        self.objective = build_objective(cfg, self.G, backend.supports_grad_hooks, self.device)
         # Fused Adam (CUDA and CPU): one kernel per step, and its step count never leaves the device.
         fused = cfg.optim.fused or None
-        # Lazy regularization (StyleGAN2 appendix B): a regularizer every k steps makes the optimizer's
-        # effective batch k / (k + 1) of the plain steps': lr and betas are scaled to match.
-        loss = cfg.loss
-        self.lazy_ratio = {
-            "g": loss.pl_interval / (loss.pl_interval + 1) if loss.pl_weight > 0 else 1.0,
-            "d": loss.r1_interval / (loss.r1_interval + 1) if loss.r1_gamma > 0 else 1.0,
-        }
+        self.lazy_ratio = {which: self.objective.lazy_ratio(which) for which in ("g", "d")}
         self.opt_g, self.opt_d = (
             torch.optim.Adam(
                 net.parameters(), lr * self.lazy_ratio[which],
@@ -155,20 +137,20 @@ class Trainer:
         backend.wrap(self.G, self.D, self.opt_g, self.opt_d)
         # Passes whose loss takes a gradient of a gradient (R1, WGAN-GP, path length) call the eager
         # modules: AOTAutograd, which torch.compile trains through, has no double backward.
-        self.g_train_eager, self.d_train_eager = backend.g_train, backend.d_train
+        self.g_train_eager = backend.g_train
         self.g_train = torch.compile(backend.g_train) if t.compile else backend.g_train
         self.d_train = torch.compile(backend.d_train) if t.compile else backend.d_train
-        self.d_loss, self.g_loss = LOSSES[cfg.loss.name]
-        self.ortho_params = ortho_parameters(self.G) if cfg.loss.ortho_strength > 0 else []
-        # Latents of micro-batch slot k come from a generator seeded by (seed, k), and rank r of W fills
-        # slots r, r + W, ...: one process with accum A x W runs the same computation as W processes
-        # with accum A, and a resumed run only needs the slot counter.
-        self.noise = torch.Generator(self.device)
-        self.latent_draws = 0
-        # StyleGAN2: per-pixel noise, style mixing, augmentation and the path-length running mean.
-        self.style_based = is_style_based(self.G)
-        self.augment = parse_policy(cfg.data.diffaugment)
-        self.pl_mean = torch.zeros([], device=self.device)
+        self.g_inputs = GInputs(
+            self.G, t.seed, cfg.model.z_dim, self.num_classes, self.rank, self.world_size, self.device,
+            hooks=self.objective.on("g"),
+        )  # fmt: skip
+        self.d_view = DView(
+            self.D,
+            self.d_train,
+            backend.d_train,
+            parse_policy(cfg.augment.diffaugment),
+            self.g_inputs.generator,
+        )
 
         self.images = 0  # real images shown to D, all ranks together: the kimg counter
         self.iteration = 0
@@ -233,36 +215,30 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
-    def _latents(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        slot = self.latent_draws * self.world_size + self.rank
-        self.latent_draws += 1
-        self.noise.manual_seed(seed_for(self.cfg.train.seed, slot))
-        z = torch.randn(n, self.cfg.model.z_dim, device=self.device, generator=self.noise)
-        return z, random_labels(n, self.num_classes, self.noise, self.device)
-
     def _real(self) -> tuple[torch.Tensor, torch.Tensor]:
         x, y = next(self.loader)
         return (x.contiguous(memory_format=torch.channels_last) if self.channels_last else x), y
 
     def train_step(self) -> None:
-        """One iteration: n_disc_steps D steps, then one G step, then the EMA update. Lazy
-        regularization is its own optimizer step, as in stylegan2-ada's phases: an R1 step after every
-        r1_interval-th D step, a path-length step after every pl_interval-th G step.
+        """One iteration: n_disc_steps D steps, then one G step, then the EMA update. A lazy regularizer
+        takes its own optimizer step after every interval-th step of its network, as in stylegan2-ada's
+        phases.
 
         A network's state (SN power iterations, BN statistics) advances only in its own step, once per
         step whatever the accumulation: the D step does not touch G, nor the G step D."""
-        t, loss = self.cfg.train, self.cfg.loss
+        t = self.cfg.train
         if self.schedule:
             self._enter_phase()
         for k in range(t.n_disc_steps):
             loss_d, real_logits, fake_logits, reals = self._d_step()
-            d_step = self.iteration * t.n_disc_steps + k
-            if loss.r1_gamma > 0 and d_step % loss.r1_interval == 0:
-                self._r1_step(reals)
+            for regularizer in self.objective.lazy("d"):
+                if regularizer.due(self.iteration * t.n_disc_steps + k):
+                    self._lazy_step(regularizer, reals)
         self.D.requires_grad_(False)  # frozen D in the G step: no D gradients computed or all-reduced
         loss_g = self._g_step()
-        if loss.pl_weight > 0 and self.iteration % loss.pl_interval == 0:
-            self._path_length_step()
+        for regularizer in self.objective.lazy("g"):
+            if regularizer.due(self.iteration):
+                self._lazy_step(regularizer, [None] * t.accum)
         self.D.requires_grad_(True)
 
         self.images += t.n_disc_steps * self.batch
@@ -281,53 +257,40 @@ class Trainer:
         self._sum_steps += 1
 
     def _d_step(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list]:
-        """D's main optimizer step over `accum` micro-batches: one D pass over reals and fakes (and,
-        for WGAN-GP, their interpolates) together. Returns the last loss and logits, and each
-        micro-batch's reals (the R1 step reuses them, as stylegan2-ada's Dreg phase does)."""
-        t, b = self.cfg.train, self.backend
+        """D's main optimizer step over `accum` micro-batches: one D pass over the reals, the fakes and
+        any set a regularizer adds (WGAN-GP's interpolates). Returns the last loss and logits, and each
+        micro-batch's reals (a lazy D regularizer reuses them, as stylegan2-ada's Dreg phase does)."""
+        t, b, objective = self.cfg.train, self.backend, self.objective
         b.zero_grad("d")
         reals = []
         for i in range(t.accum):
             x, y = self._real()
             reals.append((x, y))
-            z, y_fake, g_kwargs = self._g_inputs()
+            z, y_fake, g_kwargs = self.g_inputs(self.micro_batch)
             with torch.no_grad(), frozen_state(self.G, batchnorm=True), self._autocast():
                 fake = self.G(z, y_fake, **g_kwargs)  # plain G: no gradients, no communication
             with b.accumulating("d", last=i == t.accum - 1), self._first_only(self.D, i), self._autocast():
-                if self.cfg.loss.name == "wgan-gp":
-                    loss_d, real_logits, fake_logits = self._wgan_gp_d_loss(x, y, fake, y_fake)
-                else:
-                    logits = self._d_scores(torch.cat([x, fake]), torch.cat([y, y_fake]), parts=2)
-                    real_logits, fake_logits = logits.split(self.micro_batch)
-                    loss_d = self.d_loss(real_logits, fake_logits)
-                loss_d = loss_d / t.accum
+                extra = objective.extra_d_sets(x, fake, y_fake, self.g_inputs.generator)
+                sets = [(x, y), (fake, y_fake), *(images_labels for _, images_labels in extra)]
+                logits = self.d_view(
+                    torch.cat([images for images, _ in sets]),
+                    torch.cat([labels for _, labels in sets]),
+                    parts=len(sets),
+                    double_backward=objective.d_double_backward,
+                )
+                real_logits, fake_logits, *extra_logits = logits.split(self.micro_batch)
+                loss_d = objective.d_loss(real_logits, fake_logits, extra, extra_logits) / t.accum
                 b.backward(loss_d, "d")
+        objective.after_backward("d")
         self._guarded_step("d", loss_d)
         return loss_d, real_logits, fake_logits, reals
 
-    def _r1_step(self, reals: list) -> None:
-        """Lazy R1 (StyleGAN2 appendix B): its own D optimizer step every r1_interval D steps, on the
-        main step's reals, the penalty weighted by the interval (stylegan2-ada's Dreg phase)."""
-        t, b = self.cfg.train, self.backend
-        b.zero_grad("d")
-        for i, (x, y) in enumerate(reals):
-            x = x.detach().requires_grad_(True)
-            with b.accumulating("d", last=i == t.accum - 1), frozen_state(self.D), self._autocast():
-                real_logits = self._d_scores(x, y, double_backward=True)
-                penalty = (
-                    r1_penalty(real_logits, x, self.cfg.loss.r1_gamma) * self.cfg.loss.r1_interval / t.accum
-                )
-                # R1 does not reach D's last bias; the zero term keeps every parameter in the graph, which
-                # DDP's reducer requires (stylegan2-ada's Dreg phase does the same).
-                b.backward(penalty + real_logits.sum() * 0, "d")
-        self._guarded_step("d", penalty, phase="R1")
-
     def _g_step(self) -> torch.Tensor:
-        """G's main optimizer step over `accum` micro-batches, with BigGAN's orthogonal regularization."""
-        t, b = self.cfg.train, self.backend
+        """G's main optimizer step over `accum` micro-batches, with the G regularizers of the main pass."""
+        t, b, objective = self.cfg.train, self.backend, self.objective
         b.zero_grad("g")
         for i in range(t.accum):
-            z, y_fake, g_kwargs = self._g_inputs(training_g=True)
+            z, y_fake, g_kwargs = self.g_inputs(self.micro_batch, training_g=True)
             last = i == t.accum - 1
             with (
                 b.accumulating("g", last=last),
@@ -336,99 +299,39 @@ class Trainer:
                 self._autocast(),
             ):
                 fake = self.g_train(z, y_fake, **g_kwargs)
-                loss_g = self.g_loss(self._d_scores(fake, y_fake, train=False)) / t.accum
-                if last and self.ortho_params and not b.supports_grad_hooks:
-                    b.backward(loss_g + self._ortho_penalty(), "g")  # engines that own the gradients
-                else:
-                    b.backward(loss_g, "g")
-        if self.ortho_params and b.supports_grad_hooks:
-            add_orthogonal_grad_(self.ortho_params, self.cfg.loss.ortho_strength)  # closed form, no graph
+                loss_g = objective.loss.g(self.d_view(fake, y_fake, train=False)) / t.accum
+                total = loss_g
+                for penalty in objective.g_penalties(last_micro_batch=last):
+                    total = total + penalty
+                b.backward(total, "g")
+        objective.after_backward("g")
         self._guarded_step("g", loss_g, check_stop=True)
         return loss_g
 
-    def _path_length_step(self) -> None:
-        """Lazy path length regularization: its own G optimizer step every pl_interval G steps, on
-        batch / pl_batch_shrink new samples, weighted by the interval (stylegan2-ada's Greg phase)."""
-        t, b, loss = self.cfg.train, self.backend, self.cfg.loss
-        b.zero_grad("g")
-        n = max(1, self.micro_batch // loss.pl_batch_shrink)
+    def _lazy_step(self, regularizer: Regularizer, reals: list) -> None:
+        """A lazy regularizer's own optimizer step of its network over `accum` micro-batches, the penalty
+        weighted by the interval (StyleGAN2 appendix B; stylegan2-ada's Dreg and Greg phases)."""
+        t, b, which = self.cfg.train, self.backend, regularizer.network
+        tools = PassTools(
+            d=self.d_view,
+            g=self.g_train_eager,
+            g_inputs=lambda batch: self.g_inputs(batch, training_g=True),
+            generator=self.g_inputs.generator,
+            all_mean=lambda x: self.backend.all_reduce_sum(x) / self.world_size,
+            micro_batch=self.micro_batch,
+        )
+        b.zero_grad(which)
         for i in range(t.accum):
-            z, y_fake, g_kwargs = self._g_inputs(training_g=True, batch=n)
-            with b.accumulating("g", last=i == t.accum - 1), frozen_state(self.G), self._autocast():
-                fake, ws = self.g_train_eager(z, y_fake, **g_kwargs, return_ws=True)
-                penalty = self._path_length_penalty(fake, ws) * loss.pl_interval / t.accum
-                # Path length does not reach the toRGB biases; the zero term keeps them in the graph for
-                # DDP's reducer (as stylegan2-ada's Greg phase does).
-                b.backward(penalty + fake[:, 0, 0, 0].sum() * 0, "g")
-        self._guarded_step("g", penalty, phase="path length")
-
-    def _g_inputs(self, training_g: bool = False, batch: int = 0) -> tuple[torch.Tensor, torch.Tensor, dict]:
-        """Latents, labels and G's keyword arguments for one micro-batch. A style-based G gets its
-        per-pixel noise drawn here from the slot's generator (so a resumed run draws the same, and a
-        compiled G holds no generator), and with probability loss.style_mixing takes a second latent's
-        w from a random layer on."""
-        z, y = self._latents(batch or self.micro_batch)
-        if not self.style_based:
-            return z, y, {}
-        kwargs = {"update_w_avg": training_g}
-        p = self.cfg.loss.style_mixing
-        if p > 0:
-            draw = random.Random(seed_for(self.cfg.train.seed, self.latent_draws, 1))  # host-side: no sync
-            if draw.random() < p:
-                kwargs["mix_z"] = torch.randn(z.shape, device=z.device, generator=self.noise)
-                kwargs["mix_cutoff"] = draw.randrange(1, self.G.num_ws)
-        kwargs["noise"] = self.G.draw_noise(z.shape[0], self.noise, z.device)
-        return z, y, kwargs
-
-    def _d_scores(
-        self,
-        images: torch.Tensor,
-        labels: torch.Tensor,
-        parts: int = 1,
-        train: bool = True,
-        double_backward: bool = False,
-    ) -> torch.Tensor:
-        """D's logits, after differentiable augmentation when data.diffaugment is set. `parts`: the
-        number of sets (reals, fakes) in the batch, which D's minibatch statistics keep apart.
-        `train`: the D step's (wrapped) D, eager when the loss will differentiate a gradient."""
-        if self.augment:
-            images = diff_augment(images, self.augment, self.noise)
-        if hasattr(self.D, "parts"):
-            self.D.parts = parts
-        try:
-            d = (self.d_train_eager if double_backward else self.d_train) if train else self.D
-            return d(images, labels).float()
-        finally:
-            if hasattr(self.D, "parts"):
-                self.D.parts = 1
-
-    def _path_length_penalty(self, fake: torch.Tensor, ws: torch.Tensor) -> torch.Tensor:
-        """(||J_w^T y|| - a)^2 x pl_weight over the samples given, a being the running mean of the
-        lengths (decay pl_decay), averaged over ranks so every rank keeps the same a."""
-        loss = self.cfg.loss
-        noise = torch.randn(fake.shape, device=fake.device, generator=self.noise)
-        noise = noise.div(np.sqrt(fake.shape[2] * fake.shape[3])).to(fake.dtype)
-        lengths = path_lengths(fake, ws, noise)
-        batch_mean = lengths.detach().mean()
-        if self.world_size > 1:
-            torch.distributed.all_reduce(batch_mean)
-            batch_mean = batch_mean / self.world_size
-        self.pl_mean.copy_(self.pl_mean.lerp(batch_mean, loss.pl_decay))
-        return (lengths - self.pl_mean).square().mean() * loss.pl_weight
-
-    def _wgan_gp_d_loss(self, x, y, fake, y_fake) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """WGAN loss + gradient penalty at random real/fake interpolates + drift (ProGAN's D loss).
-        D's minibatch statistics are kept within each of the three parts."""
-        eps = torch.rand(x.shape[0], 1, 1, 1, device=x.device, generator=self.noise)  # follows the slot seed
-        interp = torch.lerp(fake.detach().to(x.dtype), x.detach(), eps).requires_grad_(True)
-        logits = self._d_scores(
-            torch.cat([x, fake, interp]), torch.cat([y, y_fake, y_fake]), parts=3, double_backward=True
-        )
-        real_logits, fake_logits, interp_logits = logits.split(self.micro_batch)
-        loss = self.d_loss(real_logits, fake_logits) + wgan_gp_terms(
-            interp_logits, interp, real_logits, self.cfg.loss.gp_weight, self.cfg.loss.drift
-        )
-        return loss, real_logits, fake_logits
+            last = i == t.accum - 1
+            with (
+                b.accumulating(which, last=last),
+                frozen_state(self.G if which == "g" else self.D),
+                self._autocast(),
+            ):
+                penalty, zero_term = regularizer.lazy_penalty(tools, reals[i])
+                penalty = penalty * regularizer.interval / t.accum
+                b.backward(penalty + zero_term, which)
+        self._guarded_step(which, penalty, phase=regularizer.title)
 
     def _enter_phase(self) -> None:
         """Follow the schedule: on a new phase, the loader's resolution and batch, the learning rates
@@ -458,10 +361,6 @@ class Trainer:
         for opt, lr, which in ((self.opt_g, lr_g, "g"), (self.opt_d, lr_d, "d")):
             for group in opt.param_groups:
                 group["lr"] = lr * self.lazy_ratio[which]
-
-    def _ortho_penalty(self) -> torch.Tensor:
-        strength = self.cfg.loss.ortho_strength
-        return torch.stack([orthogonal_penalty(p.float(), strength) for p in self.ortho_params]).sum()
 
     @staticmethod
     def _first_only(module: torch.nn.Module, micro_batch: int):
@@ -736,8 +635,8 @@ class Trainer:
             "skipped_steps": self.skipped_steps,
             "loader": loader_states,
             "world_size": self.world_size,
-            "latent_draws": self.latent_draws,
-            "pl_mean": self.pl_mean.detach().cpu(),
+            "latent_draws": self.g_inputs.draws,
+            **self.objective.state_dict(),
             "rng": {"torch": torch.get_rng_state(), "python": random.getstate()},
             "num_classes": self.num_classes,
             "metric_history": self.metric_history,
@@ -765,13 +664,13 @@ class Trainer:
         self.backend.load_optimizer_state(state)
         # The config's learning rates win over the saved ones (a sweep's exploit step may change them).
         self._set_learning_rates(self.cfg.optim.lr_g, self.cfg.optim.lr_d)
-        self.pl_mean.copy_(state.get("pl_mean", torch.zeros([])))
+        self.objective.load_state_dict(state)
         self.images, self.iteration = int(state["images"]), int(state["iteration"])
         self.skipped_steps = int(state["skipped_steps"])
         self.loader.load_state_dict(state["loader"][self.rank])
         torch.set_rng_state(state["rng"]["torch"])
         random.setstate(state["rng"]["python"])
-        self.latent_draws = int(state["latent_draws"])
+        self.g_inputs.draws = int(state["latent_draws"])
         self.metric_history = list(state.get("metric_history", []))
         self.best = dict(state.get("best", {}))
         if "cuda" in state["rng"] and self.device.type == "cuda":

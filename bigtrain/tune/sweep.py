@@ -5,7 +5,7 @@
     space:
       optim.lr_d: {loguniform: [1.0e-4, 1.0e-3]}
       optim.lr_g: {uniform: [5.0e-5, 2.0e-4]}
-      loss.ortho_strength: {choice: [0.0, 1.0e-4]}
+      regularize.ortho.strength: {choice: [0.0, 1.0e-4]}
       train.batch: {grid: [16, 32]}                           # every value, x num_trials samples
     num_trials: 4
     scheduler: asha                                          # asha | pbt | fifo

@@ -1,0 +1,117 @@
+"""The GAN objective as parts: an adversarial loss plus regularizers, built from the config.
+
+Each regularizer lives in its own file beside its paper's equation and plugs into the trainer through
+the hooks of `Regularizer`; `REGULARIZERS` maps its config section (`regularize.<name>`) to its class,
+whose `build` returns None while the section leaves it off. Adding one is a class, an entry here and
+its config keys (a dataclass in `bigtrain/config.py`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import nn
+
+from ..config import Config, ConfigError
+from .adversarial import ADVERSARIAL_LOSSES, AdversarialLoss
+from .gradient_penalty import GradientPenalty
+from .orthogonal import Orthogonal
+from .path_length import PathLength
+from .r1 import R1
+from .regularizer import Networks, PassTools, Regularizer
+from .style_mixing import StyleMixing
+from .views import DView, GInputs
+
+__all__ = ["Objective", "PassTools", "Regularizer", "DView", "GInputs", "build_objective", "check_config"]
+
+
+# regularize.<name> -> its class; the order is the order of the hooks' calls.
+REGULARIZERS: dict[str, type[Regularizer]] = {
+    "ortho": Orthogonal,
+    "gradient_penalty": GradientPenalty,
+    "r1": R1,
+    "path_length": PathLength,
+    "style_mixing": StyleMixing,
+}
+
+
+class Objective:
+    """The adversarial loss and the regularizers that are on, in `REGULARIZERS` order."""
+
+    def __init__(self, loss: AdversarialLoss, regularizers: list[Regularizer]):
+        self.loss, self.regularizers = loss, regularizers
+        for network in ("g", "d"):
+            lazy = self.lazy(network)
+            if len(lazy) > 1:  # one regularization phase per network, as stylegan2-ada's
+                raise ConfigError(f"{' and '.join(r.title for r in lazy)} are both lazy on {network.upper()}")
+
+    def on(self, network: str) -> list[Regularizer]:
+        return [r for r in self.regularizers if r.network == network]
+
+    def lazy(self, network: str) -> list[Regularizer]:
+        return [r for r in self.on(network) if r.lazy]
+
+    def lazy_ratio(self, network: str) -> float:
+        """A lazy step every k steps makes the optimizer's effective batch k / (k + 1) of the main steps':
+        lr and betas are scaled to match (StyleGAN2 appendix B)."""
+        return next((r.interval / (r.interval + 1) for r in self.lazy(network)), 1.0)
+
+    @property
+    def d_double_backward(self) -> bool:
+        """D's main pass differentiates a gradient (the eager D is used)."""
+        return any(r.double_backward and not r.lazy for r in self.on("d"))
+
+    def extra_d_sets(self, reals, fakes, fake_labels, generator) -> list[tuple[Regularizer, tuple]]:
+        """The sets regularizers add to D's main pass, after the reals and fakes."""
+        extra = ((r, r.extra_d_set(reals, fakes, fake_labels, generator)) for r in self.on("d") if not r.lazy)
+        return [(r, images_labels) for r, images_labels in extra if images_labels is not None]
+
+    def d_loss(self, real_logits, fake_logits, extra_sets, extra_logits) -> torch.Tensor:
+        """The adversarial D loss plus the main-pass penalties on D."""
+        loss = self.loss.d(real_logits, fake_logits)
+        added = dict(zip((r for r, _ in extra_sets), zip((s[0] for _, s in extra_sets), extra_logits)))
+        for r in self.on("d"):
+            if not r.lazy:
+                images, logits = added.get(r, (None, None))
+                penalty = r.d_penalty(real_logits, images, logits)
+                if penalty is not None:
+                    loss = loss + penalty
+        return loss
+
+    def g_penalties(self, last_micro_batch: bool) -> list[torch.Tensor]:
+        """The main-pass penalties on G (added to the scaled G loss)."""
+        penalties = (r.g_penalty(last_micro_batch) for r in self.on("g") if not r.lazy)
+        return [p for p in penalties if p is not None]
+
+    def after_backward(self, network: str) -> None:
+        for r in self.on(network):
+            if not r.lazy:
+                r.after_backward()
+
+    def state_dict(self) -> dict:
+        return {k: v for r in self.regularizers for k, v in r.state_dict().items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        for r in self.regularizers:
+            r.load_state_dict(state)
+
+
+def build_objective(cfg: Config, G: nn.Module, grad_hooks: bool, device: torch.device) -> Objective:
+    networks = Networks(G, grad_hooks, device)
+    built = (cls.build(getattr(cfg.regularize, name), networks) for name, cls in REGULARIZERS.items())
+    return Objective(ADVERSARIAL_LOSSES[cfg.loss.name], [r for r in built if r is not None])
+
+
+def check_config(cfg: Config) -> None:
+    """The objective's checks, naming the dotted key (called by `bigtrain.config.validate`): weights,
+    rates and probabilities >= 0, intervals >= 1, then each regularizer's own."""
+    for name, cls in REGULARIZERS.items():
+        key, section = f"regularize.{name}", getattr(cfg.regularize, name)
+        for f in dataclasses.fields(section):
+            value = getattr(section, f.name)
+            if isinstance(value, int) and value < 1:
+                raise ConfigError(f"{key}.{f.name}={value} must be >= 1")
+            if isinstance(value, float) and not value >= 0:  # NaN too
+                raise ConfigError(f"{key}.{f.name}={value} must be >= 0")
+        cls.check(key, section, cfg)

@@ -1,0 +1,103 @@
+"""What a regularizer is to the trainer: the network it acts on, when it runs, its hooks and its state.
+
+A regularizer either joins every main optimizer step of its network (`interval` 0: its penalty is added
+to the adversarial loss of the same pass, or its gradient after the backward), or is lazy (StyleGAN2
+appendix B): its own optimizer step every `interval` steps, on its own pass, its penalty weighted by the
+interval. The trainer calls the hooks; it never names a regularizer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+
+@dataclass
+class PassTools:
+    """What a regularizer may call during a pass, bound by the trainer to the current step."""
+
+    d: Callable[..., torch.Tensor]  # (images, labels, parts=1, double_backward=False) -> D's logits
+    g: Callable[..., torch.Tensor]  # the eager G (a pass that differentiates a gradient): (z, y, **kw)
+    g_inputs: Callable[..., tuple]  # (batch) -> (z, labels, G's keyword arguments) of a new slot
+    generator: torch.Generator  # the slot's random stream (draws follow the slot seed)
+    all_mean: Callable[[torch.Tensor], torch.Tensor]  # the mean over ranks (identity on one)
+    micro_batch: int
+
+
+@dataclass(frozen=True)
+class Networks:
+    """What a regularizer may need to know of the run when it is built."""
+
+    G: nn.Module
+    grad_hooks: bool  # the backend leaves p.grad whole after backward (closed-form gradients)
+    device: torch.device
+
+
+class Regularizer:
+    """Base class: every hook does nothing. Subclasses set `network`, `title` and, for a lazy one, the
+    interval; `enabled` is False for a regularizer whose config leaves it off."""
+
+    network: str = "d"  # "g" or "d": the optimizer its gradient goes to
+    title: str = ""  # for messages ("R1", "path length")
+    interval: int = 0  # 0: part of every main step; k: a lazy step of its own every k steps
+    double_backward: bool = False  # its main-pass penalty differentiates a gradient (no compiled D)
+
+    @classmethod
+    def build(cls, section: Any, networks: Networks) -> Regularizer | None:
+        """From its config section (`regularize.<name>`): None while the section leaves it off."""
+        raise NotImplementedError
+
+    @classmethod
+    def check(cls, key: str, section: Any, cfg: Any) -> None:
+        """Checks beyond the generic ones (weights >= 0, intervals >= 1), raising ConfigError naming
+        `key` (its section's dotted key)."""
+
+    @property
+    def lazy(self) -> bool:
+        return self.interval > 0
+
+    def due(self, step: int) -> bool:
+        """A lazy regularizer's own step follows main step `step` of its network (0, k, 2k, ...)."""
+        return self.lazy and step % self.interval == 0
+
+    # --- hooks of the main passes
+    def g_kwargs(self, kwargs: dict, z: torch.Tensor, draw_seed: int, generator: torch.Generator) -> None:
+        """Before a G pass: edit G's keyword arguments (style mixing). `draw_seed` seeds host-side draws."""
+
+    def extra_d_set(
+        self, reals: torch.Tensor, fakes: torch.Tensor, fake_labels: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Before D's main pass: one more set of (images, labels) for D to score beside reals and fakes."""
+        return None
+
+    def d_penalty(
+        self, real_logits: torch.Tensor, extra_images: torch.Tensor | None, extra_logits: torch.Tensor | None
+    ) -> torch.Tensor | None:
+        """Added to D's loss in its main pass; `extra_*`: the set this regularizer added, with its logits."""
+        return None
+
+    def g_penalty(self, last_micro_batch: bool) -> torch.Tensor | None:
+        """Added to G's loss in its main pass."""
+        return None
+
+    def after_backward(self) -> None:
+        """After the main pass's backward of its network, before the optimizer step."""
+
+    # --- a lazy regularizer's own pass
+    def lazy_penalty(
+        self, tools: PassTools, reals: tuple[torch.Tensor, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(penalty, zero term): the trainer weights the penalty by the interval and backpropagates it
+        plus the zero term, which keeps every parameter in the graph (DDP's reducer needs them all)."""
+        raise NotImplementedError
+
+    # --- checkpoint state (top-level checkpoint keys)
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass

@@ -1,0 +1,73 @@
+"""The two views the objective has of the networks: G's inputs for a micro-batch slot, and D's scores of
+images as D sees them (augmented, with the sets of a batch kept apart)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+
+from ..augment import diff_augment
+from ..eval.sampling import random_labels
+from ..seeds import seed_for
+from .regularizer import Regularizer
+
+
+class GInputs:
+    """Latents, labels and G's keyword arguments, one micro-batch slot per call.
+
+    The draws of slot k come from a generator seeded by (seed, k), and rank r of W fills slots r, r + W,
+    ...: one process with accum A x W runs the same computation as W processes with accum A, and a
+    resumed run only needs the slot counter (`draws`). G's per-pass random inputs (StyleGAN2's per-pixel
+    noise) are drawn here too, so a compiled G holds no generator. The same generator then serves the
+    rest of the slot's draws (augmentation, interpolates, path-length noise)."""
+
+    def __init__(
+        self, G: nn.Module, seed: int, z_dim: int, num_classes: int, rank: int, world_size: int,
+        device: torch.device, hooks: Sequence[Regularizer] = (),
+    ):  # fmt: skip
+        self.G, self.seed, self.z_dim, self.num_classes = G, seed, z_dim, num_classes
+        self.rank, self.world_size, self.device = rank, world_size, device
+        self.hooks = list(hooks)
+        self.generator = torch.Generator(device)
+        self.draws = 0
+
+    def latents(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """z and labels of the next slot."""
+        slot = self.draws * self.world_size + self.rank
+        self.draws += 1
+        self.generator.manual_seed(seed_for(self.seed, slot))
+        z = torch.randn(n, self.z_dim, device=self.device, generator=self.generator)
+        return z, random_labels(n, self.num_classes, self.generator, self.device)
+
+    def __call__(self, batch: int, training_g: bool = False) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        z, y = self.latents(batch)
+        kwargs = self.G.pass_kwargs(training_g)
+        for hook in self.hooks:
+            hook.g_kwargs(kwargs, z, seed_for(self.seed, self.draws, 1), self.generator)
+        kwargs.update(self.G.pass_noise(batch, self.generator, z.device))
+        return z, y, kwargs
+
+
+class DView:
+    """D's logits of images as D sees them: through the differentiable augmentation (the same for reals
+    and fakes, in D and G steps alike), the `parts` sets of a batch (reals, fakes, ...) kept apart by
+    D's minibatch statistics. `train`: the wrapped (maybe compiled) D of the D step, or its eager module
+    where the loss differentiates a gradient (AOTAutograd has no double backward); else the bare D."""
+
+    def __init__(
+        self, D: nn.Module, d_train: Callable, d_train_eager: Callable, augment: list[str],
+        generator: torch.Generator,
+    ):  # fmt: skip
+        self.D, self.d_train, self.d_train_eager = D, d_train, d_train_eager
+        self.augment, self.generator = augment, generator
+
+    def __call__(
+        self, images: torch.Tensor, labels: torch.Tensor, parts: int = 1, train: bool = True,
+        double_backward: bool = False,
+    ) -> torch.Tensor:  # fmt: skip
+        if self.augment:
+            images = diff_augment(images, self.augment, self.generator)
+        d = (self.d_train_eager if double_backward else self.d_train) if train else self.D
+        return d(images, labels, parts=parts).float()

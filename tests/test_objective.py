@@ -1,0 +1,307 @@
+"""The objective's parts on their own: adversarial losses, regularizers and the G/D views, on tiny
+networks and hand-checked cases, with no shards and no Trainer."""
+
+import logging
+import math
+
+import pytest
+import torch
+
+from bigtrain.augment import color, cutout, diff_augment, parse_policy, translation
+from bigtrain.config import ConfigError, load_config
+from bigtrain.models.biggan import Generator
+from bigtrain.models.stylegan2 import Discriminator as StyleDiscriminator
+from bigtrain.models.stylegan2 import Generator as StyleGenerator
+from bigtrain.objective import DView, GInputs, PassTools, build_objective
+from bigtrain.objective.adversarial import hinge_d, hinge_g, nonsat_d, nonsat_g, wgan_d, wgan_g
+from bigtrain.objective.gradient_penalty import GradientPenalty, wgan_gp_terms
+from bigtrain.objective.orthogonal import (
+    Orthogonal,
+    add_orthogonal_grad_,
+    ortho_parameters,
+    orthogonal_penalty,
+    orthogonal_penalty_grad,
+)
+from bigtrain.objective.path_length import PathLength, path_lengths
+from bigtrain.objective.r1 import R1, r1_penalty
+from bigtrain.objective.style_mixing import StyleMixing
+from conftest import REPO
+
+
+def _small_stylegan2(resolution: int = 16) -> tuple[StyleGenerator, StyleDiscriminator]:
+    torch.manual_seed(0)
+    G = StyleGenerator(resolution, 32, 32, 0, channel_base=512, channel_max=32, mapping_layers=2)
+    return G, StyleDiscriminator(resolution, 0, channel_base=512, channel_max=32)
+
+
+def _tools(G=None, D=None, generator=None, micro_batch=8) -> PassTools:
+    generator = generator or torch.Generator().manual_seed(5)
+    inputs = GInputs(G, 0, 32, 1, 0, 1, torch.device("cpu")) if G is not None else None
+    return PassTools(
+        d=lambda x, y, parts=1, double_backward=False: D(x, y, parts=parts).float(),
+        g=G,
+        g_inputs=lambda batch: inputs(batch, training_g=True),
+        generator=generator,
+        all_mean=lambda t: t,
+        micro_batch=micro_batch,
+    )
+
+
+def test_hinge_and_nonsaturating_values():
+    real, fake = torch.tensor([2.0, 0.5]), torch.tensor([-2.0, 0.0])
+    assert torch.isclose(hinge_d(real, fake), torch.tensor((0 + 0.5) / 2 + (0 + 1) / 2))
+    assert torch.isclose(hinge_g(fake), torch.tensor(1.0))
+    sp = torch.nn.functional.softplus
+    assert torch.isclose(nonsat_d(real, fake), sp(-real).mean() + sp(fake).mean())
+    assert torch.isclose(nonsat_g(fake), sp(-fake).mean())
+
+
+def test_orthogonal_penalty_is_zero_for_orthogonal_rows_and_ignores_norms():
+    q, _ = torch.linalg.qr(torch.randn(16, 16))
+    w = q[:8] * torch.arange(1.0, 9.0)[:, None]  # orthogonal rows of different norms
+    assert orthogonal_penalty(w, 1.0) < 1e-8
+
+
+def test_closed_form_gradient_equals_autograd():
+    torch.manual_seed(0)
+    for shape in [(8, 20), (16, 4, 3, 3)]:
+        w = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+        orthogonal_penalty(w, 1e-4).backward()
+        closed = orthogonal_penalty_grad(w.detach(), 1e-4)
+        assert torch.allclose(closed, w.grad, rtol=1e-10, atol=1e-14), (closed - w.grad).abs().max()
+
+
+def test_regularizer_covers_g_weights_but_not_the_shared_embedding():
+    G = Generator(32, ch=8, z_dim=120, shared_dim=16, num_classes=10, attn_res=(16,))
+    params = ortho_parameters(G)
+    ids = {id(p) for p in params}
+    assert id(G.shared.weight) not in ids
+    assert id(G.blocks[0].conv1.parametrizations.weight.original) in ids
+    assert all(p.ndim >= 2 for p in params)
+    for p in params:
+        p.grad = torch.zeros_like(p)
+    add_orthogonal_grad_(params, 1e-4)
+    p = G.blocks[0].conv1.parametrizations.weight.original
+    assert torch.allclose(p.grad, orthogonal_penalty_grad(p.detach(), 1e-4))
+
+
+def test_wgan_losses_and_the_gradient_penalty_on_a_linear_d():
+    """D(x) = <a, x>: its gradient is a everywhere, so the penalty is (||a|| - 1)^2, whatever x^."""
+    real, fake = torch.tensor([2.0, 0.5]), torch.tensor([-2.0, 0.0])
+    assert wgan_d(real, fake).item() == pytest.approx(-1.0 - 1.25)
+    assert wgan_g(fake).item() == pytest.approx(1.0)
+    torch.manual_seed(4)
+    a = torch.randn(1, 3, 4, 4)
+    reals, fakes = torch.randn(5, 3, 4, 4), torch.randn(5, 3, 4, 4)
+    gp = GradientPenalty(weight=10.0, drift=0.001)
+    interp, labels = gp.extra_d_set(
+        reals, fakes, torch.zeros(5, dtype=torch.long), torch.Generator().manual_seed(1)
+    )
+    between = (interp - fakes) / (reals - fakes)  # x^ = fake + eps (real - fake), one eps per sample
+    assert torch.allclose(between, between[:, :1, :1, :1].expand_as(between), atol=1e-4)
+    assert ((between[:, 0, 0, 0] >= 0) & (between[:, 0, 0, 0] <= 1)).all()
+    real_logits = (a * reals).sum(dim=(1, 2, 3))
+    got = gp.d_penalty(real_logits, interp, (a * interp).sum(dim=(1, 2, 3)))
+    want = 10.0 * (a.norm() - 1) ** 2 + 0.001 * real_logits.square().mean()
+    assert got.item() == pytest.approx(want.item(), rel=1e-5), (got.item(), want.item())
+    assert torch.equal(got, wgan_gp_terms((a * interp).sum(dim=(1, 2, 3)), interp, real_logits, 10.0, 0.001))
+
+
+def test_r1_equals_the_hand_computed_penalty_on_a_tiny_d():
+    """D(x) = sum(a x^2): grad = 2 a x, so R1 = gamma / 2 E[sum (2 a x)^2]."""
+    torch.manual_seed(2)
+    a = torch.randn(1, 3, 4, 4)
+    x = torch.randn(5, 3, 4, 4, requires_grad=True)
+    logits = (a * x.square()).sum(dim=(1, 2, 3))
+    gamma = 0.7
+    expected = gamma / 2 * (2 * a * x.detach()).square().sum(dim=(1, 2, 3)).mean()
+    got = r1_penalty(logits, x, gamma)
+    assert got.item() == pytest.approx(expected.item(), rel=1e-6), (got.item(), expected.item())
+    got.backward()  # the graph is kept: the penalty trains D (here: gives x a gradient)
+    assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def test_r1s_lazy_pass_reaches_every_d_parameter_through_the_zero_term():
+    _, D = _small_stylegan2()
+    r1 = R1(gamma=1.0, interval=4)
+    assert r1.lazy and r1.due(0) and r1.due(8) and not r1.due(3)
+    x = torch.randn(4, 3, 16, 16)
+    penalty, zero_term = r1.lazy_penalty(_tools(D=D), (x, torch.zeros(4, dtype=torch.long)))
+    (penalty + zero_term).backward()
+    missing = [n for n, p in D.named_parameters() if p.grad is None]
+    assert not missing, f"parameters outside the graph (DDP's reducer would stop): {missing}"
+    assert zero_term.item() == 0.0 and penalty.item() > 0
+
+
+def test_path_length_of_a_linear_synthesis():
+    """images = A w (per layer): J_w^T y = A^T y, so the length is known in closed form."""
+    torch.manual_seed(3)
+    A = torch.randn(2, 3 * 4 * 4, 8)  # two w layers of 8, to 3x4x4 images
+    ws = torch.randn(6, 2, 8, requires_grad=True)
+    images = torch.einsum("lpd,bld->bp", A, ws).reshape(6, 3, 4, 4)
+    noise = torch.randn(4, 3, 4, 4) / 4
+    got = path_lengths(images, ws, noise)
+    grads = torch.einsum("lpd,bp->bld", A, noise.reshape(4, -1))
+    expected = grads.square().sum(dim=2).mean(dim=1).sqrt()
+    assert got.shape == (4,) and torch.allclose(got, expected, atol=1e-5), (got, expected)
+
+
+def test_path_length_mean_follows_its_decay():
+    G, _ = _small_stylegan2()
+    regularizer = PathLength(weight=2.0, interval=4, decay=0.25, batch_shrink=2, device=torch.device("cpu"))
+    z, y = torch.randn(8, 32), torch.zeros(8, dtype=torch.long)
+    tools = _tools(G=G)
+    expected_mean = 0.0
+    for _ in range(3):
+        fake, ws = G(z, y, return_ws=True)
+        tools.generator.manual_seed(5)
+        penalty = regularizer.penalty(fake, ws, tools)
+        tools.generator.manual_seed(5)
+        noise = torch.randn(fake.shape, generator=tools.generator) / math.sqrt(16 * 16)
+        lengths = path_lengths(fake, ws, noise).detach()
+        expected_mean += 0.25 * (lengths.mean().item() - expected_mean)  # lerp toward the batch mean
+        assert regularizer.mean.item() == pytest.approx(expected_mean, rel=1e-5), (
+            regularizer.mean,
+            expected_mean,
+        )
+        want = (lengths - expected_mean).square().mean() * 2.0
+        assert penalty.item() == pytest.approx(want.item(), rel=1e-4)
+    restored = PathLength(2.0, 4, 0.25, 2, torch.device("cpu"))
+    restored.load_state_dict(regularizer.state_dict())
+    assert torch.equal(restored.mean, regularizer.mean) and restored.mean.item() != 0
+
+
+def test_path_lengths_lazy_pass_uses_the_shrunk_batch_and_reaches_every_g_parameter():
+    G, _ = _small_stylegan2()
+    regularizer = PathLength(weight=2.0, interval=4, decay=0.01, batch_shrink=2, device=torch.device("cpu"))
+    penalty, zero_term = regularizer.lazy_penalty(_tools(G=G, micro_batch=8), None)
+    (penalty + zero_term).backward()
+    missing = [n for n, p in G.named_parameters() if p.grad is None]
+    assert not missing, f"parameters outside the graph: {missing}"
+    assert G.mapping.w_avg.abs().sum() > 0, "the G pass of the regularizer updates w_avg (a G step)"
+
+
+def test_style_mixing_draws_cutoffs_at_its_probability_from_the_slot():
+    G, _ = _small_stylegan2()
+    inputs = GInputs(G, 0, 32, 1, 0, 1, torch.device("cpu"), hooks=[StyleMixing(0.5, G.num_ws)])
+    cutoffs = [inputs(4)[2].get("mix_cutoff") for _ in range(200)]
+    drawn = [c for c in cutoffs if c is not None]
+    assert 60 < len(drawn) < 140, f"{len(drawn)} of 200 mixed at probability 0.5"
+    assert set(drawn) == set(range(1, G.num_ws)), sorted(set(drawn))
+    again = GInputs(G, 0, 32, 1, 0, 1, torch.device("cpu"), hooks=[StyleMixing(0.5, G.num_ws)])
+    assert [again(4)[2].get("mix_cutoff") for _ in range(200)] == cutoffs, "the draws follow the slot seed"
+
+
+def test_g_inputs_of_two_ranks_interleave_the_slots_of_one():
+    G, _ = _small_stylegan2()
+    one = GInputs(G, 3, 32, 10, 0, 1, torch.device("cpu"))
+    ranks = [GInputs(G, 3, 32, 10, r, 2, torch.device("cpu")) for r in range(2)]
+    single = [one(4) for _ in range(4)]
+    for k in range(2):
+        for r in range(2):
+            z, y, kwargs = ranks[r](4)
+            z1, y1, kwargs1 = single[2 * k + r]
+            assert torch.equal(z, z1) and torch.equal(y, y1)
+            assert all(torch.equal(a, b) for a, b in zip(kwargs["noise"], kwargs1["noise"]))
+
+
+def test_d_view_keeps_the_sets_apart_and_augments_with_the_slot_stream():
+    _, D = _small_stylegan2()
+    x = torch.randn(8, 3, 16, 16)
+    labels = torch.zeros(8, dtype=torch.long)
+    view = DView(D, D, D, [], torch.Generator())
+    together = view(x, labels, parts=2)
+    apart = torch.cat([D(x[:4], labels[:4]), D(x[4:], labels[4:])]).float()
+    assert torch.allclose(together, apart, atol=1e-6), "the minibatch statistics mixed reals and fakes"
+    augmented = DView(D, D, D, ["translation"], torch.Generator().manual_seed(1))
+    assert torch.equal(
+        augmented(x, labels), augmented.D(translation(x, generator=torch.Generator().manual_seed(1)), labels)
+    )
+
+
+def test_augmentations_are_differentiable_twice_for_r1():
+    _, D = _small_stylegan2()
+    x = torch.randn(4, 3, 16, 16, requires_grad=True)
+    g = torch.Generator().manual_seed(0)
+    logits = D(diff_augment(x, parse_policy("color,translation,cutout"), g))
+    penalty = r1_penalty(logits, x, 1.0)
+    penalty.backward()
+    grads = [p.grad for p in D.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(t).all() for t in grads), "R1 through the augmentation failed"
+
+
+def test_augmentations_do_what_they_say():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 3, 16, 16)
+    moved = translation(x, generator=g)
+    assert moved.shape == x.shape and not torch.equal(moved, x)
+    same_rows = [(moved[i] == x[i]).all() for i in range(64)]
+    assert 0 < sum(same_rows) < 64, "some shifts are zero (probability 1/25), most are not"
+    cut = cutout(x, generator=g)
+    zero_fraction = (cut == 0).float().mean().item()
+    assert 0.1 < zero_fraction < 0.3, f"a half-side square should zero about 1/4, got {zero_fraction:.3f}"
+    assert color(x, generator=g).shape == x.shape
+    with pytest.raises(ValueError, match="blur"):
+        parse_policy("color,blur")
+
+
+def test_orthogonal_regularizer_adds_the_closed_form_or_the_penalty_by_backend():
+    """With gradient hooks the closed form is added after backward; an engine that owns the gradients
+    gets the penalty in the last micro-batch's loss instead. Both give the same gradient."""
+    G = Generator(32, ch=8, z_dim=120, shared_dim=16, num_classes=10, attn_res=(16,))
+    hooks, engine = Orthogonal(1e-2, G, grad_hooks=True), Orthogonal(1e-2, G, grad_hooks=False)
+    assert hooks.g_penalty(last_micro_batch=True) is None and engine.g_penalty(last_micro_batch=False) is None
+    engine.g_penalty(last_micro_batch=True).backward()
+    by_penalty = [p.grad.clone() for p in engine.params]
+    for p in hooks.params:
+        p.grad = torch.zeros_like(p)
+    hooks.after_backward()
+    for a, b in zip(by_penalty, (p.grad for p in hooks.params)):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-9), (a - b).abs().max()
+
+
+def _cfg(recipe: str, *overrides: str):
+    return load_config(REPO / "configs" / recipe, list(overrides))
+
+
+def test_the_registry_builds_the_regularizers_a_recipe_turns_on():
+    G, _ = _small_stylegan2(32)
+    titles = lambda cfg, G: [r.title for r in build_objective(cfg, G, True, torch.device("cpu")).regularizers]  # noqa: E731
+    assert titles(_cfg("stylegan2/digits32.yaml"), G) == ["R1", "path length", "style mixing"]
+    assert titles(_cfg("progan/digits32.yaml"), G) == ["gradient penalty"]
+    biggan = Generator(32, ch=8, z_dim=64, shared_dim=32, num_classes=10, attn_res=(16,))
+    assert titles(_cfg("biggan/digits32.yaml"), biggan) == ["orthogonal"]
+    assert titles(_cfg("biggan/cifar10_32.yaml"), biggan) == []
+    objective = build_objective(_cfg("stylegan2/digits32.yaml"), G, True, torch.device("cpu"))
+    assert objective.lazy_ratio("d") == 16 / 17 and objective.lazy_ratio("g") == 4 / 5
+    assert not objective.d_double_backward
+    assert build_objective(_cfg("progan/digits32.yaml"), G, True, torch.device("cpu")).d_double_backward
+
+
+def test_config_errors_name_the_key():
+    recipe = "stylegan2/digits32.yaml"
+    with pytest.raises(ConfigError, match="augment.diffaugment"):
+        _cfg(recipe, "augment.diffaugment=color,zoom")
+    with pytest.raises(ConfigError, match="regularize.r1.interval"):
+        _cfg(recipe, "regularize.r1.interval=0")
+    with pytest.raises(ConfigError, match="needs model.name=stylegan2"):
+        _cfg("biggan/digits32.yaml", "regularize.path_length.weight=2")
+    with pytest.raises(ConfigError, match="two gradient penalties"):
+        _cfg("progan/digits32.yaml", "regularize.r1.gamma=1")
+    with pytest.raises(ConfigError, match="regularize.gradient_penalty.weight"):
+        _cfg("progan/digits32.yaml", "regularize.gradient_penalty.weight=0")
+    with pytest.raises(ConfigError, match="unknown config key regularize.r1.weight"):
+        _cfg(recipe, "regularize.r1.weight=1")
+
+
+def test_old_keys_still_load_with_a_warning(caplog):
+    """Recipes and checkpoints written before the objective became parts keep their meaning."""
+    with caplog.at_level(logging.WARNING, logger="bigtrain.config"):
+        old = load_config(
+            None, ["loss.name=wgan-gp", "loss.r1_gamma=0", "data.diffaugment=color", "model.name=progan"]
+        )
+    assert old.loss.name == "wgan" and old.regularize.gradient_penalty.weight == 10.0
+    assert old.regularize.gradient_penalty.drift == 0.001 and old.augment.diffaugment == "color"
+    assert old.regularize.ortho.strength == 1e-4, "the old layout's default orthogonal regularization"
+    assert "loss.r1_gamma -> regularize.r1.gamma" in caplog.text and "wgan-gp -> wgan" in caplog.text
+    assert load_config(None, ["loss.name=hinge"]).regularize.ortho.strength == 0.0
