@@ -127,12 +127,10 @@ def _floats(text: str, flag: str) -> list[float]:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    import torch
-
     from .data.manifest import load_manifest
+    from .eval.evaluator import Evaluator
     from .eval.generate import load_generator
     from .eval.metrics import parse_metric
-    from .eval.plots import plot_lines
     from .eval.suite import MetricSuite
     from .train.checkpoint import resolve_checkpoint
 
@@ -147,23 +145,23 @@ def _eval(args: argparse.Namespace) -> int:
     suite = MetricSuite(names, data, manifest, gen.device, args.num_samples, args.reference_images)
     # A ProGAN checkpoint from an earlier phase is scored against the reals at its resolution.
     suite.at_resolution(getattr(gen.G, "resolution", manifest.resolution))
+    evaluator = Evaluator(
+        gen.sampler, suite, gen.cfg.eval, ckpt.parent.parent, stats_batches=args.standing_stats
+    )
     rows = []
     for truncation in truncations:
-        rng = torch.Generator(gen.device).manual_seed(args.seed)
-        gen.refresh_stats(truncation, rng, args.standing_stats)
-        metrics = suite.compute(lambda n: gen(*gen.latents(n, truncation, rng), truncation), args.batch)  # noqa: B023
-        rows.append(metrics)
+        # Standing statistics from the latents the samples come from, as BigGAN-PyTorch's sweep does.
+        metrics = evaluator.score(truncation, args.seed, args.batch, stats_truncation=truncation)
+        rows.append({"truncation": truncation, **metrics})
         result = {"checkpoint": str(ckpt), "kimg": gen.kimg, "truncation": truncation, **metrics}
         print(f"\ntruncation {truncation:g}, {gen.kimg:.2f} kimg")
         print(f"{'metric':<22}{'value':>14}")
         for k, v in metrics.items():
             print(f"{k:<22}{v:>14.6g}")
-        print(json.dumps(result))
-    if len(truncations) > 1 and rows[0]:
+        print(json.dumps({**result, "provenance": evaluator.provenance(truncation)}))
+    if len(truncations) > 1 and len(rows[0]) > 1:
         out = Path(args.plot) if args.plot else ckpt.parent.parent / f"truncation_sweep-{ckpt.name}.png"
-        plot = plot_lines(
-            truncations, {k: [r[k] for r in rows] for k in rows[0]}, "truncation threshold", out
-        )
+        plot = evaluator.plot_sweep(rows, out)
         if plot:
             print(f"plot: {plot}")
     return 0

