@@ -17,6 +17,7 @@ from bigtrain.eval.frechet import FeatureStats
 from bigtrain.eval.inception import inception_weights_path
 from bigtrain.eval.provenance import stats_sha256, tensors_sha256
 from bigtrain.eval.reference import reference_path
+from bigtrain.models.roles import GeneratorRole
 from bigtrain.train.loop import Trainer
 from conftest import BIGTRAIN, REPO, cli_env
 
@@ -24,7 +25,7 @@ FIELDS = {"feature_net", "feature_net_sha256", "resize", "num_generated", "num_r
           "truncation"}  # fmt: skip
 
 
-class TinyG(nn.Module):
+class TinyG(GeneratorRole):
     """z -> 3x4x4 images through a BatchNorm, so the standing statistics have something to refresh."""
 
     def __init__(self, z_dim: int = 8):
