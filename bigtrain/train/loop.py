@@ -43,6 +43,7 @@ from ..losses import (
 )
 from ..models import build_models
 from ..models.layers import frozen_state
+from ..seeds import seed_for
 from ..track import make_tracker
 from .checkpoint import (
     CheckpointError,
@@ -64,11 +65,6 @@ EVAL_SEED = 123_456  # fixed latents for every evaluation and grid, independent 
 
 
 __all__ = ["NonFiniteLoss", "Trainer", "pick_device"]
-
-
-def seed_for(*parts: int) -> int:
-    """A well-mixed 63-bit seed from integers (neighbouring slots get unrelated streams)."""
-    return int(np.random.SeedSequence(list(parts)).generate_state(2, dtype=np.uint64)[0] >> np.uint64(1))
 
 
 class NonFiniteLoss(RuntimeError):
