@@ -25,6 +25,7 @@ from .metrics import (
     inception_score,
     inception_score_extractor,
     kernel_inception_distance,
+    logged_names,
     parse_metric,
     precision_recall,
 )
@@ -94,15 +95,10 @@ class MetricSuite:
         if not self.specs:
             return None
         spec = self.specs[0]
-        name = self.logged_name(spec)
-        return name, LOWER_IS_BETTER[spec.kind]
+        return self.logged_names(spec)[0], LOWER_IS_BETTER[spec.kind]
 
-    def logged_name(self, spec: MetricSpec) -> str:
-        return self._tagged(
-            {"fd": f"fd_{self.manifest.name}", "pr": f"{spec.name}_precision", "is": f"{spec.name}_mean"}.get(
-                spec.kind, spec.name
-            )
-        )
+    def logged_names(self, spec: MetricSpec) -> list[str]:
+        return [self._tagged(name) for name in logged_names(spec, self.manifest.name)]
 
     def _tagged(self, name: str) -> str:
         """A metric of lower-resolution samples says so: fd_digits_8px (against reals at 8x8)."""
@@ -201,7 +197,8 @@ class MetricSuite:
         if fd_stats is not None:
             if self.world_size > 1:
                 fd_stats = all_reduce_stats(fd_stats, _all_reduce_sum, self.device)
-            results[self.logged_name(parse_metric("fd"))] = frechet_distance_of(fd_stats, self.fd_reference())
+            (name,) = self.logged_names(parse_metric("fd"))
+            results[name] = frechet_distance_of(fd_stats, self.fd_reference())
         dim = InceptionFeatures.feature_dim
         fake = torch.cat(inception_rows) if inception_rows else torch.zeros(0, dim)
         gathered: torch.Tensor | None = None
@@ -212,24 +209,19 @@ class MetricSuite:
                 stats.add(mine)
                 if self.world_size > 1:
                     stats = all_reduce_stats(stats, _all_reduce_sum, self.device)
-                results[self._tagged(spec.name)] = frechet_distance_of(stats, self.reference()["stats"])
+                (name,) = self.logged_names(spec)
+                results[name] = frechet_distance_of(stats, self.reference()["stats"])
             elif spec.kind in ("kid", "pr"):
                 if gathered is None or gathered.shape[0] < spec.num_samples:
                     gathered = gather_rows(mine, self.device)
                 real = self.reference()["features"][: spec.num_samples].float()
                 if spec.kind == "kid":
-                    results[self._tagged(spec.name)] = kernel_inception_distance(
-                        real, gathered[: spec.num_samples]
-                    )
+                    (name,) = self.logged_names(spec)
+                    results[name] = kernel_inception_distance(real, gathered[: spec.num_samples])
                 else:
-                    p, r = precision_recall(real, gathered[: spec.num_samples])
-                    results[self._tagged(f"{spec.name}_precision")] = p
-                    results[self._tagged(f"{spec.name}_recall")] = r
+                    values = precision_recall(real, gathered[: spec.num_samples])
+                    results.update(zip(self.logged_names(spec), values))
             elif spec.kind == "is" and is_net is not None:
                 logits = gather_rows(torch.cat(logits_rows)[: counts[spec.name]], self.device)
-                mean, std = inception_score(logits)
-                results[self._tagged(f"{spec.name}_mean")], results[self._tagged(f"{spec.name}_std")] = (
-                    mean,
-                    std,
-                )
+                results.update(zip(self.logged_names(spec), inception_score(logits)))
         return results

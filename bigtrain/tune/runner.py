@@ -20,7 +20,7 @@ from typing import Any
 
 from ..config import ConfigError, config_yaml
 from ..data.manifest import load_manifest
-from ..eval.metrics import parse_metric
+from ..eval.metrics import logged_names, parse_metric
 from .sweep import SweepSpec, load_sweep, perturbation_space, to_ray_space, trial_config
 
 log = logging.getLogger(__name__)
@@ -202,10 +202,7 @@ def default_metric(base: dict[str, Any]) -> str:
         raise ConfigError(
             "the sweep's base recipe must evaluate (eval.every_kimg > 0 and eval.metrics) to be tuned"
         )
-    spec = parse_metric(metrics[0])
-    if spec.kind == "fd":
-        return f"fd_{load_manifest(base['data']['path']).name}"
-    return {"pr": f"{spec.name}_precision", "is": f"{spec.name}_mean"}.get(spec.kind, spec.name)
+    return logged_names(parse_metric(metrics[0]), load_manifest(base["data"]["path"]).name)[0]
 
 
 def run_sweep(
