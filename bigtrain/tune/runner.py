@@ -21,6 +21,7 @@ from typing import Any
 from ..config import ConfigError, config_yaml
 from ..data.manifest import load_manifest
 from ..eval.metrics import logged_names, parse_metric
+from ..track import open_experiment
 from .sweep import SweepSpec, load_sweep, perturbation_space, to_ray_space, trial_config
 
 log = logging.getLogger(__name__)
@@ -152,22 +153,10 @@ class SweepTracker:
     """The sweep's MLflow parent run (created before the trials so they can nest under it)."""
 
     def __init__(self, base: dict[str, Any], spec: SweepSpec, sweep_dir: Path, parent_run_id: str = ""):
-        import mlflow
-
         track = base["track"]
-        self.uri = (
-            track["tracking_uri"]
-            or os.environ.get("MLFLOW_TRACKING_URI")
-            or f"sqlite:///{sweep_dir}/mlflow.db"
+        self.client, self.uri, experiment_id = open_experiment(
+            track["tracking_uri"], track["experiment"], sweep_dir
         )
-        self.client = mlflow.MlflowClient(tracking_uri=self.uri)
-        experiment = self.client.get_experiment_by_name(track["experiment"])
-        if experiment is None:
-            local = self.uri.startswith(("sqlite:", "file:"))
-            location = (sweep_dir / "mlartifacts").as_uri() if local else None
-            experiment_id = self.client.create_experiment(track["experiment"], artifact_location=location)
-        else:
-            experiment_id = experiment.experiment_id
         if parent_run_id:
             self.run_id = parent_run_id
             self.client.update_run(parent_run_id, status="RUNNING")
