@@ -12,10 +12,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 
 from ..data.manifest import Manifest
 from ..data.remote import eval_cache_dir
+from ..dist.base import Collectives
 from .features import FrechetEvaluator, classifier_evaluator, classifier_reference_at
 from .frechet import FeatureStats, all_reduce_stats, frechet_distance_of
 from .inception import InceptionFeatures, inception_for, to_uint8_range
@@ -39,31 +39,6 @@ def share(total: int, rank: int, world_size: int) -> int:
     return total // world_size + (rank < total % world_size)
 
 
-def gather_rows(rows: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """All ranks' rows concatenated in rank order (rows per rank may differ by one)."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return rows
-    counts = [torch.zeros(1, dtype=torch.long, device=device) for _ in range(dist.get_world_size())]
-    dist.all_gather(counts, torch.tensor([rows.shape[0]], device=device))
-    most = int(max(c.item() for c in counts))
-    padded = torch.zeros(most, *rows.shape[1:], dtype=rows.dtype, device=device)
-    padded[: rows.shape[0]] = rows.to(device)
-    parts = [torch.empty_like(padded) for _ in counts]
-    dist.all_gather(parts, padded)
-    return torch.cat([p[: int(c.item())] for p, c in zip(parts, counts)]).cpu()
-
-
-def _all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(t)
-    return t
-
-
-def _barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-
-
 class MetricSuite:
     """The metrics of `eval.metrics` for one dataset; references are loaded (or built) once."""
 
@@ -75,12 +50,14 @@ class MetricSuite:
         device: torch.device,
         fd_samples: int = 2000,
         reference_images: int = 0,
+        collectives: Collectives | None = None,
     ):
+        """`collectives`: the training backend's; None takes the default process group's."""
         self.specs = [parse_metric(n) for n in names]
         self.data_path, self.manifest, self.device = data_path, manifest, device
         self.fd_samples, self.reference_images = fd_samples, reference_images
-        self.rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-        self.world_size = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        self.collectives = collectives or Collectives.of_process_group(device)
+        self.rank, self.world_size = self.collectives.rank, self.collectives.world_size
         self._classifier: FrechetEvaluator | None = None
         self._references: dict[int | None, dict] = {}  # Inception references by resolution
         self._fd_references: dict[int, FeatureStats] = {}  # classifier references below full size
@@ -114,7 +91,7 @@ class MetricSuite:
     def _once_on_rank0_first(self, build: Callable[[], object]) -> object:
         """Rank 0 builds (and caches on disk) first; the others then load the cache."""
         result = build() if self.rank == 0 else None
-        _barrier()
+        self.collectives.barrier()
         return result if self.rank == 0 else build()
 
     def classifier(self) -> FrechetEvaluator:
@@ -196,7 +173,7 @@ class MetricSuite:
         results: dict[str, float] = {}
         if fd_stats is not None:
             if self.world_size > 1:
-                fd_stats = all_reduce_stats(fd_stats, _all_reduce_sum, self.device)
+                fd_stats = all_reduce_stats(fd_stats, self.collectives.all_reduce_sum, self.device)
             (name,) = self.logged_names(parse_metric("fd"))
             results[name] = frechet_distance_of(fd_stats, self.fd_reference())
         dim = InceptionFeatures.feature_dim
@@ -208,12 +185,12 @@ class MetricSuite:
                 stats = FeatureStats.empty(dim)
                 stats.add(mine)
                 if self.world_size > 1:
-                    stats = all_reduce_stats(stats, _all_reduce_sum, self.device)
+                    stats = all_reduce_stats(stats, self.collectives.all_reduce_sum, self.device)
                 (name,) = self.logged_names(spec)
                 results[name] = frechet_distance_of(stats, self.reference()["stats"])
             elif spec.kind in ("kid", "pr"):
                 if gathered is None or gathered.shape[0] < spec.num_samples:
-                    gathered = gather_rows(mine, self.device)
+                    gathered = self.collectives.gather_rows(mine)
                 real = self.reference()["features"][: spec.num_samples].float()
                 if spec.kind == "kid":
                     (name,) = self.logged_names(spec)
@@ -222,6 +199,6 @@ class MetricSuite:
                     values = precision_recall(real, gathered[: spec.num_samples])
                     results.update(zip(self.logged_names(spec), values))
             elif spec.kind == "is" and is_net is not None:
-                logits = gather_rows(torch.cat(logits_rows)[: counts[spec.name]], self.device)
+                logits = self.collectives.gather_rows(torch.cat(logits_rows)[: counts[spec.name]])
                 results.update(zip(self.logged_names(spec), inception_score(logits)))
         return results

@@ -718,10 +718,7 @@ class Trainer:
 
     def state_dict(self) -> dict:
         """Everything needed to resume exactly; the loader positions of every rank (collective call)."""
-        loader_states = [self.loader.state_dict()]
-        if self.world_size > 1:
-            loader_states = [None] * self.world_size
-            torch.distributed.all_gather_object(loader_states, self.loader.state_dict())
+        loader_states = self.backend.all_gather_object(self.loader.state_dict())
         state = {
             "G": self.G.state_dict(),
             "D": self.D.state_dict(),

@@ -55,15 +55,8 @@ def _run_trainer(config: dict[str, Any], run_dir: Path, report) -> None:
 
 def _replica_spread(trainer) -> float:
     """max - min over ranks of a float64 checksum of G: 0 when the replicas hold the same weights."""
-    import torch
-    import torch.distributed as dist
-
-    if trainer.world_size == 1:
-        return 0.0
-    total = sum(p.detach().double().sum() for p in trainer.G.parameters()).reshape(1).to(trainer.device)
-    sums = [torch.zeros_like(total) for _ in range(trainer.world_size)]
-    dist.all_gather(sums, total)
-    values = [float(s) for s in sums]
+    total = float(sum(p.detach().double().sum() for p in trainer.G.parameters()))
+    values = trainer.backend.all_gather_object(total)
     return max(values) - min(values)
 
 
