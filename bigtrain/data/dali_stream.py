@@ -26,6 +26,7 @@ import torch
 
 from ..seeds import seed_for
 from .dali import DaliLoader, ascii_labels, dali_available, dali_pipeline
+from .interface import Loader
 from .loader import check_resolution, select_rank_shards
 from .manifest import DataError
 from .remote import RemoteReader, ShardUnreadable, join
@@ -106,7 +107,7 @@ class ShardCache:
         self.used, self.ready, self.taken, self.stopping, self.thread = 0, {}, 0, False, None
 
 
-class DaliStreamLoader:
+class DaliStreamLoader(Loader):
     """`DaliLoader`'s interface over a URL `data.path`; see the module docstring."""
 
     def __init__(

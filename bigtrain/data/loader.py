@@ -33,6 +33,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ..seeds import seed_for
 from .images import BadImage, decode_rgb, to_hwc_uint8
+from .interface import Loader
 from .manifest import DataError, Manifest, ShardInfo, check_shards, load_manifest
 from .remote import RemoteReader, ShardUnreadable, is_url, join
 
@@ -227,7 +228,7 @@ def select_rank_shards(
     return m, shards
 
 
-class ShardLoader:
+class ShardLoader(Loader):
     """Infinite iterator of `(x, y)`: x float32 in [-1, 1], (B, 3, R, R), on `device`; y int64 (B,)."""
 
     def __init__(
