@@ -546,12 +546,11 @@ def _validate_networks_and_objective(cfg: Config) -> None:
         raise ConfigError(f"eval.truncation_cutoff={cfg.eval.truncation_cutoff} must be >= 0")
 
 
-def _validate_phases(cfg: Config, world_size: int) -> None:
-    phases, t = cfg.train.phases, cfg.train
+def check_phases(phases) -> None:
+    """The schedule's own rules (PhaseSchedule checks them too): resolutions that start at a power of two
+    >= 4 and double, non-negative kimg, nothing to fade in from in the first phase, a batch, learning rates."""
     if not phases:
-        return
-    if cfg.model.name != "progan":
-        raise ConfigError(f"train.phases needs a growing model (model.name=progan), not {cfg.model.name}")
+        raise ConfigError("train.phases needs at least one phase")
     for i, p in enumerate(phases):
         key = f"train.phases[{i}]"
         if not _is_power_of_two(p.resolution) or p.resolution < 4:
@@ -564,12 +563,26 @@ def _validate_phases(cfg: Config, world_size: int) -> None:
             raise ConfigError(
                 f"{key}: kimg must be >= 0, and the first phase has nothing to fade in (fade_kimg 0)"
             )
-        if p.batch < 1 or p.batch % (world_size * t.accum):
-            raise ConfigError(
-                f"{key}.batch={p.batch} must be divisible by world size x train.accum = {world_size * t.accum}"
-            )
+        if p.batch < 1:
+            raise ConfigError(f"{key}.batch={p.batch} must be >= 1")
         if p.lr_g <= 0 or p.lr_d <= 0:
             raise ConfigError(f"{key}: learning rates must be > 0")
+
+
+def _validate_phases(cfg: Config, world_size: int) -> None:
+    """The schedule's rules, and how it fits this run: a growing model, its final resolution, batches
+    that split over the ranks and micro-batches."""
+    phases, t = cfg.train.phases, cfg.train
+    if not phases:
+        return
+    if cfg.model.name != "progan":
+        raise ConfigError(f"train.phases needs a growing model (model.name=progan), not {cfg.model.name}")
+    check_phases(phases)
+    for i, p in enumerate(phases):
+        if p.batch % (world_size * t.accum):
+            raise ConfigError(
+                f"train.phases[{i}].batch={p.batch} must be divisible by world size x train.accum = {world_size * t.accum}"
+            )
     if phases[-1].resolution != cfg.model.resolution:
         raise ConfigError(
             f"the last of train.phases grows to {phases[-1].resolution}, but model.resolution is {cfg.model.resolution}"

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from bigtrain.data import DataError, ShardLoader
+from bigtrain.data import DataError, Loader, ShardLoader
 from conftest import id_image, image_id, png_bytes, write_shards
 
 
@@ -10,7 +10,9 @@ def _ids(loader: ShardLoader, batches: int) -> list[int]:
 
 
 def test_output_contract(id_shards):
-    x, y = next(ShardLoader(id_shards, 10, 8, num_workers=0))
+    loader = ShardLoader(id_shards, 10, 8, num_workers=0)
+    assert isinstance(loader, Loader)
+    x, y = next(loader)
     assert x.dtype == torch.float32 and x.shape == (10, 3, 8, 8)
     assert -1.0 <= float(x.min()) and float(x.max()) <= 1.0
     assert y.dtype == torch.int64 and set(y.tolist()) <= {0, 1, 2, 3}

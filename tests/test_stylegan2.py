@@ -222,7 +222,7 @@ def test_conv_clamp_bounds_every_convolution_output():
     D = Discriminator(16, 0, channel_base=256, channel_max=16, conv_clamp=0.5)
     outputs = []
     hooks = [m.register_forward_hook(lambda m, i, o: outputs.append(o)) for m in [*G.modules(), *D.modules()]
-             if type(m).__name__ in ("SynthesisLayer", "ToRGB", "EqualizedConv") and getattr(m, "conv_clamp", 0)]  # fmt: skip
+             if type(m).__name__ in ("SynthesisLayer", "ToRGB", "Conv2dLayer") and getattr(m, "conv_clamp", 0)]  # fmt: skip
     with torch.no_grad():
         images = G(torch.randn(4, 16) * 10)
         D(images)

@@ -10,6 +10,7 @@ from ..config import Config
 from .dali import DaliLoader, dali_available
 from .dali_stream import DaliStreamLoader
 from .index import is_shard_pattern, manifest_for_pattern
+from .interface import Loader
 from .loader import ShardLoader
 from .manifest import DataError, Manifest, load_manifest
 from .remote import is_url, shard_cache_dir
@@ -19,6 +20,7 @@ __all__ = [
     "DaliLoader",
     "DaliStreamLoader",
     "DataError",
+    "Loader",
     "Manifest",
     "ShardLoader",
     "load_manifest",
@@ -31,7 +33,7 @@ log = logging.getLogger(__name__)
 
 def make_loader(
     cfg: Config, batch_size: int, device: torch.device, rank: int = 0, world_size: int = 1
-) -> ShardLoader | DaliLoader | DaliStreamLoader:
+) -> Loader:
     """The loader `data.loader` names; `auto` takes DALI on CUDA where it is installed. Shards behind
     a URL are streamed: by the CPU loader, or for DALI through a node-local shard cache."""
     d = cfg.data

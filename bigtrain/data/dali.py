@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from .interface import Loader
 from .loader import check_resolution, select_rank_shards
 from .manifest import DataError
 from .remote import is_url, join
@@ -101,7 +102,7 @@ def dali_pipeline(
     return pipeline()
 
 
-class DaliLoader:
+class DaliLoader(Loader):
     """Infinite iterator of `(x, y)` decoded by DALI; see the module docstring."""
 
     def __init__(

@@ -24,8 +24,10 @@ from pathlib import Path
 
 import torch
 
+from ..seeds import seed_for
 from .dali import DaliLoader, ascii_labels, dali_available, dali_pipeline
-from .loader import _seed, check_resolution, select_rank_shards
+from .interface import Loader
+from .loader import check_resolution, select_rank_shards
 from .manifest import DataError
 from .remote import RemoteReader, ShardUnreadable, join
 
@@ -105,7 +107,7 @@ class ShardCache:
         self.used, self.ready, self.taken, self.stopping, self.thread = 0, {}, 0, False, None
 
 
-class DaliStreamLoader:
+class DaliStreamLoader(Loader):
     """`DaliLoader`'s interface over a URL `data.path`; see the module docstring."""
 
     def __init__(
@@ -163,7 +165,8 @@ class DaliStreamLoader:
 
     def _windows(self, epoch: int) -> list[list[tuple[str, str, int]]]:
         order = torch.randperm(
-            len(self.shards), generator=torch.Generator().manual_seed(_seed(self.seed, self.rank, epoch))
+            len(self.shards),
+            generator=torch.Generator().manual_seed(seed_for(self.seed, self.rank, epoch, bits=32)),
         )
         windows: list[list[tuple[str, str, int]]] = [[]]
         for i in order.tolist():
@@ -207,7 +210,7 @@ class DaliStreamLoader:
             paths = [str(p) for _, p in local]
             pipe = dali_pipeline(
                 paths, [str(Path(p).with_suffix(".idx")) for p in paths], self.batch_size, self.resolution,
-                self.device, self.num_threads, _seed(self.seed, self.rank, epoch, window) % 2**31,
+                self.device, self.num_threads, seed_for(self.seed, self.rank, epoch, window, bits=32) % 2**31,
                 self.shuffle_buffer, self.hflip, image_ext=self.image_ext,
             )  # fmt: skip
             pipe.build()

@@ -31,7 +31,9 @@ import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from ..seeds import seed_for
 from .images import BadImage, decode_rgb, to_hwc_uint8
+from .interface import Loader
 from .manifest import DataError, Manifest, ShardInfo, check_shards, load_manifest
 from .remote import RemoteReader, ShardUnreadable, is_url, join
 
@@ -49,10 +51,6 @@ class RoleState:
     nolabel: int = 0
     retries: int = 0  # remote reads retried (connection reset, 5xx, a short body)
     bad_shards: int = 0  # shards skipped because they stayed unreadable
-
-
-def _seed(*parts: int) -> int:
-    return int(np.random.SeedSequence(list(parts)).generate_state(1)[0])
 
 
 class _ShardStream(IterableDataset):
@@ -130,12 +128,13 @@ class _ShardStream(IterableDataset):
     ) -> Iterator[dict]:
         """Raw samples of this role's shards in epoch order, through the seeded shuffle buffer."""
         order = torch.randperm(
-            len(self.shards), generator=torch.Generator().manual_seed(_seed(self.seed, self.rank, epoch))
+            len(self.shards),
+            generator=torch.Generator().manual_seed(seed_for(self.seed, self.rank, epoch, bits=32)),
         )
         shards = [self.shards[i] for i in order.tolist()[role :: self.num_roles]]
         files = wds.tariterators.tar_file_expander(self._open_shards(shards, state, replay_until))
         samples = wds.tariterators.group_by_keys(files)
-        rng = random.Random(_seed(self.seed, self.rank, role, epoch, 1))
+        rng = random.Random(seed_for(self.seed, self.rank, role, epoch, 1, bits=32))
         buffer: list[dict] = []
         for sample in samples:
             if self.shuffle_buffer == 0:
@@ -159,7 +158,7 @@ class _ShardStream(IterableDataset):
     def __iter__(self):
         role = self._role()
         state = RoleState(**vars(self.start[role]))
-        flip_rng = random.Random(_seed(self.seed, self.rank, role, 2))
+        flip_rng = random.Random(seed_for(self.seed, self.rank, role, 2, bits=32))
         images, labels = [], []
         while True:
             skip, valid = state.emitted, 0  # non-zero only in the epoch a resumed run starts in
@@ -229,7 +228,7 @@ def select_rank_shards(
     return m, shards
 
 
-class ShardLoader:
+class ShardLoader(Loader):
     """Infinite iterator of `(x, y)`: x float32 in [-1, 1], (B, 3, R, R), on `device`; y int64 (B,)."""
 
     def __init__(

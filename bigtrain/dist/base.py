@@ -4,7 +4,8 @@ The trainer never touches DDP, DeepSpeed or Accelerate directly. It asks the bac
 - the modules to call in each phase (`d_train`, `g_train`, and the plain `G`/`D` for no-grad or
   frozen use: D is called unwrapped in the G step, so none of D's gradients are all-reduced there),
 - `backward`, `step`, `zero_grad` per network, `accumulating` for micro-batches that must not sync,
-- collective helpers (`all_reduce_sum`, `flags_any`, `broadcast_buffers`, `barrier`),
+- collectives (its `Collectives` base: sums, means, gathers, flags, buffer broadcast, barrier); code
+  that has no backend (`bigtrain eval`'s metric suite) takes them from the default process group,
 - optimizer state for checkpoints.
 """
 
@@ -37,7 +38,89 @@ def launch_env() -> tuple[int, int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
 
 
-class Backend:
+class Collectives:
+    """Every collective bigtrain calls, over the default process group; each is the identity (no
+    communication) for one process. Every rank must make the same calls in the same order."""
+
+    def __init__(self, rank: int, world_size: int, device: torch.device):
+        self.rank, self.world_size, self.device = rank, world_size, device
+
+    @classmethod
+    def of_process_group(cls, device: torch.device) -> Collectives:
+        """The default process group's ranks, or one process when there is none."""
+        if dist.is_available() and dist.is_initialized():
+            return cls(dist.get_rank(), dist.get_world_size(), device)
+        return cls(0, 1, device)
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The sum over ranks, in place."""
+        if self.distributed:
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        return tensor
+
+    def all_mean(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The mean over ranks, as a new tensor (`tensor` is left as it is)."""
+        if not self.distributed:
+            return tensor
+        total = tensor.clone()
+        dist.all_reduce(total, op=dist.ReduceOp.SUM)
+        return total / self.world_size
+
+    def all_gather_object(self, obj: object) -> list:
+        """Every rank's (picklable) `obj`, in rank order."""
+        if not self.distributed:
+            return [obj]
+        gathered: list = [None] * self.world_size
+        dist.all_gather_object(gathered, obj)
+        return gathered
+
+    def gather_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        """All ranks' rows concatenated in rank order, on the CPU (row counts may differ by rank)."""
+        if not self.distributed:
+            return rows
+        counts = [torch.zeros(1, dtype=torch.long, device=self.device) for _ in range(self.world_size)]
+        dist.all_gather(counts, torch.tensor([rows.shape[0]], device=self.device))
+        most = int(max(c.item() for c in counts))
+        padded = torch.zeros(most, *rows.shape[1:], dtype=rows.dtype, device=self.device)
+        padded[: rows.shape[0]] = rows.to(self.device)
+        parts = [torch.empty_like(padded) for _ in counts]
+        dist.all_gather(parts, padded)
+        return torch.cat([p[: int(c.item())] for p, c in zip(parts, counts)]).cpu()
+
+    def flags_any(self, *flags: bool | torch.Tensor) -> list[bool]:
+        """Each flag true on any rank -> true on every rank: one small collective and exactly one host
+        sync (one `.item()`). Python flags become device tensors by a fill, never a host-to-device copy
+        (a blocking copy would be a second sync on CUDA)."""
+        t = torch.stack(
+            [
+                f.to(self.device, torch.float32).reshape(())
+                if isinstance(f, torch.Tensor)
+                else torch.full((), float(f), device=self.device)
+                for f in flags
+            ]
+        )
+        if self.distributed:
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        bits = torch.pow(2.0, torch.arange(len(flags), device=self.device, dtype=torch.float32))
+        code = int((t.clamp(0, 1) * bits).sum().item())
+        return [bool(code >> i & 1) for i in range(len(flags))]
+
+    def broadcast_buffers(self, module: nn.Module) -> None:
+        """Rank 0's buffers (BN statistics) to every rank, so replicas are identical at checkpoints."""
+        if self.distributed:
+            for b in module.buffers():
+                dist.broadcast(b, src=0)
+
+    def barrier(self) -> None:
+        if self.distributed:
+            dist.barrier()
+
+
+class Backend(Collectives):
     """One process, no wrapping: also what every backend does at world size 1 (no overhead)."""
 
     name = "single"
@@ -45,8 +128,8 @@ class Backend:
 
     def __init__(self, cfg: Config):
         self.cfg = cfg
-        self.rank, self.world_size, self.local_rank = launch_env()
-        self.device = pick_device(cfg.train.device, self.local_rank)
+        rank, world_size, self.local_rank = launch_env()
+        super().__init__(rank, world_size, pick_device(cfg.train.device, self.local_rank))
 
     # ----------------------------------------------------------------- wrapping
 
@@ -83,45 +166,6 @@ class Backend:
 
     def zero_grad(self, which: str) -> None:
         self.optimizer(which).zero_grad(set_to_none=True)
-
-    # ----------------------------------------------------------------- collectives
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
-
-    def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
-        if self.distributed:
-            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-        return tensor
-
-    def flags_any(self, *flags: bool | torch.Tensor) -> list[bool]:
-        """Each flag true on any rank -> true on every rank: one small collective and exactly one host
-        sync (one `.item()`). Python flags become device tensors by a fill, never a host-to-device copy
-        (a blocking copy would be a second sync on CUDA)."""
-        t = torch.stack(
-            [
-                f.to(self.device, torch.float32).reshape(())
-                if isinstance(f, torch.Tensor)
-                else torch.full((), float(f), device=self.device)
-                for f in flags
-            ]
-        )
-        if self.distributed:
-            dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        bits = torch.pow(2.0, torch.arange(len(flags), device=self.device, dtype=torch.float32))
-        code = int((t.clamp(0, 1) * bits).sum().item())
-        return [bool(code >> i & 1) for i in range(len(flags))]
-
-    def broadcast_buffers(self, module: nn.Module) -> None:
-        """Rank 0's buffers (BN statistics) to every rank, so replicas are identical at checkpoints."""
-        if self.distributed:
-            for b in module.buffers():
-                dist.broadcast(b, src=0)
-
-    def barrier(self) -> None:
-        if self.distributed:
-            dist.barrier()
 
     # ----------------------------------------------------------------- checkpoint state
 

@@ -136,8 +136,8 @@ def classifier_reference_at(
 class FrechetEvaluator:
     """Frechet distance between generated images and the dataset, in a feature net's space."""
 
-    def __init__(self, name: str, net: SmallClassifier, reference: FeatureStats, device: torch.device):
-        self.name, self.net, self.reference, self.device = name, net.to(device).eval(), reference, device
+    def __init__(self, net: SmallClassifier, reference: FeatureStats, device: torch.device):
+        self.net, self.reference, self.device = net.to(device).eval(), reference, device
 
     @torch.no_grad()
     def generated_stats(
@@ -174,9 +174,7 @@ def classifier_evaluator(
         if saved.get("manifest_sha256") == digest:
             net.load_state_dict(saved["net"])
             log.info("feature classifier and reference statistics from %s", cache)
-            return FrechetEvaluator(
-                f"fd_{manifest.name}", net, FeatureStats.from_state_dict(saved["reference"]), device
-            )
+            return FrechetEvaluator(net, FeatureStats.from_state_dict(saved["reference"]), device)
         log.info("%s was made for other shards; rebuilding it", cache)
     loader = ShardLoader(
         data_path, 64, CLASSIFIER_INPUT, device, seed=1234, num_workers=0, shuffle_buffer=2048
@@ -194,4 +192,4 @@ def classifier_evaluator(
     tmp = cache.with_name(f".{cache.name}.tmp-{os.getpid()}")  # concurrent trials may build it too
     torch.save({"manifest_sha256": digest, "net": net.state_dict(), "reference": reference.state_dict()}, tmp)
     tmp.replace(cache)
-    return FrechetEvaluator(f"fd_{manifest.name}", net.cpu(), reference, device)
+    return FrechetEvaluator(net.cpu(), reference, device)

@@ -49,6 +49,19 @@ def parse_metric(name: str) -> MetricSpec:
     return MetricSpec(name, m.group(1), count)
 
 
+def logged_names(spec: MetricSpec, dataset: str) -> tuple[str, ...]:
+    """The names a metric's results are logged and reported under (MLflow, sweeps); the first one ranks
+    checkpoints and trials: fd -> fd_<dataset>, pr50k -> pr50k_precision and pr50k_recall, is50k ->
+    is50k_mean and is50k_std, fid10k and kid50k as written."""
+    if spec.kind == "fd":
+        return (f"fd_{dataset}",)
+    if spec.kind == "pr":
+        return f"{spec.name}_precision", f"{spec.name}_recall"
+    if spec.kind == "is":
+        return f"{spec.name}_mean", f"{spec.name}_std"
+    return (spec.name,)
+
+
 def kernel_inception_distance(
     real: torch.Tensor, fake: torch.Tensor, subsets: int = 100, subset_size: int = 1000, seed: int = 0
 ) -> float:

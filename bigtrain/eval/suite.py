@@ -12,10 +12,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 
 from ..data.manifest import Manifest
 from ..data.remote import eval_cache_dir
+from ..dist.base import Collectives
 from .features import (
     CLASSIFIER_INPUT,
     CLASSIFIER_VERSION,
@@ -32,6 +32,7 @@ from .metrics import (
     inception_score,
     inception_score_extractor,
     kernel_inception_distance,
+    logged_names,
     parse_metric,
     precision_recall,
 )
@@ -46,31 +47,6 @@ def share(total: int, rank: int, world_size: int) -> int:
     return total // world_size + (rank < total % world_size)
 
 
-def gather_rows(rows: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """All ranks' rows concatenated in rank order (rows per rank may differ by one)."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return rows
-    counts = [torch.zeros(1, dtype=torch.long, device=device) for _ in range(dist.get_world_size())]
-    dist.all_gather(counts, torch.tensor([rows.shape[0]], device=device))
-    most = int(max(c.item() for c in counts))
-    padded = torch.zeros(most, *rows.shape[1:], dtype=rows.dtype, device=device)
-    padded[: rows.shape[0]] = rows.to(device)
-    parts = [torch.empty_like(padded) for _ in counts]
-    dist.all_gather(parts, padded)
-    return torch.cat([p[: int(c.item())] for p, c in zip(parts, counts)]).cpu()
-
-
-def _all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(t)
-    return t
-
-
-def _barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-
-
 class MetricSuite:
     """The metrics of `eval.metrics` for one dataset; references are loaded (or built) once."""
 
@@ -82,12 +58,14 @@ class MetricSuite:
         device: torch.device,
         fd_samples: int = 2000,
         reference_images: int = 0,
+        collectives: Collectives | None = None,
     ):
+        """`collectives`: the training backend's; None takes the default process group's."""
         self.specs = [parse_metric(n) for n in names]
         self.data_path, self.manifest, self.device = data_path, manifest, device
         self.fd_samples, self.reference_images = fd_samples, reference_images
-        self.rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-        self.world_size = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        self.collectives = collectives or Collectives.of_process_group(device)
+        self.rank, self.world_size = self.collectives.rank, self.collectives.world_size
         self._classifier: FrechetEvaluator | None = None
         self._references: dict[int | None, dict] = {}  # Inception references by resolution
         self._fd_references: dict[int, FeatureStats] = {}  # classifier references below full size
@@ -104,15 +82,10 @@ class MetricSuite:
         if not self.specs:
             return None
         spec = self.specs[0]
-        name = self.logged_name(spec)
-        return name, LOWER_IS_BETTER[spec.kind]
+        return self.logged_names(spec)[0], LOWER_IS_BETTER[spec.kind]
 
-    def logged_name(self, spec: MetricSpec) -> str:
-        return self._tagged(
-            {"fd": f"fd_{self.manifest.name}", "pr": f"{spec.name}_precision", "is": f"{spec.name}_mean"}.get(
-                spec.kind, spec.name
-            )
-        )
+    def logged_names(self, spec: MetricSpec) -> list[str]:
+        return [self._tagged(name) for name in logged_names(spec, self.manifest.name)]
 
     def _tagged(self, name: str) -> str:
         """A metric of lower-resolution samples says so: fd_digits_8px (against reals at 8x8)."""
@@ -128,7 +101,7 @@ class MetricSuite:
     def _once_on_rank0_first(self, build: Callable[[], object]) -> object:
         """Rank 0 builds (and caches on disk) first; the others then load the cache."""
         result = build() if self.rank == 0 else None
-        _barrier()
+        self.collectives.barrier()
         return result if self.rank == 0 else build()
 
     def classifier(self) -> FrechetEvaluator:
@@ -211,8 +184,9 @@ class MetricSuite:
         results: dict[str, float] = {}
         if fd_stats is not None:
             if self.world_size > 1:
-                fd_stats = all_reduce_stats(fd_stats, _all_reduce_sum, self.device)
-            results[self.logged_name(parse_metric("fd"))] = frechet_distance_of(fd_stats, self.fd_reference())
+                fd_stats = all_reduce_stats(fd_stats, self.collectives.all_reduce_sum, self.device)
+            (name,) = self.logged_names(parse_metric("fd"))
+            results[name] = frechet_distance_of(fd_stats, self.fd_reference())
         dim = InceptionFeatures.feature_dim
         fake = torch.cat(inception_rows) if inception_rows else torch.zeros(0, dim)
         gathered: torch.Tensor | None = None
@@ -222,27 +196,22 @@ class MetricSuite:
                 stats = FeatureStats.empty(dim)
                 stats.add(mine)
                 if self.world_size > 1:
-                    stats = all_reduce_stats(stats, _all_reduce_sum, self.device)
-                results[self._tagged(spec.name)] = frechet_distance_of(stats, self.reference()["stats"])
+                    stats = all_reduce_stats(stats, self.collectives.all_reduce_sum, self.device)
+                (name,) = self.logged_names(spec)
+                results[name] = frechet_distance_of(stats, self.reference()["stats"])
             elif spec.kind in ("kid", "pr"):
                 if gathered is None or gathered.shape[0] < spec.num_samples:
-                    gathered = gather_rows(mine, self.device)
+                    gathered = self.collectives.gather_rows(mine)
                 real = self.reference()["features"][: spec.num_samples].float()
                 if spec.kind == "kid":
-                    results[self._tagged(spec.name)] = kernel_inception_distance(
-                        real, gathered[: spec.num_samples]
-                    )
+                    (name,) = self.logged_names(spec)
+                    results[name] = kernel_inception_distance(real, gathered[: spec.num_samples])
                 else:
-                    p, r = precision_recall(real, gathered[: spec.num_samples])
-                    results[self._tagged(f"{spec.name}_precision")] = p
-                    results[self._tagged(f"{spec.name}_recall")] = r
+                    values = precision_recall(real, gathered[: spec.num_samples])
+                    results.update(zip(self.logged_names(spec), values))
             elif spec.kind == "is" and is_net is not None:
-                logits = gather_rows(torch.cat(logits_rows)[: counts[spec.name]], self.device)
-                mean, std = inception_score(logits)
-                results[self._tagged(f"{spec.name}_mean")], results[self._tagged(f"{spec.name}_std")] = (
-                    mean,
-                    std,
-                )
+                logits = self.collectives.gather_rows(torch.cat(logits_rows)[: counts[spec.name]])
+                results.update(zip(self.logged_names(spec), inception_score(logits)))
         return results
 
     # ------------------------------------------------------------------ how the figures are made

@@ -1,8 +1,10 @@
-"""Building blocks shared by the models: spectral-normalized layers, conditional BatchNorm, attention."""
+"""Building blocks shared by the models: spectral-normalized layers, conditional BatchNorm, attention,
+equalized-learning-rate layers and the feature-map rule of ProGAN and StyleGAN2."""
 
 from __future__ import annotations
 
 import contextlib
+import math
 
 import torch
 import torch.nn.functional as F
@@ -16,6 +18,8 @@ def assert_shape(tensor: torch.Tensor, shape: tuple, what: str) -> None:
     if tensor.ndim != len(shape) or any(s is not None and s != t for s, t in zip(shape, tensor.shape)):
         raise ValueError(f"{what}: expected shape {tuple(shape)}, got {tuple(tensor.shape)}")
 
+
+SQRT2 = math.sqrt(2.0)
 
 INITS = ("ortho", "N02")  # BigGAN-PyTorch's G_init / D_init choices that its launch scripts use
 
@@ -118,6 +122,56 @@ class SelfAttention(nn.Module):
         attended = F.scaled_dot_product_attention(query[:, None], key[:, None], value[:, None], scale=1.0)
         attended = attended[:, 0].transpose(1, 2).reshape(b, c // 2, h, w)
         return x + self.gamma * self.o(attended)
+
+
+# --------------------------------------------------------------------------- ProGAN and StyleGAN2
+
+
+def feature_maps(resolution: int, base: int, maximum: int) -> int:
+    """Feature maps at a resolution: base / resolution, at most `maximum`."""
+    return int(min(base // resolution, maximum))
+
+
+def doubling_resolutions(final: int, family: str) -> list[int]:
+    """4, 8, ..., final: one block per resolution."""
+    if final < 4 or final & (final - 1):
+        raise ValueError(f"{family} resolution {final} must be a power of two >= 4")
+    return [2**k for k in range(2, int(math.log2(final)) + 1)]
+
+
+class EqualizedLinear(nn.Module):
+    """Equalized learning rate (ProGAN 4.1): weights drawn from N(0, 1) and scaled at run time by
+    gain / sqrt(fan_in), so Adam's per-parameter step is the same for every layer. `lr_multiplier`
+    slows the layer (StyleGAN's mapping network: 0.01); `act`: leaky ReLU x sqrt2 (StyleGAN2's lrelu)."""
+
+    def __init__(
+        self, fin: int, fout: int, gain: float = 1.0, bias_init: float = 0.0, lr_multiplier: float = 1.0,
+        act: bool = False,
+    ):  # fmt: skip
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(fout, fin) / lr_multiplier)
+        self.bias = nn.Parameter(torch.full((fout,), float(bias_init) / lr_multiplier))
+        self.weight_gain = gain * lr_multiplier / math.sqrt(fin)
+        self.bias_gain = lr_multiplier
+        self.act = act
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.linear(x, self.weight * self.weight_gain, self.bias * self.bias_gain)
+        return F.leaky_relu(x, 0.2) * SQRT2 if self.act else x
+
+
+class EqualizedConv2d(nn.Module):
+    """Equalized-lr convolution (see EqualizedLinear) with "same" padding."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, gain: float = 1.0, bias: bool = True):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(cout, cin, kernel, kernel))
+        self.bias = nn.Parameter(torch.zeros(cout)) if bias else None
+        self.weight_gain = gain / math.sqrt(cin * kernel * kernel)
+        self.kernel = kernel
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.weight * self.weight_gain, self.bias, padding=self.kernel // 2)
 
 
 @contextlib.contextmanager

@@ -2,11 +2,16 @@
 
 Paper pieces, by section:
 - 4.1 equalized learning rate: weights drawn from N(0, 1) and scaled at run time by He's constant
-  sqrt(2 / fan_in), so Adam's per-parameter step is the same for every layer.
+  sqrt(2 / fan_in), so Adam's per-parameter step is the same for every layer (gain sqrt(2), 1 before
+  the linear outputs).
 - 4.2 pixelwise feature normalization in G after every convolution.
 - 3   minibatch standard deviation: one extra feature map in D's last block.
 - 2 / Fig. 2 fade-in: while a new resolution block fades in, G's output (and D's input) blends the
   new block's toRGB (fromRGB) with the 2x up-sampled (average-pooled) output of the previous one.
+
+Feature maps as the paper's code computes them: nf(stage) = min(fmap_base / 2^stage, fmap_max) with
+stage = log2(resolution) - 1, i.e. min(2 fmap_base / resolution, fmap_max): 512 up to 32x32 and 16 at
+1024x1024 for fmap_base 8192 (Table 2).
 
 Both networks are built for the final resolution; `set_phase(resolution, alpha)` picks the active
 depth. At alpha 0 the output is exactly the old path's, at alpha 1 exactly the new block's.
@@ -14,43 +19,12 @@ depth. At alpha 0 the output is exactly the old path's, at alpha 1 exactly the n
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .layers import SQRT2, EqualizedConv2d, EqualizedLinear, doubling_resolutions, feature_maps
 from .roles import DiscriminatorRole, GeneratorRole
-
-
-def progan_channels(resolution: int, fmap_base: int = 8192, fmap_max: int = 512) -> int:
-    """Feature maps at a resolution, as the paper's code computes them: nf(stage) = min(fmap_base /
-    2^stage, fmap_max) with stage = log2(resolution) - 1, i.e. min(2 fmap_base / resolution, fmap_max):
-    512 up to 32x32 and 16 at 1024x1024 for fmap_base 8192 (Table 2)."""
-    return int(min(2 * fmap_base // resolution, fmap_max))
-
-
-class EqualizedConv2d(nn.Module):
-    def __init__(self, cin: int, cout: int, kernel: int, padding: int = 0, gain: float = math.sqrt(2)):
-        super().__init__()
-        self.weight = nn.Parameter(torch.randn(cout, cin, kernel, kernel))
-        self.bias = nn.Parameter(torch.zeros(cout))
-        self.scale = gain / math.sqrt(cin * kernel * kernel)
-        self.padding = padding
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(x, self.weight * self.scale, self.bias, padding=self.padding)
-
-
-class EqualizedLinear(nn.Module):
-    def __init__(self, fin: int, fout: int, gain: float = math.sqrt(2)):
-        super().__init__()
-        self.weight = nn.Parameter(torch.randn(fout, fin))
-        self.bias = nn.Parameter(torch.zeros(fout))
-        self.scale = gain / math.sqrt(fin)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight * self.scale, self.bias)
 
 
 def pixel_norm(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -82,12 +56,6 @@ def _blend(old: torch.Tensor, new: torch.Tensor, alpha: float) -> torch.Tensor:
     return old * (1.0 - alpha) + new * alpha
 
 
-def _resolutions(final: int) -> list[int]:
-    if final < 4 or final & (final - 1):
-        raise ValueError(f"ProGAN resolution {final} must be a power of two >= 4")
-    return [2**k for k in range(2, int(math.log2(final)) + 1)]
-
-
 class PhaseMixin:
     """The active depth: `resolution` (output/input side) and `alpha` (fade-in of its block)."""
 
@@ -104,24 +72,20 @@ class PhaseMixin:
 class Generator(PhaseMixin, GeneratorRole):
     def __init__(self, resolution: int, z_dim: int = 512, fmap_base: int = 8192, fmap_max: int = 512):
         super().__init__()
-        self.resolutions = _resolutions(resolution)
+        self.resolutions = doubling_resolutions(resolution, "ProGAN")
         self.z_dim = z_dim
-        ch = {r: progan_channels(r, fmap_base, fmap_max) for r in self.resolutions}
-        self.input = EqualizedLinear(
-            z_dim, ch[4] * 16, gain=math.sqrt(2) / 4
-        )  # latent -> 4x4 (paper's dense)
-        self.input_conv = EqualizedConv2d(ch[4], ch[4], 3, padding=1)
+        ch = {r: feature_maps(r, 2 * fmap_base, fmap_max) for r in self.resolutions}
+        self.input = EqualizedLinear(z_dim, ch[4] * 16, gain=SQRT2 / 4)  # latent -> 4x4 (paper's dense)
+        self.input_conv = EqualizedConv2d(ch[4], ch[4], 3, gain=SQRT2)
         self.blocks = nn.ModuleDict()
         for r in self.resolutions[1:]:
             self.blocks[str(r)] = nn.ModuleList(
                 [
-                    EqualizedConv2d(ch[r // 2], ch[r], 3, padding=1),
-                    EqualizedConv2d(ch[r], ch[r], 3, padding=1),
+                    EqualizedConv2d(ch[r // 2], ch[r], 3, gain=SQRT2),
+                    EqualizedConv2d(ch[r], ch[r], 3, gain=SQRT2),
                 ]
             )
-        self.to_rgb = nn.ModuleDict(
-            {str(r): EqualizedConv2d(ch[r], 3, 1, gain=1.0) for r in self.resolutions}
-        )
+        self.to_rgb = nn.ModuleDict({str(r): EqualizedConv2d(ch[r], 3, 1) for r in self.resolutions})
         self.set_phase(resolution)
 
     def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
@@ -148,21 +112,23 @@ class Generator(PhaseMixin, GeneratorRole):
 class Discriminator(PhaseMixin, DiscriminatorRole):
     def __init__(self, resolution: int, fmap_base: int = 8192, fmap_max: int = 512, mbstd_group: int = 4):
         super().__init__()
-        self.resolutions = _resolutions(resolution)
+        self.resolutions = doubling_resolutions(resolution, "ProGAN")
         self.mbstd_group = mbstd_group
-        ch = {r: progan_channels(r, fmap_base, fmap_max) for r in self.resolutions}
-        self.from_rgb = nn.ModuleDict({str(r): EqualizedConv2d(3, ch[r], 1) for r in self.resolutions})
+        ch = {r: feature_maps(r, 2 * fmap_base, fmap_max) for r in self.resolutions}
+        self.from_rgb = nn.ModuleDict(
+            {str(r): EqualizedConv2d(3, ch[r], 1, gain=SQRT2) for r in self.resolutions}
+        )
         self.blocks = nn.ModuleDict()
         for r in self.resolutions[1:]:
             self.blocks[str(r)] = nn.ModuleList(
                 [
-                    EqualizedConv2d(ch[r], ch[r], 3, padding=1),
-                    EqualizedConv2d(ch[r], ch[r // 2], 3, padding=1),
+                    EqualizedConv2d(ch[r], ch[r], 3, gain=SQRT2),
+                    EqualizedConv2d(ch[r], ch[r // 2], 3, gain=SQRT2),
                 ]
             )
-        self.final_conv = EqualizedConv2d(ch[4] + 1, ch[4], 3, padding=1)
-        self.final_dense = EqualizedLinear(ch[4] * 16, ch[4])
-        self.output = EqualizedLinear(ch[4], 1, gain=1.0)
+        self.final_conv = EqualizedConv2d(ch[4] + 1, ch[4], 3, gain=SQRT2)
+        self.final_dense = EqualizedLinear(ch[4] * 16, ch[4], gain=SQRT2)
+        self.output = EqualizedLinear(ch[4], 1)
         self.set_phase(resolution)
 
     def _block(self, r: int, x: torch.Tensor) -> torch.Tensor:

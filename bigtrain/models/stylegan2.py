@@ -34,20 +34,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .layers import SQRT2, EqualizedConv2d, EqualizedLinear, doubling_resolutions, feature_maps
 from .progan import minibatch_stddev
 from .roles import DiscriminatorRole, GeneratorRole
-
-SQRT2 = math.sqrt(2.0)
-
-
-def stylegan2_channels(resolution: int, channel_base: int = 32768, channel_max: int = 512) -> int:
-    return int(min(channel_base // resolution, channel_max))
-
-
-def _resolutions(final: int) -> list[int]:
-    if final < 4 or final & (final - 1):
-        raise ValueError(f"StyleGAN2 resolution {final} must be a power of two >= 4")
-    return [2**k for k in range(2, int(math.log2(final)) + 1)]
 
 
 def one_hot(y: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -66,24 +55,6 @@ def float32_region(device: torch.device):
     return contextlib.nullcontext()
 
 
-class FullyConnected(nn.Module):
-    """Equalized-lr linear layer; `lr_multiplier` slows it (the mapping network's 0.01)."""
-
-    def __init__(
-        self, fin: int, fout: int, bias_init: float = 0.0, lr_multiplier: float = 1.0, act: bool = True
-    ):
-        super().__init__()
-        self.weight = nn.Parameter(torch.randn(fout, fin) / lr_multiplier)
-        self.bias = nn.Parameter(torch.full((fout,), float(bias_init) / lr_multiplier))
-        self.weight_gain = lr_multiplier / math.sqrt(fin)
-        self.bias_gain = lr_multiplier
-        self.act = act
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.linear(x, self.weight * self.weight_gain, self.bias * self.bias_gain)
-        return F.leaky_relu(x, 0.2) * SQRT2 if self.act else x
-
-
 class MappingNetwork(nn.Module):
     """z (and a class embedding) -> w, broadcast to every synthesis layer; tracks w_avg.
 
@@ -96,10 +67,13 @@ class MappingNetwork(nn.Module):
     ):  # fmt: skip
         super().__init__()
         self.z_dim, self.w_dim, self.num_ws, self.w_avg_beta = z_dim, w_dim, num_ws, w_avg_beta
-        self.embed = FullyConnected(num_classes, w_dim, act=False) if num_classes > 1 else None
+        self.embed = EqualizedLinear(num_classes, w_dim) if num_classes > 1 else None
         dims = [z_dim + (w_dim if self.embed else 0)] + [w_dim] * layers
         self.layers = nn.Sequential(
-            *[FullyConnected(a, b, lr_multiplier=lr_multiplier) for a, b in zip(dims[:-1], dims[1:])]
+            *[
+                EqualizedLinear(a, b, lr_multiplier=lr_multiplier, act=True)
+                for a, b in zip(dims[:-1], dims[1:])
+            ]
         )
         self.num_classes = num_classes
         if num_ws:
@@ -216,7 +190,7 @@ class SynthesisLayer(nn.Module):
         self, cin: int, cout: int, w_dim: int, resolution: int, up: bool = False, conv_clamp: float = 0.0
     ):
         super().__init__()
-        self.affine = FullyConnected(w_dim, cin, bias_init=1.0, act=False)
+        self.affine = EqualizedLinear(w_dim, cin, bias_init=1.0)
         self.weight = nn.Parameter(torch.randn(cout, cin, 3, 3))
         self.bias = nn.Parameter(torch.zeros(cout))
         self.weight_gain = 1.0 / math.sqrt(cin * 9)
@@ -253,7 +227,7 @@ class ToRGB(nn.Module):
 
     def __init__(self, cin: int, w_dim: int, channels: int = 3, conv_clamp: float = 0.0):
         super().__init__()
-        self.affine = FullyConnected(w_dim, cin, bias_init=1.0, act=False)
+        self.affine = EqualizedLinear(w_dim, cin, bias_init=1.0)
         self.weight = nn.Parameter(torch.randn(channels, cin, 1, 1))
         self.bias = nn.Parameter(torch.zeros(channels))
         self.weight_gain = 1.0 / math.sqrt(cin)
@@ -273,8 +247,8 @@ class SynthesisNetwork(nn.Module):
         self, resolution: int, w_dim: int, channel_base: int, channel_max: int, conv_clamp: float = 0.0
     ):
         super().__init__()
-        self.resolutions = _resolutions(resolution)
-        ch = {r: stylegan2_channels(r, channel_base, channel_max) for r in self.resolutions}
+        self.resolutions = doubling_resolutions(resolution, "StyleGAN2")
+        ch = {r: feature_maps(r, channel_base, channel_max) for r in self.resolutions}
         self.const = nn.Parameter(torch.randn(ch[4], 4, 4))
         self.convs = nn.ModuleList()
         self.to_rgbs = nn.ModuleList()
@@ -370,19 +344,16 @@ def mix_styles(ws: torch.Tensor, other: torch.Tensor, cutoff: int) -> torch.Tens
 # --------------------------------------------------------------------------- discriminator
 
 
-class EqualizedConv(nn.Module):
-    """Equalized-lr conv (+ bias, leaky ReLU x sqrt2, clamp). With `down`, a 3x3 conv is blur -> stride-2
-    conv and a 1x1 conv is filtered down-sampling -> conv, as in the paper's D."""
+class Conv2dLayer(EqualizedConv2d):
+    """D's equalized-lr conv (+ bias, leaky ReLU x sqrt2, clamp), in the input's dtype. With `down`, a
+    3x3 conv is blur -> stride-2 conv and a 1x1 conv is filtered down-sampling -> conv, as in the paper's D."""
 
     def __init__(
         self, cin: int, cout: int, kernel: int, down: bool = False, bias: bool = True, act: bool = True,
         conv_clamp: float = 0.0,
     ):  # fmt: skip
-        super().__init__()
-        self.weight = nn.Parameter(torch.randn(cout, cin, kernel, kernel))
-        self.bias = nn.Parameter(torch.zeros(cout)) if bias else None
-        self.weight_gain = 1.0 / math.sqrt(cin * kernel * kernel)
-        self.down, self.act, self.kernel, self.conv_clamp = down, act, kernel, conv_clamp
+        super().__init__(cin, cout, kernel, bias=bias)
+        self.down, self.act, self.conv_clamp = down, act, conv_clamp
         if down:  # on the module's device, so filtering needs no copy from the host in the step
             self.register_buffer("fir", fir_filter(), persistent=False)
 
@@ -412,12 +383,10 @@ class DiscriminatorBlock(nn.Module):
 
     def __init__(self, cin: int, cout: int, architecture: str = "resnet", conv_clamp: float = 0.0):
         super().__init__()
-        self.conv0 = EqualizedConv(cin, cin, 3, conv_clamp=conv_clamp)
-        self.conv1 = EqualizedConv(cin, cout, 3, down=True, conv_clamp=conv_clamp)
+        self.conv0 = Conv2dLayer(cin, cin, 3, conv_clamp=conv_clamp)
+        self.conv1 = Conv2dLayer(cin, cout, 3, down=True, conv_clamp=conv_clamp)
         self.skip = (
-            EqualizedConv(cin, cout, 1, down=True, bias=False, act=False)
-            if architecture == "resnet"
-            else None
+            Conv2dLayer(cin, cout, 1, down=True, bias=False, act=False) if architecture == "resnet" else None
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -439,26 +408,26 @@ class Discriminator(DiscriminatorRole):
         super().__init__()
         if architecture not in D_ARCHITECTURES:
             raise ValueError(f"StyleGAN2 D architecture {architecture!r} is not one of {D_ARCHITECTURES}")
-        resolutions = _resolutions(resolution)
-        ch = {r: stylegan2_channels(r, channel_base, channel_max) for r in resolutions}
+        resolutions = doubling_resolutions(resolution, "StyleGAN2")
+        ch = {r: feature_maps(r, channel_base, channel_max) for r in resolutions}
         self.resolution, self.mbstd_group, self.architecture = resolution, mbstd_group, architecture
         block_resolutions = list(reversed(resolutions[1:]))  # R, R/2, ..., 8
         if architecture == "skip":  # the (down-sampled) images enter every block, and the epilogue
             self.from_rgbs = nn.ModuleList(
-                [EqualizedConv(3, ch[r], 1, conv_clamp=conv_clamp) for r in block_resolutions]
+                [Conv2dLayer(3, ch[r], 1, conv_clamp=conv_clamp) for r in block_resolutions]
             )
-            self.from_rgbs.append(EqualizedConv(3, ch[4], 1))
+            self.from_rgbs.append(Conv2dLayer(3, ch[4], 1))
             self.register_buffer("fir", fir_filter(), persistent=False)
         else:
-            self.from_rgb = EqualizedConv(3, ch[resolution], 1, conv_clamp=conv_clamp)
+            self.from_rgb = Conv2dLayer(3, ch[resolution], 1, conv_clamp=conv_clamp)
         self.blocks = nn.ModuleList(
             [DiscriminatorBlock(ch[r], ch[r // 2], architecture, conv_clamp) for r in block_resolutions]
         )
-        self.conv = EqualizedConv(ch[4] + 1, ch[4], 3, conv_clamp=conv_clamp)
-        self.fc = FullyConnected(ch[4] * 16, ch[4])
+        self.conv = Conv2dLayer(ch[4] + 1, ch[4], 3, conv_clamp=conv_clamp)
+        self.fc = EqualizedLinear(ch[4] * 16, ch[4], act=True)
         self.num_classes = num_classes if num_classes > 1 else 0
         self.cmap_dim = (cmap_dim or ch[4]) if self.num_classes else 1
-        self.out = FullyConnected(ch[4], self.cmap_dim, act=False)
+        self.out = EqualizedLinear(ch[4], self.cmap_dim)
         self.mapping = (
             MappingNetwork(0, self.cmap_dim, 0, self.num_classes, mapping_layers)
             if self.num_classes

@@ -19,6 +19,24 @@ log = logging.getLogger(__name__)
 RUN_ID_FILE = "mlflow_run_id"
 
 
+def open_experiment(tracking_uri: str, experiment: str, folder: Path):
+    """(client, tracking URI, experiment id) for a training run's or a sweep's `folder`. The URI is
+    `tracking_uri`, else $MLFLOW_TRACKING_URI, else a sqlite store in `folder`. A missing experiment is
+    created; on a local store (sqlite:, file: or a bare path) its artifacts go to folder/mlartifacts,
+    a tracking server keeps its own artifact location."""
+    import mlflow
+
+    folder = folder.resolve()
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{folder}/mlflow.db"
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is not None:
+        return client, uri, found.experiment_id
+    local = uri.startswith(("sqlite:", "file:")) or "://" not in uri
+    location = (folder / "mlartifacts").as_uri() if local else None
+    return client, uri, client.create_experiment(experiment, artifact_location=location)
+
+
 class NullTracker:
     """What every rank but 0 (and a run with tracking off) gets: every call does nothing."""
 
@@ -47,19 +65,9 @@ class Tracker(NullTracker):
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
         self._mlflow = mlflow
         self._warned = False
-        self.uri = (
-            cfg.track.tracking_uri
-            or os.environ.get("MLFLOW_TRACKING_URI")
-            or f"sqlite:///{run_dir.resolve()}/mlflow.db"
+        self.client, self.uri, experiment_id = open_experiment(
+            cfg.track.tracking_uri, cfg.track.experiment, run_dir
         )
-        self.client = mlflow.MlflowClient(tracking_uri=self.uri)
-        experiment = self.client.get_experiment_by_name(cfg.track.experiment)
-        if experiment is None:
-            local = self.uri.startswith(("sqlite:", "file:")) or "://" not in self.uri
-            location = (run_dir.resolve() / "mlartifacts").as_uri() if local else None
-            experiment_id = self.client.create_experiment(cfg.track.experiment, artifact_location=location)
-        else:
-            experiment_id = experiment.experiment_id
         id_file = run_dir / RUN_ID_FILE
         if id_file.is_file():  # a resumed run continues its MLflow run
             self.run_id = id_file.read_text().strip()

@@ -320,7 +320,7 @@ class Trainer:
             g=self.g_train_eager,
             g_inputs=lambda batch: self.g_inputs(batch, training_g=True),
             generator=self.g_inputs.generator,
-            all_mean=lambda x: self.backend.all_reduce_sum(x) / self.world_size,
+            all_mean=self.backend.all_mean,
             micro_batch=self.micro_batch,
         )
         b.zero_grad(which)
@@ -534,10 +534,7 @@ class Trainer:
 
     def state_dict(self) -> dict:
         """Everything needed to resume exactly; the loader positions of every rank (collective call)."""
-        loader_states = [self.loader.state_dict()]
-        if self.world_size > 1:
-            loader_states = [None] * self.world_size
-            torch.distributed.all_gather_object(loader_states, self.loader.state_dict())
+        loader_states = self.backend.all_gather_object(self.loader.state_dict())
         state = {
             "G": self.G.state_dict(),
             "D": self.D.state_dict(),

@@ -14,6 +14,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from ..config import check_phases
+
 
 @dataclass(frozen=True)
 class Phase:
@@ -38,18 +40,9 @@ class PhaseState:
 
 class PhaseSchedule:
     def __init__(self, phases: Sequence[Phase]):
-        """`phases`: Phase objects, or anything with the same fields (the config's train.phases)."""
-        if not phases:
-            raise ValueError("a phase schedule needs at least one phase")
-        for i, p in enumerate(phases):
-            if p.fade_kimg < 0 or p.stable_kimg < 0 or p.batch < 1:
-                raise ValueError(f"phase {i}: fade_kimg and stable_kimg must be >= 0 and batch >= 1, got {p}")
-            if i and p.resolution != 2 * phases[i - 1].resolution:
-                raise ValueError(
-                    f"phase {i}: resolution {p.resolution} must double the previous one ({phases[i - 1].resolution})"
-                )
-        if phases[0].fade_kimg:
-            raise ValueError("the first phase has nothing to fade in from: its fade_kimg must be 0")
+        """`phases`: Phase objects, or anything with the same fields (the config's train.phases);
+        checked by the config's rules (a ConfigError names the phase)."""
+        check_phases(phases)
         self.phases = list(phases)
         self.starts = [0.0]
         for p in self.phases[:-1]:

@@ -20,7 +20,8 @@ from typing import Any
 
 from ..config import ConfigError, config_yaml
 from ..data.manifest import load_manifest
-from ..eval.metrics import parse_metric
+from ..eval.metrics import logged_names, parse_metric
+from ..track import open_experiment
 from .sweep import SweepSpec, load_sweep, perturbation_space, to_ray_space, trial_config
 
 log = logging.getLogger(__name__)
@@ -54,15 +55,8 @@ def _run_trainer(config: dict[str, Any], run_dir: Path, report) -> None:
 
 def _replica_spread(trainer) -> float:
     """max - min over ranks of a float64 checksum of G: 0 when the replicas hold the same weights."""
-    import torch
-    import torch.distributed as dist
-
-    if trainer.world_size == 1:
-        return 0.0
-    total = sum(p.detach().double().sum() for p in trainer.G.parameters()).reshape(1).to(trainer.device)
-    sums = [torch.zeros_like(total) for _ in range(trainer.world_size)]
-    dist.all_gather(sums, total)
-    values = [float(s) for s in sums]
+    total = float(sum(p.detach().double().sum() for p in trainer.G.parameters()))
+    values = trainer.backend.all_gather_object(total)
     return max(values) - min(values)
 
 
@@ -152,22 +146,10 @@ class SweepTracker:
     """The sweep's MLflow parent run (created before the trials so they can nest under it)."""
 
     def __init__(self, base: dict[str, Any], spec: SweepSpec, sweep_dir: Path, parent_run_id: str = ""):
-        import mlflow
-
         track = base["track"]
-        self.uri = (
-            track["tracking_uri"]
-            or os.environ.get("MLFLOW_TRACKING_URI")
-            or f"sqlite:///{sweep_dir}/mlflow.db"
+        self.client, self.uri, experiment_id = open_experiment(
+            track["tracking_uri"], track["experiment"], sweep_dir
         )
-        self.client = mlflow.MlflowClient(tracking_uri=self.uri)
-        experiment = self.client.get_experiment_by_name(track["experiment"])
-        if experiment is None:
-            local = self.uri.startswith(("sqlite:", "file:"))
-            location = (sweep_dir / "mlartifacts").as_uri() if local else None
-            experiment_id = self.client.create_experiment(track["experiment"], artifact_location=location)
-        else:
-            experiment_id = experiment.experiment_id
         if parent_run_id:
             self.run_id = parent_run_id
             self.client.update_run(parent_run_id, status="RUNNING")
@@ -202,10 +184,7 @@ def default_metric(base: dict[str, Any]) -> str:
         raise ConfigError(
             "the sweep's base recipe must evaluate (eval.every_kimg > 0 and eval.metrics) to be tuned"
         )
-    spec = parse_metric(metrics[0])
-    if spec.kind == "fd":
-        return f"fd_{load_manifest(base['data']['path']).name}"
-    return {"pr": f"{spec.name}_precision", "is": f"{spec.name}_mean"}.get(spec.kind, spec.name)
+    return logged_names(parse_metric(metrics[0]), load_manifest(base["data"]["path"]).name)[0]
 
 
 def run_sweep(

@@ -6,9 +6,10 @@ import sys
 import torch
 import torch.distributed as dist
 
+from bigtrain.dist.base import Collectives
 from bigtrain.eval.frechet import FeatureStats, all_reduce_stats
 from bigtrain.eval.metrics import kernel_inception_distance, precision_recall
-from bigtrain.eval.suite import gather_rows, share
+from bigtrain.eval.suite import share
 
 dist.init_process_group("gloo")
 rank, world = dist.get_rank(), dist.get_world_size()
@@ -18,15 +19,9 @@ start = sum(share(len(features), r, world) for r in range(rank))
 mine_rows = features[start : start + share(len(features), rank, world)]
 mine = FeatureStats.empty(16)
 mine.add(mine_rows)
-
-
-def reduce_sum(t):
-    dist.all_reduce(t)
-    return t
-
-
-combined = all_reduce_stats(mine, reduce_sum, torch.device("cpu"))
-gathered = gather_rows(mine_rows, torch.device("cpu"))
+collectives = Collectives.of_process_group(torch.device("cpu"))
+combined = all_reduce_stats(mine, collectives.all_reduce_sum, torch.device("cpu"))
+gathered = collectives.gather_rows(mine_rows)
 if rank == 0:
     whole = FeatureStats.empty(16)
     whole.add(features)

@@ -16,7 +16,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bigtrain.config import load_config  # noqa: E402
 from bigtrain.data.manifest import Manifest  # noqa: E402
 from bigtrain.models.layers import frozen_state  # noqa: E402
-from bigtrain.train.loop import Trainer, seed_for  # noqa: E402
+from bigtrain.seeds import seed_for  # noqa: E402
+from bigtrain.train.loop import Trainer  # noqa: E402
 
 torch.set_num_threads(1)
 
