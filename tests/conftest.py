@@ -20,7 +20,8 @@ import torch
 import webdataset as wds
 from PIL import Image
 
-from bigtrain.data.manifest import MANIFEST_NAME, Manifest, ShardInfo, sha256_file
+from bigtrain.checksums import file_digest
+from bigtrain.data.manifest import MANIFEST_NAME, Manifest, ShardInfo
 from bigtrain.data.writer import prepare, write_dali_index
 
 REPO = Path(__file__).resolve().parents[1]
@@ -95,7 +96,7 @@ def write_shards(folder: Path, shards: list[list[dict]], classes: list[str], res
                 w.write({"__key__": f"{key:08d}", **sample})
                 key += 1
         write_dali_index(path)
-        infos.append(ShardInfo(path.name, len(samples), sha256_file(path), path.stat().st_size))
+        infos.append(ShardInfo(path.name, len(samples), file_digest(path), path.stat().st_size))
     m = Manifest(name=folder.name, resolution=resolution, image_format="png", classes=classes, shards=infos)
     (folder / MANIFEST_NAME).write_text(m.to_json())
     return m

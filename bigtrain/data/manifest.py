@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from ..checksums import file_digest
 
 MANIFEST_NAME = "manifest.json"
 FORMAT = "bigtrain-shards/1"
@@ -85,14 +86,6 @@ def load_manifest(folder: str | Path) -> Manifest:
         raise DataError(f"{path} is not a valid bigtrain manifest ({e})") from None
 
 
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def check_shards(folder: str | Path, shards: list[ShardInfo], verify_checksums: bool) -> None:
     """Every named shard exists with its size (cheap) and, if asked, its sha256."""
     for s in shards:
@@ -101,5 +94,5 @@ def check_shards(folder: str | Path, shards: list[ShardInfo], verify_checksums: 
             raise DataError(f"shard {path} named in the manifest is missing")
         if path.stat().st_size != s.bytes:
             raise DataError(f"shard {path} has {path.stat().st_size} bytes, the manifest says {s.bytes}")
-        if verify_checksums and sha256_file(path) != s.sha256:
+        if verify_checksums and file_digest(path) != s.sha256:
             raise DataError(f"shard {path} does not match its sha256 in the manifest (corrupted or replaced)")

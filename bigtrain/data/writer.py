@@ -26,9 +26,10 @@ from pathlib import Path, PurePosixPath
 import webdataset as wds
 from tqdm import tqdm
 
+from ..checksums import file_digest
 from .demo import DEMO_NAME, DEMO_SOURCE, demo_images
 from .images import IMAGE_EXTENSIONS, BadImage, decode_rgb, encode, fit_square
-from .manifest import MANIFEST_NAME, DataError, Manifest, ShardInfo, load_manifest, sha256_file
+from .manifest import MANIFEST_NAME, DataError, Manifest, ShardInfo, load_manifest
 from .remote import is_url, join, write_bytes
 
 log = logging.getLogger(__name__)
@@ -167,7 +168,7 @@ class _ShardSink:
             os.fsync(f.fileno())
         write_dali_index(self._path)
         self.shards.append(
-            ShardInfo(self._path.name, self._count, sha256_file(self._path), self._path.stat().st_size)
+            ShardInfo(self._path.name, self._count, file_digest(self._path), self._path.stat().st_size)
         )
         self._writer, self._count = None, 0
 

@@ -11,7 +11,6 @@ edges clamped), then scaled to TF-Inception's input range (x - 128) / 128.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
 from functools import lru_cache
@@ -19,6 +18,8 @@ from pathlib import Path
 
 import torch
 from torch import nn
+
+from ..checksums import cached_file_digest
 
 INCEPTION_SHA1 = "a16e4d89c0ecbc17a915dd76ea9e41211aa82562"
 INCEPTION_BYTES = 87_335_461
@@ -44,22 +45,13 @@ def inception_weights_path() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "default_1.pt"
 
 
-@lru_cache(maxsize=4)
-def _sha1_of(path: str, size: int, mtime_ns: int) -> str:
-    digest = hashlib.sha1()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def verified_weights() -> Path:
     """The weights file, after checking that it exists and is byte-identical to the standard one."""
     path = inception_weights_path()
     if not path.is_file():
         raise FeatureNetError(f"the FID Inception weights {path} do not exist: {HOW_TO_GET}")
     st = path.stat()
-    sha1 = _sha1_of(str(path), st.st_size, st.st_mtime_ns)
+    sha1 = cached_file_digest(path, "sha1")
     if sha1 != INCEPTION_SHA1:
         raise FeatureNetError(
             f"{path} is not the standard FID Inception ({st.st_size} bytes, sha1 {sha1}; expected "

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -36,21 +34,6 @@ def stats_sha256(stats: FeatureStats) -> str:
     digest = hashlib.sha256()
     for array in (stats.mean, stats.cov):
         digest.update(np.ascontiguousarray(array, dtype=np.float64).tobytes())
-    return digest.hexdigest()
-
-
-def file_sha256(path: str | Path) -> str:
-    """sha256 of a file's bytes, computed once per (path, size, modification time)."""
-    st = Path(path).stat()
-    return _file_sha256(str(path), st.st_size, st.st_mtime_ns)
-
-
-@lru_cache(maxsize=8)
-def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
     return digest.hexdigest()
 
 

