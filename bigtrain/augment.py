@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import torch
 
+from .config import Config, ConfigError
+
 
 def _uniform(n: int, generator: torch.Generator | None, device: torch.device, dims: int = 3) -> torch.Tensor:
     return torch.rand(n, *([1] * dims), generator=generator, device=device)
@@ -58,6 +60,14 @@ def cutout(x: torch.Tensor, ratio: float = 0.5, generator: torch.Generator | Non
 
 
 POLICIES = {"color": color, "translation": translation, "cutout": cutout}
+
+
+def check_config(cfg: Config) -> None:
+    """augment.* names known policies (called by `bigtrain.config.validate`)."""
+    try:
+        parse_policy(cfg.augment.diffaugment)
+    except ValueError as e:
+        raise ConfigError(f"augment.diffaugment: {e}") from None
 
 
 def parse_policy(policy: str) -> list[str]:

@@ -8,6 +8,7 @@ impossible values fail at load with a `ConfigError` that names the dotted key.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import logging
 import math
 import types
@@ -17,8 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-
-from .eval.metrics import parse_metric
 
 log = logging.getLogger(__name__)
 
@@ -454,6 +453,17 @@ def _is_power_of_two(n: int) -> bool:
     return n > 0 and n & (n - 1) == 0
 
 
+def positive(key: str, value: float, allow_zero: bool = False) -> None:
+    """Refuse a negative (or zero, or NaN) value, naming its dotted key."""
+    if math.isnan(value) or value < 0 or (value == 0 and not allow_zero):
+        raise ConfigError(f"{key}={value} must be {'>= 0' if allow_zero else '> 0'}")
+
+
+# The parts that check their own sections: each module's `check_config(cfg)` raises a ConfigError that
+# names the key. This file knows their names only, so the schema depends on no part.
+PART_CHECKS = ("bigtrain.objective", "bigtrain.augment", "bigtrain.eval.metrics")
+
+
 def validate(cfg: Config, world_size: int = 1) -> None:
     """Refuse impossible values, naming the dotted key. `world_size` is known only at launch."""
     for key, allowed in CHOICES.items():
@@ -461,10 +471,6 @@ def validate(cfg: Config, world_size: int = 1) -> None:
         value = getattr(getattr(cfg, section), name)
         if value not in allowed:
             raise ConfigError(f"{key}={value!r} is not one of {', '.join(allowed)}")
-
-    def positive(key: str, value: float, allow_zero: bool = False) -> None:
-        if math.isnan(value) or value < 0 or (value == 0 and not allow_zero):
-            raise ConfigError(f"{key}={value} must be {'>= 0' if allow_zero else '> 0'}")
 
     m, t = cfg.model, cfg.train
     if not _is_power_of_two(m.resolution) or not 4 <= m.resolution <= 1024:
@@ -507,24 +513,14 @@ def validate(cfg: Config, world_size: int = 1) -> None:
     positive("ema.start_kimg", cfg.ema.start_kimg, allow_zero=True)
     positive("ema.rampup", cfg.ema.rampup, allow_zero=True)
     positive("ema.standing_stats_batches", cfg.ema.standing_stats_batches, allow_zero=True)
-    positive("eval.every_kimg", cfg.eval.every_kimg, allow_zero=True)
-    for key in ("num_samples", "batch", "grid_size"):
-        positive(f"eval.{key}", getattr(cfg.eval, key))
-    positive("eval.truncation", cfg.eval.truncation, allow_zero=True)
-    for i, value in enumerate(cfg.eval.truncation_sweep):
-        positive(f"eval.truncation_sweep[{i}]", value, allow_zero=True)
-    positive("eval.reference_images", cfg.eval.reference_images, allow_zero=True)
-    for i, name in enumerate(cfg.eval.metrics):
-        try:
-            parse_metric(name)
-        except ValueError as e:
-            raise ConfigError(f"eval.metrics[{i}]: {e}") from None
     positive("dist.timeout_minutes", cfg.dist.timeout_minutes)
     _validate_phases(cfg, world_size)
-    _validate_networks_and_objective(cfg)
+    _validate_networks(cfg)
+    for module in PART_CHECKS:
+        importlib.import_module(module).check_config(cfg)
 
 
-def _validate_networks_and_objective(cfg: Config) -> None:
+def _validate_networks(cfg: Config) -> None:
     m = cfg.model
     for key in ("fmap_base", "fmap_max", "w_dim", "mapping_layers", "mbstd_group"):
         if getattr(m, key) < 1:
@@ -534,16 +530,6 @@ def _validate_networks_and_objective(cfg: Config) -> None:
             f"model.fmap_base={m.fmap_base} leaves no feature maps at {m.resolution}x{m.resolution} "
             "(they are fmap_base / resolution); raise it to at least model.resolution"
         )
-    from .augment import parse_policy
-    from .objective import check_config as check_objective
-
-    check_objective(cfg)
-    try:
-        parse_policy(cfg.augment.diffaugment)
-    except ValueError as e:
-        raise ConfigError(f"augment.diffaugment: {e}") from None
-    if cfg.eval.truncation_cutoff < 0:
-        raise ConfigError(f"eval.truncation_cutoff={cfg.eval.truncation_cutoff} must be >= 0")
 
 
 def check_phases(phases) -> None:

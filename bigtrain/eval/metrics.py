@@ -19,6 +19,8 @@ from pathlib import Path
 
 import torch
 
+from ..config import Config, ConfigError, positive
+
 log = logging.getLogger(__name__)
 
 _METRIC = re.compile(r"^(fid|kid|pr|is)(\d+)(k?)(_full)?$")
@@ -47,6 +49,24 @@ def parse_metric(name: str) -> MetricSpec:
         )
     count = int(m.group(2)) * (1000 if m.group(3) else 1)
     return MetricSpec(name, m.group(1), count)
+
+
+def check_config(cfg: Config) -> None:
+    """The eval section's checks, naming the dotted key (called by `bigtrain.config.validate`)."""
+    e = cfg.eval
+    positive("eval.every_kimg", e.every_kimg, allow_zero=True)
+    for key in ("num_samples", "batch", "grid_size"):
+        positive(f"eval.{key}", getattr(e, key))
+    positive("eval.truncation", e.truncation, allow_zero=True)
+    positive("eval.truncation_cutoff", e.truncation_cutoff, allow_zero=True)
+    for i, value in enumerate(e.truncation_sweep):
+        positive(f"eval.truncation_sweep[{i}]", value, allow_zero=True)
+    positive("eval.reference_images", e.reference_images, allow_zero=True)
+    for i, name in enumerate(e.metrics):
+        try:
+            parse_metric(name)
+        except ValueError as err:
+            raise ConfigError(f"eval.metrics[{i}]: {err}") from None
 
 
 def logged_names(spec: MetricSpec, dataset: str) -> tuple[str, ...]:
