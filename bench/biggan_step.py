@@ -48,6 +48,9 @@ class RandomLoader:
     def load_state_dict(self, state: dict) -> None:
         pass
 
+    def close(self) -> None:
+        pass
+
 
 def run_facts(trainer: Trainer, device: torch.device, overrides: list[str]) -> dict:
     """What a figure was measured with: precision, memory format, compile, device, torch, overrides."""

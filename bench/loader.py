@@ -47,6 +47,9 @@ class TimedLoader:
     def load_state_dict(self, state: dict) -> None:
         self.inner.load_state_dict(state)
 
+    def close(self) -> None:
+        self.inner.close()
+
 
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":

@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 from torch._dynamo.utils import counters
 
-from bigtrain.data import ShardLoader
+from bigtrain.data import ShardLoader, StreamSpec
 from bigtrain.train.loop import Trainer
 from conftest import free_port, image_id
 from test_gpu_paths import FAMILIES, HostSyncCounter, _config
@@ -72,8 +72,8 @@ def test_dali_gpu_decoder_equals_the_cpu_loader(id_shards):
     """fn.decoders.image(device="mixed") on PNG shards: the same pixels and labels as PIL."""
     from bigtrain.data.dali import DaliLoader
 
-    cpu = ShardLoader(id_shards, 25, 8, num_workers=0, shuffle_buffer=0)
-    gpu = DaliLoader(id_shards, 25, 8, device="cuda", num_threads=2, shuffle_buffer=0)
+    cpu = ShardLoader(StreamSpec(id_shards, 25, 8, shuffle_buffer=0), num_workers=0)
+    gpu = DaliLoader(StreamSpec(id_shards, 25, 8, device="cuda", shuffle_buffer=0), num_threads=2)
     cpu_x = torch.cat([cpu.next_uint8()[0] for _ in range(8)])
     gpu_batches = [gpu.next_uint8() for _ in range(8)]
     gpu_x = torch.cat([x.cpu() for x, _ in gpu_batches])

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from bigtrain.config import load_config
-from bigtrain.data import DataError, ShardLoader, make_loader
+from bigtrain.data import DataError, ShardLoader, StreamSpec, make_loader
 from bigtrain.data.dali import DaliLoader, ascii_labels
 from bigtrain.data.writer import prepare
 from conftest import image_id
@@ -25,8 +25,8 @@ def test_ascii_labels():
 
 
 def test_png_pixels_and_labels_equal_the_cpu_loader(id_shards):
-    cpu_x, cpu_y = _epoch(ShardLoader(id_shards, 25, 8, num_workers=0, shuffle_buffer=0), 8)
-    dali_x, dali_y = _epoch(DaliLoader(id_shards, 25, 8, num_threads=1, shuffle_buffer=0), 8)
+    cpu_x, cpu_y = _epoch(ShardLoader(StreamSpec(id_shards, 25, 8, shuffle_buffer=0), num_workers=0), 8)
+    dali_x, dali_y = _epoch(DaliLoader(StreamSpec(id_shards, 25, 8, shuffle_buffer=0), num_threads=1), 8)
     cpu = {i: (x, int(y)) for i, x, y in zip(image_id(cpu_x), cpu_x, cpu_y)}
     dali = {i: (x, int(y)) for i, x, y in zip(image_id(dali_x), dali_x, dali_y)}
     assert sorted(dali) == sorted(cpu) == list(range(200))
@@ -45,8 +45,12 @@ def test_jpeg_pixels_within_decoder_tolerance(tmp_path):
             )  # flat 8x8 blocks
             Image.fromarray(base).save(tmp_path / "src" / f"c{c}" / f"{i}.png")
     prepare(tmp_path / "src", tmp_path / "jpg", resolution=32, image_format="jpg", shard_size=30)
-    cpu_x, cpu_y = _epoch(ShardLoader(tmp_path / "jpg", 20, 32, num_workers=0, shuffle_buffer=0), 3)
-    dali_x, dali_y = _epoch(DaliLoader(tmp_path / "jpg", 20, 32, num_threads=1, shuffle_buffer=0), 3)
+    cpu_x, cpu_y = _epoch(
+        ShardLoader(StreamSpec(tmp_path / "jpg", 20, 32, shuffle_buffer=0), num_workers=0), 3
+    )
+    dali_x, dali_y = _epoch(
+        DaliLoader(StreamSpec(tmp_path / "jpg", 20, 32, shuffle_buffer=0), num_threads=1), 3
+    )
 
     def by_content(x, y):  # order-free pairing: sort by label, then by pixel sum
         keys = [(int(label), int(img.long().sum())) for img, label in zip(x, y)]
@@ -60,11 +64,11 @@ def test_jpeg_pixels_within_decoder_tolerance(tmp_path):
 
 
 def test_resume_continues_the_exact_stream(id_shards):
-    loader = DaliLoader(id_shards, 7, 8, seed=2, num_threads=1, shuffle_buffer=32, hflip=True)
+    loader = DaliLoader(StreamSpec(id_shards, 7, 8, seed=2, shuffle_buffer=32, hflip=True), num_threads=1)
     _epoch(loader, 33)  # past the first epoch
     state = loader.state_dict()
     expected_x, expected_y = _epoch(loader, 6)
-    resumed = DaliLoader(id_shards, 7, 8, seed=2, num_threads=1, shuffle_buffer=32, hflip=True)
+    resumed = DaliLoader(StreamSpec(id_shards, 7, 8, seed=2, shuffle_buffer=32, hflip=True), num_threads=1)
     resumed.load_state_dict(state)
     x, y = _epoch(resumed, 6)
     assert torch.equal(x, expected_x) and torch.equal(y, expected_y)
@@ -72,8 +76,8 @@ def test_resume_continues_the_exact_stream(id_shards):
 
 def test_phase_resolution_change_keeps_the_position(tmp_path):
     prepare("demo", tmp_path / "d", resolution=32, shard_size=500)
-    changed = DaliLoader(tmp_path / "d", 16, 32, num_threads=1, shuffle_buffer=0)
-    straight = DaliLoader(tmp_path / "d", 16, 32, num_threads=1, shuffle_buffer=0)
+    changed = DaliLoader(StreamSpec(tmp_path / "d", 16, 32, shuffle_buffer=0), num_threads=1)
+    straight = DaliLoader(StreamSpec(tmp_path / "d", 16, 32, shuffle_buffer=0), num_threads=1)
     _epoch(changed, 3)
     _epoch(straight, 3)
     changed.reconfigure(resolution=16)
@@ -91,7 +95,7 @@ def test_phase_resolution_change_keeps_the_position(tmp_path):
 def test_missing_index_is_a_clear_error(id_shards):
     (id_shards / "shard-00002.idx").unlink()
     with pytest.raises(DataError, match=r"shard-00002.idx is missing; re-run `bigtrain prepare`"):
-        DaliLoader(id_shards, 10, 8)
+        DaliLoader(StreamSpec(id_shards, 10, 8))
 
 
 def test_loader_choice(id_shards, caplog, monkeypatch):

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from bigtrain.config import load_config
-from bigtrain.data import ShardLoader
+from bigtrain.data import ShardLoader, StreamSpec
 from bigtrain.data.manifest import Manifest
 from bigtrain.train.checkpoint import load_checkpoint
 from bigtrain.train.loop import NonFiniteLoss, Trainer
@@ -263,7 +263,7 @@ def _wait_for(predicate, timeout: float, what: str) -> None:
 
 
 def _expected_loader_state(shards, rank: int, batches: int, batch: int) -> dict:
-    loader = ShardLoader(shards, batch, 32, rank=rank, world_size=2, seed=0, num_workers=1)
+    loader = ShardLoader(StreamSpec(shards, batch, 32, rank=rank, world_size=2, seed=0), num_workers=1)
     for _ in range(batches):
         loader.next_uint8()
     return loader.state_dict()

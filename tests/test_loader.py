@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from bigtrain.data import DataError, Loader, ShardLoader
+from bigtrain.data import DataError, Loader, ShardLoader, StreamSpec
 from conftest import id_image, image_id, png_bytes, write_shards
 
 
@@ -10,7 +10,7 @@ def _ids(loader: ShardLoader, batches: int) -> list[int]:
 
 
 def test_output_contract(id_shards):
-    loader = ShardLoader(id_shards, 10, 8, num_workers=0)
+    loader = ShardLoader(StreamSpec(id_shards, 10, 8), num_workers=0)
     assert isinstance(loader, Loader)
     x, y = next(loader)
     assert x.dtype == torch.float32 and x.shape == (10, 3, 8, 8)
@@ -19,15 +19,15 @@ def test_output_contract(id_shards):
 
 
 def test_one_epoch_per_worker_covers_every_sample_once(id_shards):
-    loader = ShardLoader(id_shards, 10, 8, num_workers=2, shuffle_buffer=16)
+    loader = ShardLoader(StreamSpec(id_shards, 10, 8, shuffle_buffer=16), num_workers=2)
     ids = _ids(loader, 20)  # 200 samples = 2 roles x 4 shards x 25
     assert sorted(ids) == list(range(200))
 
 
 def test_order_is_fixed_by_seed(id_shards):
-    a = _ids(ShardLoader(id_shards, 10, 8, seed=3, num_workers=2), 30)
-    b = _ids(ShardLoader(id_shards, 10, 8, seed=3, num_workers=2), 30)
-    c = _ids(ShardLoader(id_shards, 10, 8, seed=4, num_workers=2), 30)
+    a = _ids(ShardLoader(StreamSpec(id_shards, 10, 8, seed=3), num_workers=2), 30)
+    b = _ids(ShardLoader(StreamSpec(id_shards, 10, 8, seed=3), num_workers=2), 30)
+    c = _ids(ShardLoader(StreamSpec(id_shards, 10, 8, seed=4), num_workers=2), 30)
     assert a == b
     assert a != c
     assert a[:200] != a[200:400] if len(a) >= 400 else sorted(a[200:]) != a[200:], "epochs reuse one order"
@@ -35,17 +35,20 @@ def test_order_is_fixed_by_seed(id_shards):
 
 @pytest.mark.parametrize("workers", [0, 2, 3])
 def test_resume_continues_the_exact_stream(id_shards, workers):
-    loader = ShardLoader(id_shards, 7, 8, seed=1, num_workers=workers, shuffle_buffer=8)
+    loader = ShardLoader(StreamSpec(id_shards, 7, 8, seed=1, shuffle_buffer=8), num_workers=workers)
     _ids(loader, 33)  # crosses an epoch boundary (200 samples / 7 per batch)
     state = loader.state_dict()
     expected = _ids(loader, 12)
-    resumed = ShardLoader(id_shards, 7, 8, seed=1, num_workers=workers, shuffle_buffer=8)
+    resumed = ShardLoader(StreamSpec(id_shards, 7, 8, seed=1, shuffle_buffer=8), num_workers=workers)
     resumed.load_state_dict(state)
     assert _ids(resumed, 12) == expected
 
 
 def test_ranks_read_disjoint_shards(id_shards):
-    ids = [set(_ids(ShardLoader(id_shards, 10, 8, rank=r, world_size=3, num_workers=0), 6)) for r in range(3)]
+    ids = [
+        set(_ids(ShardLoader(StreamSpec(id_shards, 10, 8, rank=r, world_size=3), num_workers=0), 6))
+        for r in range(3)
+    ]
     assert not (ids[0] & ids[1]) and not (ids[0] & ids[2]) and not (ids[1] & ids[2])
 
 
@@ -58,7 +61,7 @@ def test_corrupt_and_unlabelled_samples_are_skipped_and_counted(tmp_path):
         {"png": png_bytes(id_image(98))},  # no label
     ]
     write_shards(tmp_path / "d", [good[:5] + bad + good[5:]], ["zero"])
-    loader = ShardLoader(tmp_path / "d", 10, 8, num_workers=0, shuffle_buffer=0)
+    loader = ShardLoader(StreamSpec(tmp_path / "d", 10, 8, shuffle_buffer=0), num_workers=0)
     assert sorted(_ids(loader, 1)) == list(range(10))
     assert loader.skipped_corrupt == 2, loader.skipped_corrupt
     assert loader.skipped_nolabel == 1, loader.skipped_nolabel
@@ -70,25 +73,25 @@ def test_checksum_mismatch_names_the_shard(id_shards):
     data[600] ^= 0xFF  # same size, different content
     shard.write_bytes(bytes(data))
     with pytest.raises(DataError, match="shard-00003.tar does not match its sha256"):
-        ShardLoader(id_shards, 10, 8, num_workers=0)
-    ShardLoader(id_shards, 10, 8, num_workers=0, verify_checksums=False)  # the user may opt out
+        ShardLoader(StreamSpec(id_shards, 10, 8), num_workers=0)
+    ShardLoader(StreamSpec(id_shards, 10, 8, verify_checksums=False), num_workers=0)  # the user may opt out
 
 
 def test_missing_shard_and_missing_manifest(id_shards, tmp_path):
     (id_shards / "shard-00001.tar").unlink()
     with pytest.raises(DataError, match="shard-00001.tar named in the manifest is missing"):
-        ShardLoader(id_shards, 10, 8)
+        ShardLoader(StreamSpec(id_shards, 10, 8))
     with pytest.raises(DataError, match="bigtrain prepare"):
-        ShardLoader(tmp_path / "nothing", 10, 8)
+        ShardLoader(StreamSpec(tmp_path / "nothing", 10, 8))
 
 
 def test_upscaling_is_refused_and_downscaling_is_area(id_shards):
     with pytest.raises(DataError, match="resolution 16 .* 8x8"):
-        ShardLoader(id_shards, 10, 16)
-    x, _ = ShardLoader(id_shards, 10, 4, num_workers=0).next_uint8()
+        ShardLoader(StreamSpec(id_shards, 10, 16))
+    x, _ = ShardLoader(StreamSpec(id_shards, 10, 4), num_workers=0).next_uint8()
     assert x.shape == (10, 3, 4, 4)
 
 
 def test_too_few_shards_for_ranks(id_shards):
     with pytest.raises(DataError, match="8 shards for 9 ranks"):
-        ShardLoader(id_shards, 10, 8, rank=0, world_size=9)
+        ShardLoader(StreamSpec(id_shards, 10, 8, rank=0, world_size=9))

@@ -120,7 +120,7 @@ def test_inception_score_is_skipped_with_a_reason_when_its_weights_are_absent(tm
 
 def test_a_lower_resolution_is_scored_against_reals_downscaled_to_it(demo_shards):
     """A growing model's phase: names say the resolution, and the references are the reals at it."""
-    from bigtrain.data.loader import ShardLoader
+    from bigtrain.data import ShardLoader, StreamSpec
     from bigtrain.data.manifest import load_manifest
     from bigtrain.eval.features import real_stats
     from bigtrain.eval.reference import reference_path
@@ -129,7 +129,7 @@ def test_a_lower_resolution_is_scored_against_reals_downscaled_to_it(demo_shards
     manifest = load_manifest(demo_shards)
     suite = MetricSuite(["fd", "fid16"], demo_shards, manifest, torch.device("cpu"), 16, reference_images=16)
     suite.at_resolution(8)
-    loader = ShardLoader(demo_shards, 256, 8, "cpu", seed=0, num_workers=0, shuffle_buffer=0)
+    loader = ShardLoader(StreamSpec(demo_shards, 256, 8, "cpu", seed=0, shuffle_buffer=0), num_workers=0)
     expected = real_stats(suite.classifier().net, loader, manifest.num_samples)
     loader.close()
     got = suite.fd_reference()

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bigtrain.data import DataError, ShardLoader, load_manifest, prepare
+from bigtrain.data import DataError, ShardLoader, StreamSpec, load_manifest, prepare
 from bigtrain.data.demo import demo_images
 from bigtrain.data.manifest import MANIFEST_NAME
 
@@ -15,7 +15,7 @@ def test_demo_round_trip_pixels_and_labels(demo_shards):
     assert m.num_samples == 1797 and m.num_classes == 10 and len(m.shards) == 9
     images, labels, _ = demo_images(32)
     by_pixels = {np.asarray(img).tobytes(): y for img, y in zip(images, labels)}
-    loader = ShardLoader(demo_shards, 599, 32, num_workers=0, shuffle_buffer=0)
+    loader = ShardLoader(StreamSpec(demo_shards, 599, 32, shuffle_buffer=0), num_workers=0)
     seen = 0
     for _ in range(3):  # 3 x 599 = 1797: exactly one epoch
         x, y = loader.next_uint8()
@@ -60,7 +60,7 @@ def test_messy_folder_converts_and_skips_with_report(tmp_path, caplog):
     assert reasons["cat/.hidden.png"] == "hidden file"
     assert m.num_skipped == 4
     assert "dog/truncated.jpg" in caplog.text, "skipped files are listed in the log"
-    x, y = ShardLoader(tmp_path / "out", 5, 16, num_workers=0, shuffle_buffer=0).next_uint8()
+    x, y = ShardLoader(StreamSpec(tmp_path / "out", 5, 16, shuffle_buffer=0), num_workers=0).next_uint8()
     assert x.shape == (5, 3, 16, 16) and sorted(y.tolist()) == [0, 0, 1, 1, 1]
     assert json.loads((tmp_path / "out" / MANIFEST_NAME).read_text())["num_samples"] == 5
 

@@ -10,7 +10,7 @@ from ..config import Config
 from .dali import DaliLoader, dali_available
 from .dali_stream import DaliStreamLoader
 from .index import is_shard_pattern, manifest_for_pattern
-from .interface import Loader
+from .interface import Loader, StreamSpec
 from .loader import ShardLoader
 from .manifest import DataError, Manifest, load_manifest
 from .remote import is_url, shard_cache_dir
@@ -23,6 +23,7 @@ __all__ = [
     "Loader",
     "Manifest",
     "ShardLoader",
+    "StreamSpec",
     "load_manifest",
     "make_loader",
     "prepare",
@@ -43,16 +44,13 @@ def make_loader(
     if kind == "auto":
         kind = "dali" if device.type == "cuda" and dali_available() else "webdataset"
         log.info("data.loader=auto: using the %s loader on %s", kind, device)
-    common = dict(
-        path=d.path, batch_size=batch_size, resolution=cfg.model.resolution, device=device, rank=rank,
-        world_size=world_size, seed=cfg.train.seed, shuffle_buffer=d.shuffle_buffer, hflip=d.hflip,
-        verify_checksums=d.verify_checksums,
+    spec = StreamSpec(
+        d.path, batch_size, cfg.model.resolution, device, rank, world_size, cfg.train.seed, d.shuffle_buffer,
+        d.hflip, d.verify_checksums, d.retries, d.retry_backoff_s, d.max_bad_shards,
     )  # fmt: skip
-    remote = dict(retries=d.retries, retry_backoff_s=d.retry_backoff_s, max_bad_shards=d.max_bad_shards)
     if kind == "dali" and (is_url(d.path) or any(is_url(s.name) for s in load_manifest(d.path).shards)):
         cache = d.cache_dir or shard_cache_dir(d.path)
-        return DaliStreamLoader(num_threads=max(d.num_workers, 1), cache_dir=cache,
-                                cache_bytes=int(d.cache_gb * 2**30), **remote, **common)  # fmt: skip
+        return DaliStreamLoader(spec, max(d.num_workers, 1), cache, int(d.cache_gb * 2**30))
     if kind == "dali":
-        return DaliLoader(num_threads=max(d.num_workers, 1), **common)
-    return ShardLoader(num_workers=d.num_workers, **remote, **common)
+        return DaliLoader(spec, max(d.num_workers, 1))
+    return ShardLoader(spec, d.num_workers)

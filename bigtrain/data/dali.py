@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
-from .interface import Loader
-from .loader import check_resolution, select_rank_shards
+from .interface import Loader, StreamSpec
+from .loader import RankShards, check_resolution
 from .manifest import DataError
 from .remote import is_url, join
 
@@ -102,36 +102,20 @@ def dali_pipeline(
     return pipeline()
 
 
-class DaliLoader(Loader):
-    """Infinite iterator of `(x, y)` decoded by DALI; see the module docstring."""
+class DaliLoader(RankShards, Loader):
+    """Infinite iterator of `(x, y)` decoded by DALI with `num_threads` threads; see the module docstring."""
 
-    def __init__(
-        self,
-        path: str | Path,
-        batch_size: int,
-        resolution: int,
-        device: torch.device | str = "cpu",
-        rank: int = 0,
-        world_size: int = 1,
-        seed: int = 0,
-        num_threads: int = 4,
-        shuffle_buffer: int = 512,
-        hflip: bool = False,
-        verify_checksums: bool = True,
-    ):
+    def __init__(self, spec: StreamSpec, num_threads: int = 4):
         if not dali_available():
             raise DataError(
                 "data.loader=dali needs NVIDIA DALI (pip install nvidia-dali-cuda130, or -cuda120); "
                 "use data.loader=webdataset or auto"
             )
-        self.path = Path(path)
-        self.manifest, self.rank_shards = select_rank_shards(
-            path, resolution, rank, world_size, verify_checksums
-        )
+        super().__init__(spec)
         self.shard_paths = [str(join(self.path, s.name)) for s in self.rank_shards]
         if any(is_url(p) for p in self.shard_paths):
             raise DataError(
-                f"the manifest in {path} names shards at URLs, which DaliLoader cannot read; "
+                f"the manifest in {spec.path} names shards at URLs, which DaliLoader cannot read; "
                 "use DaliStreamLoader (make_loader does), which streams them through a shard cache"
             )
         self.index_paths = [str(Path(p).with_suffix(".idx")) for p in self.shard_paths]
@@ -140,10 +124,7 @@ class DaliLoader(Loader):
             raise DataError(
                 f"DALI index {missing[0]} is missing; re-run `bigtrain prepare` to write the index files"
             )
-        self.batch_size, self.resolution, self.device = batch_size, resolution, torch.device(device)
-        self.seed, self.rank, self.num_threads = seed, rank, num_threads
-        self.shuffle_buffer, self.hflip = shuffle_buffer, hflip
-        self.labelled = self.manifest.num_classes > 0
+        self.num_threads = num_threads
         self._checkpoint: str | None = None
         self._iter = None
 

@@ -26,8 +26,8 @@ import torch
 
 from ..seeds import seed_for
 from .dali import DaliLoader, ascii_labels, dali_available, dali_pipeline
-from .interface import Loader
-from .loader import check_resolution, select_rank_shards
+from .interface import Loader, StreamSpec
+from .loader import RankShards, check_resolution
 from .manifest import DataError
 from .remote import RemoteReader, ShardUnreadable, join
 
@@ -107,36 +107,19 @@ class ShardCache:
         self.used, self.ready, self.taken, self.stopping, self.thread = 0, {}, 0, False, None
 
 
-class DaliStreamLoader(Loader):
-    """`DaliLoader`'s interface over a URL `data.path`; see the module docstring."""
+class DaliStreamLoader(RankShards, Loader):
+    """`DaliLoader`'s interface over a URL `data.path`, with `num_threads` decoding threads and a shard
+    cache of `cache_bytes` under `cache_dir`; see the module docstring."""
 
     def __init__(
-        self,
-        path: str,
-        batch_size: int,
-        resolution: int,
-        device: torch.device | str = "cpu",
-        rank: int = 0,
-        world_size: int = 1,
-        seed: int = 0,
-        num_threads: int = 4,
-        shuffle_buffer: int = 512,
-        hflip: bool = False,
-        cache_dir: str | Path = "",
-        cache_bytes: int = 20 << 30,
-        retries: int = 4,
-        retry_backoff_s: float = 0.5,
-        max_bad_shards: float = 0.1,
-        verify_checksums: bool = True,
+        self, spec: StreamSpec, num_threads: int = 4, cache_dir: str | Path = "", cache_bytes: int = 20 << 30
     ):
         if not dali_available():
             raise DataError(
                 "data.loader=dali needs NVIDIA DALI (pip install nvidia-dali-cuda130, or -cuda120)"
             )
-        self.path = path
-        self.manifest, self.rank_shards = select_rank_shards(
-            path, resolution, rank, world_size, verify_checksums
-        )
+        super().__init__(spec)
+        path = spec.path
         if self.manifest.label_key != "cls" and self.manifest.num_classes:
             raise DataError(
                 f"the DALI loader reads labels from `.cls` members; {path} keeps them in {self.manifest.label_key}: "
@@ -149,14 +132,11 @@ class DaliStreamLoader(Loader):
                 f"the shard cache ({cache_bytes / 2**30:.3g} GiB, data.cache_gb) must hold two of {path}'s shards, "
                 f"the largest of which is {largest / 2**30:.3g} GiB"
             )
-        self.batch_size, self.resolution, self.device = batch_size, resolution, torch.device(device)
-        self.seed, self.rank, self.num_threads = seed, rank, num_threads
-        self.shuffle_buffer, self.hflip = shuffle_buffer, hflip
-        self.max_bad_shards = max_bad_shards
-        self.labelled = self.manifest.num_classes > 0
+        self.num_threads = num_threads
+        self.max_bad_shards = spec.max_bad_shards
         self.image_ext = ";".join(self.manifest.image_keys)
-        self.reader = RemoteReader(retries, retry_backoff_s)
-        self.cache = ShardCache(Path(cache_dir) / f"rank{rank}", cache_bytes, self.reader)
+        self.reader = RemoteReader(spec.retries, spec.retry_backoff_s)
+        self.cache = ShardCache(Path(cache_dir) / f"rank{self.rank}", cache_bytes, self.reader)
         self.epoch = self.window = self.emitted = 0  # the position: see the module docstring
         self.bad_shards = 0
         self._stream: Iterator[tuple[torch.Tensor, torch.Tensor]] | None = None

@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ..seeds import seed_for
 from .images import BadImage, decode_rgb, to_hwc_uint8
-from .interface import Loader
+from .interface import Loader, StreamSpec
 from .manifest import DataError, Manifest, ShardInfo, check_shards, load_manifest
 from .remote import RemoteReader, ShardUnreadable, is_url, join
 
@@ -228,43 +228,51 @@ def select_rank_shards(
     return m, shards
 
 
-class ShardLoader(Loader):
-    """Infinite iterator of `(x, y)`: x float32 in [-1, 1], (B, 3, R, R), on `device`; y int64 (B,)."""
+class RankShards:
+    """What every loader does first: this rank's shards of the manifest, checked, and the spec's stream
+    settings as attributes (`reconfigure` changes `resolution` and `batch_size` later)."""
 
-    def __init__(
-        self,
-        path: str | Path,
-        batch_size: int,
-        resolution: int,
-        device: torch.device | str = "cpu",
-        rank: int = 0,
-        world_size: int = 1,
-        seed: int = 0,
-        num_workers: int = 2,
-        shuffle_buffer: int = 512,
-        hflip: bool = False,
-        verify_checksums: bool = True,
-        retries: int = 4,
-        max_bad_shards: float = 0.1,
-        retry_backoff_s: float = 0.5,
-    ):
-        self.path = path if is_url(path) else Path(path)
-        self.retries, self.max_bad_shards, self.retry_backoff_s = retries, max_bad_shards, retry_backoff_s
+    def __init__(self, spec: StreamSpec):
+        self.spec = spec
+        self.path = spec.path if is_url(spec.path) else Path(spec.path)
         self.manifest, self.rank_shards = select_rank_shards(
-            path, resolution, rank, world_size, verify_checksums
+            spec.path, spec.resolution, spec.rank, spec.world_size, spec.verify_checksums
+        )
+        self.batch_size, self.resolution, self.device = (
+            spec.batch_size,
+            spec.resolution,
+            torch.device(spec.device),
+        )
+        self.rank, self.seed, self.shuffle_buffer, self.hflip = (
+            spec.rank,
+            spec.seed,
+            spec.shuffle_buffer,
+            spec.hflip,
+        )
+        self.labelled = self.manifest.num_classes > 0
+
+
+class ShardLoader(RankShards, Loader):
+    """Infinite iterator of `(x, y)`: x float32 in [-1, 1], (B, 3, R, R), on `device`; y int64 (B,).
+    `num_workers` loader processes (0: in this process)."""
+
+    def __init__(self, spec: StreamSpec, num_workers: int = 2):
+        super().__init__(spec)
+        self.retries, self.max_bad_shards, self.retry_backoff_s = (
+            spec.retries,
+            spec.max_bad_shards,
+            spec.retry_backoff_s,
         )
         self.num_roles = max(1, min(num_workers, len(self.rank_shards)))
         if num_workers > self.num_roles:
             log.warning(
                 "rank %d has %d shards: using %d loader workers, not %d",
-                rank,
+                self.rank,
                 len(self.rank_shards),
                 self.num_roles,
                 num_workers,
             )
         self.num_workers = num_workers and self.num_roles
-        self.batch_size, self.resolution, self.device = batch_size, resolution, torch.device(device)
-        self.rank, self.seed, self.shuffle_buffer, self.hflip = rank, seed, shuffle_buffer, hflip
         self.roles = [RoleState() for _ in range(self.num_roles)]
         self.next_role = 0
         self._iter = None
@@ -290,7 +298,7 @@ class ShardLoader(Loader):
             [(str(join(self.path, s.name)), s.sha256, s.bytes) for s in self.rank_shards],
             self.batch_size,
             self.resolution,
-            self.manifest.num_classes > 0,
+            self.labelled,
             self.seed,
             self.rank,
             self.num_roles,

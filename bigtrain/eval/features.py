@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from ..data.interface import StreamSpec
 from ..data.loader import ShardLoader
 from ..data.manifest import MANIFEST_NAME, DataError, Manifest
 from ..data.remote import join, read_bytes
@@ -126,7 +127,9 @@ def classifier_reference_at(
     max_real: int = 10_000,
 ) -> FeatureStats:
     """The reals area-downscaled to `resolution` (by the loader), in the classifier's feature space."""
-    loader = ShardLoader(data_path, 256, resolution, device, seed=0, num_workers=0, shuffle_buffer=0)
+    loader = ShardLoader(
+        StreamSpec(data_path, 256, resolution, device, seed=0, shuffle_buffer=0), num_workers=0
+    )
     try:
         return real_stats(net.to(device), loader, min(manifest.num_samples, max_real))
     finally:
@@ -177,13 +180,15 @@ def classifier_evaluator(
             return FrechetEvaluator(net, FeatureStats.from_state_dict(saved["reference"]), device)
         log.info("%s was made for other shards; rebuilding it", cache)
     loader = ShardLoader(
-        data_path, 64, CLASSIFIER_INPUT, device, seed=1234, num_workers=0, shuffle_buffer=2048
+        StreamSpec(data_path, 64, CLASSIFIER_INPUT, device, seed=1234, shuffle_buffer=2048), num_workers=0
     )
     net, accuracy = train_classifier(loader, manifest.num_classes, train_steps, device)
     log.info(
         "feature classifier trained on %s: %.1f%% accuracy on its last batches", data_path, 100 * accuracy
     )
-    ordered = ShardLoader(data_path, 256, CLASSIFIER_INPUT, device, seed=0, num_workers=0, shuffle_buffer=0)
+    ordered = ShardLoader(
+        StreamSpec(data_path, 256, CLASSIFIER_INPUT, device, seed=0, shuffle_buffer=0), num_workers=0
+    )
     reference = real_stats(net, ordered, min(manifest.num_samples, max_real))
     scale = float(np.sqrt(np.trace(reference.cov) / net.feature_dim))  # the reals' RMS feature spread
     net.feature_scale.fill_(scale)

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from ..data.interface import StreamSpec
 from ..data.loader import ShardLoader
 from ..data.manifest import load_manifest
 from ..data.remote import basename, eval_cache_dir
@@ -72,7 +73,8 @@ def inception_reference(
     )  # fmt: skip
     net = inception_for(device)
     loader = ShardLoader(
-        data_path, batch, resolution or manifest.resolution, device, seed=0, num_workers=0, shuffle_buffer=0
+        StreamSpec(data_path, batch, resolution or manifest.resolution, device, seed=0, shuffle_buffer=0),
+        num_workers=0,
     )
     stats = FeatureStats.empty(net.feature_dim)
     kept: list[torch.Tensor] = []

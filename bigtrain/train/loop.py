@@ -527,6 +527,7 @@ class Trainer:
         if status == "finished" and eval_every and self.cfg.eval.truncation_sweep:  # every_kimg=0: none
             self.truncation_sweep()
         self.save()
+        self.loader.close()  # its workers stop now, not whenever the garbage collector meets them
         self.tracker.close("FINISHED" if status == "finished" else "KILLED")
         return status
 

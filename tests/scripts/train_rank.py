@@ -40,6 +40,9 @@ class SlotLoader:
     def load_state_dict(self, state):
         self.calls = state["calls"]
 
+    def close(self) -> None:
+        pass
+
 
 out, accum, iterations = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 world = int(os.environ.get("WORLD_SIZE", 1))
