@@ -101,7 +101,7 @@ def test_wgan_losses_and_the_gradient_penalty_on_a_linear_d():
     assert torch.allclose(between, between[:, :1, :1, :1].expand_as(between), atol=1e-4)
     assert ((between[:, 0, 0, 0] >= 0) & (between[:, 0, 0, 0] <= 1)).all()
     real_logits = (a * reals).sum(dim=(1, 2, 3))
-    got = gp.d_penalty(real_logits, interp, (a * interp).sum(dim=(1, 2, 3)))
+    got = gp.d_penalty(real_logits, None, interp, (a * interp).sum(dim=(1, 2, 3)))
     want = 10.0 * (a.norm() - 1) ** 2 + 0.001 * real_logits.square().mean()
     assert got.item() == pytest.approx(want.item(), rel=1e-5), (got.item(), want.item())
     assert torch.equal(got, wgan_gp_terms((a * interp).sum(dim=(1, 2, 3)), interp, real_logits, 10.0, 0.001))

@@ -74,7 +74,7 @@ class Objective:
         for r in self.on("d"):
             if not r.lazy:
                 images, logits = added.get(r, (None, None))
-                penalty = r.d_penalty(real_logits, images, logits)
+                penalty = r.d_penalty(real_logits, fake_logits, images, logits)
                 if penalty is not None:
                     loss = loss + penalty
         return loss
@@ -97,8 +97,10 @@ class Objective:
             r.load_state_dict(state)
 
 
-def build_objective(cfg: Config, G: nn.Module, grad_hooks: bool, device: torch.device) -> Objective:
-    networks = Networks(G, grad_hooks, device)
+def build_objective(
+    cfg: Config, G: nn.Module, grad_hooks: bool, device: torch.device, all_mean=lambda t: t
+) -> Objective:
+    networks = Networks(G, grad_hooks, device, all_mean)
     built = (cls.build(getattr(cfg.regularize, name), networks) for name, cls in REGULARIZERS.items())
     return Objective(ADVERSARIAL_LOSSES[cfg.loss.name], [r for r in built if r is not None])
 

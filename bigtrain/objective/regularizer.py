@@ -35,6 +35,7 @@ class Networks:
     G: nn.Module
     grad_hooks: bool  # the backend leaves p.grad whole after backward (closed-form gradients)
     device: torch.device
+    all_mean: Callable[[torch.Tensor], torch.Tensor] = lambda t: t  # the mean over ranks (one process: t)
 
 
 class Regularizer:
@@ -75,9 +76,14 @@ class Regularizer:
         return None
 
     def d_penalty(
-        self, real_logits: torch.Tensor, extra_images: torch.Tensor | None, extra_logits: torch.Tensor | None
+        self,
+        real_logits: torch.Tensor,
+        fake_logits: torch.Tensor,
+        extra_images: torch.Tensor | None,
+        extra_logits: torch.Tensor | None,
     ) -> torch.Tensor | None:
-        """Added to D's loss in its main pass; `extra_*`: the set this regularizer added, with its logits."""
+        """Added to D's loss in its main pass (per micro-batch); `extra_*`: the set this regularizer added,
+        with its logits."""
         return None
 
     def g_penalty(self, last_micro_batch: bool) -> torch.Tensor | None:

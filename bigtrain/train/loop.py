@@ -113,7 +113,9 @@ class Trainer:
         self.D = D.to(self.device, memory_format=memory_format).train()
         self.ema = EMA(self.G)
         # The adversarial loss and the regularizers that are on (bigtrain/objective/).
-        self.objective = build_objective(cfg, self.G, backend.supports_grad_hooks, self.device)
+        self.objective = build_objective(
+            cfg, self.G, backend.supports_grad_hooks, self.device, backend.all_mean
+        )
         # Fused Adam (CUDA and CPU): one kernel per step, and its step count never leaves the device.
         fused = cfg.optim.fused or None
         self.lazy_ratio = {which: self.objective.lazy_ratio(which) for which in ("g", "d")}
