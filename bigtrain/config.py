@@ -108,12 +108,19 @@ class StyleMixingConfig:
 
 
 @dataclass
+class LeCamConfig:
+    weight: float = 0.0  # LeCam regularization of D (Tseng et al. 2021; their BigGAN CIFAR runs: 0.3)
+    decay: float = 0.99  # of its anchors, the moving averages of D's mean output on reals and fakes
+
+
+@dataclass
 class RegularizeConfig:
     ortho: OrthoConfig = field(default_factory=OrthoConfig)
     gradient_penalty: GradientPenaltyConfig = field(default_factory=GradientPenaltyConfig)
     r1: R1Config = field(default_factory=R1Config)
     path_length: PathLengthConfig = field(default_factory=PathLengthConfig)
     style_mixing: StyleMixingConfig = field(default_factory=StyleMixingConfig)
+    lecam: LeCamConfig = field(default_factory=LeCamConfig)
 
 
 @dataclass

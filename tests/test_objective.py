@@ -15,6 +15,7 @@ from bigtrain.models.stylegan2 import Generator as StyleGenerator
 from bigtrain.objective import DView, GInputs, PassTools, build_objective
 from bigtrain.objective.adversarial import hinge_d, hinge_g, nonsat_d, nonsat_g, wgan_d, wgan_g
 from bigtrain.objective.gradient_penalty import GradientPenalty, wgan_gp_terms
+from bigtrain.objective.lecam import LeCam, lecam_penalty
 from bigtrain.objective.orthogonal import (
     Orthogonal,
     add_orthogonal_grad_,
@@ -171,6 +172,45 @@ def test_path_length_mean_follows_its_decay():
     assert torch.equal(restored.mean, regularizer.mean) and restored.mean.item() != 0
 
 
+def test_lecam_penalty_on_two_fixed_logit_vectors():
+    """relu(D(x) - alpha_F)^2 on reals and relu(alpha_R - D(G(z)))^2 on fakes, by hand."""
+    real, fake = torch.tensor([1.0, 2.0, 3.0]), torch.tensor([-1.0, 0.0, 2.0])
+    anchor_real, anchor_fake = torch.tensor(1.5), torch.tensor(0.5)
+    # reals: (0.5^2 + 1.5^2 + 2.5^2) / 3 = 8.75 / 3; fakes: (2.5^2 + 1.5^2 + 0) / 3 = 8.5 / 3
+    got = lecam_penalty(real, fake, anchor_real, anchor_fake).item()
+    assert got == pytest.approx(5.75), f"{got} != 5.75"
+    assert lecam_penalty(torch.tensor([0.0]), torch.tensor([2.0]), anchor_real, anchor_fake).item() == 0.0
+
+
+def test_lecam_anchors_are_the_debiased_average_of_whole_steps():
+    """No penalty before the first D step; then the anchors are the zero-debiased moving average of each
+    step's mean output over its micro-batches and ranks (here a second rank whose means are 1 higher)."""
+    decay = 0.5
+    lecam = LeCam(weight=2.0, decay=decay, device=torch.device("cpu"), all_mean=lambda t: (t + (t + 1.0)) / 2)
+    steps = [  # per step: two micro-batches of (real logits, fake logits)
+        [(torch.tensor([1.0, 3.0]), torch.tensor([-1.0, -3.0])), (torch.tensor([2.0, 2.0]), torch.tensor([0.0, 0.0]))],
+        [(torch.tensor([4.0, 4.0]), torch.tensor([-2.0, -2.0])), (torch.tensor([0.0, 0.0]), torch.tensor([-2.0, -2.0]))],
+        [(torch.tensor([1.0, 1.0]), torch.tensor([1.0, 1.0])), (torch.tensor([1.0, 1.0]), torch.tensor([1.0, 1.0]))],
+    ]  # fmt: skip
+    # (real, fake) mean of each step over its micro-batches, plus 0.5 for the second rank
+    step_means = [torch.tensor([2.5, -0.5]), torch.tensor([2.5, -1.5]), torch.tensor([1.5, 1.5])]
+    assert lecam.d_penalty(*steps[0][0], None, None) is None, "a penalty before any anchor exists"
+    lecam.d_penalty(*steps[0][1], None, None)
+    lecam.after_backward()
+    for n, step in enumerate(steps[1:], start=2):
+        weights = [decay ** (n - 1 - k) for k in range(n - 1)]
+        anchors = sum(w * m for w, m in zip(weights, step_means)) / sum(weights)
+        assert torch.allclose(lecam.anchors(), anchors), (lecam.anchors(), anchors)
+        for real, fake in step:
+            got = lecam.d_penalty(real, fake, None, None)
+            want = 2.0 * lecam_penalty(real, fake, anchors[0], anchors[1])
+            assert torch.allclose(got, want), (got, want)
+        lecam.after_backward()
+    restored = LeCam(2.0, decay, torch.device("cpu"))
+    restored.load_state_dict(lecam.state_dict())
+    assert torch.equal(restored.anchors(), lecam.anchors()) and restored.updates == 3
+
+
 def test_path_lengths_lazy_pass_uses_the_shrunk_batch_and_reaches_every_g_parameter():
     G, _ = _small_stylegan2()
     regularizer = PathLength(weight=2.0, interval=4, decay=0.01, batch_shrink=2, device=torch.device("cpu"))
@@ -290,6 +330,8 @@ def test_config_errors_name_the_key():
         _cfg("progan/digits32.yaml", "regularize.r1.gamma=1")
     with pytest.raises(ConfigError, match="regularize.gradient_penalty.weight"):
         _cfg("progan/digits32.yaml", "regularize.gradient_penalty.weight=0")
+    with pytest.raises(ConfigError, match="regularize.lecam.decay=1.0 must be below 1"):
+        _cfg(recipe, "regularize.lecam.weight=0.3", "regularize.lecam.decay=1")
     with pytest.raises(ConfigError, match="unknown config key regularize.r1.weight"):
         _cfg(recipe, "regularize.r1.weight=1")
 

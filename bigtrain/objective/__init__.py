@@ -16,6 +16,7 @@ from torch import nn
 from ..config import Config, ConfigError
 from .adversarial import ADVERSARIAL_LOSSES, AdversarialLoss
 from .gradient_penalty import GradientPenalty
+from .lecam import LeCam
 from .orthogonal import Orthogonal
 from .path_length import PathLength
 from .r1 import R1
@@ -33,6 +34,7 @@ REGULARIZERS: dict[str, type[Regularizer]] = {
     "r1": R1,
     "path_length": PathLength,
     "style_mixing": StyleMixing,
+    "lecam": LeCam,
 }
 
 
