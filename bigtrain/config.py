@@ -73,7 +73,13 @@ class ModelConfig:
 
 @dataclass
 class LossConfig:
-    name: str = "hinge"  # the adversarial loss: hinge | nonsat | wgan (with regularize.gradient_penalty)
+    # The adversarial loss (bigtrain/objective/adversarial.py): hinge | nonsat | minimax | lsgan |
+    # wgan (with regularize.gradient_penalty) | rasgan | ralsgan | rahinge (relativistic average).
+    name: str = "hinge"
+    real_label: float = 1.0  # one-sided label smoothing of nonsat, minimax, rasgan (Salimans et al.: 0.9)
+    lsgan_a: float = 0.0  # LSGAN's targets (Mao et al. 2017): D's for fakes,
+    lsgan_b: float = 1.0  # D's for reals,
+    lsgan_c: float = 1.0  # and G's for its fakes
 
 
 # The regularizers (bigtrain/objective/), one section each under `regularize`; a zero weight leaves it off.
@@ -242,7 +248,6 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.name": ("biggan", "progan", "stylegan2"),
     "model.d_architecture": ("resnet", "orig", "skip"),
     "model.init": ("ortho", "N02"),
-    "loss.name": ("hinge", "nonsat", "wgan"),
     "train.device": ("auto", "cpu", "cuda"),
     "train.precision": ("auto", "fp32", "bf16"),
     "train.channels_last": ("auto", "on", "off"),

@@ -13,7 +13,24 @@ from bigtrain.models.biggan import Generator
 from bigtrain.models.stylegan2 import Discriminator as StyleDiscriminator
 from bigtrain.models.stylegan2 import Generator as StyleGenerator
 from bigtrain.objective import DView, GInputs, PassTools, build_objective
-from bigtrain.objective.adversarial import hinge_d, hinge_g, nonsat_d, nonsat_g, wgan_d, wgan_g
+from bigtrain.objective.adversarial import (
+    build_loss,
+    hinge_d,
+    hinge_g,
+    lsgan_d,
+    lsgan_g,
+    minimax_g,
+    nonsat_d,
+    nonsat_g,
+    rahinge_d,
+    rahinge_g,
+    ralsgan_d,
+    ralsgan_g,
+    rasgan_d,
+    rasgan_g,
+    wgan_d,
+    wgan_g,
+)
 from bigtrain.objective.gradient_penalty import GradientPenalty, wgan_gp_terms
 from bigtrain.objective.lecam import LeCam, lecam_penalty
 from bigtrain.objective.orthogonal import (
@@ -55,6 +72,69 @@ def test_hinge_and_nonsaturating_values():
     sp = torch.nn.functional.softplus
     assert torch.isclose(nonsat_d(real, fake), sp(-real).mean() + sp(fake).mean())
     assert torch.isclose(nonsat_g(fake), sp(-fake).mean())
+
+
+def test_minimax_g_saturates_where_nonsat_does_not():
+    """Goodfellow et al.'s minimax G loss log(1 - sigmoid(l)): its gradient vanishes for a confidently
+    rejected fake (l << 0), where the non-saturating loss's does not."""
+    fake = torch.tensor([-8.0, 0.0], requires_grad=True)
+    assert torch.isclose(minimax_g(fake), torch.log(1 - torch.sigmoid(fake)).mean())
+    (minimax_grad,) = torch.autograd.grad(minimax_g(fake), fake)
+    (nonsat_grad,) = torch.autograd.grad(nonsat_g(fake), fake)
+    assert abs(minimax_grad[0]) < 1e-3 < abs(nonsat_grad[0]), (minimax_grad, nonsat_grad)
+
+
+def test_one_sided_label_smoothing_moves_only_the_reals_target():
+    real, fake = torch.tensor([2.0, -1.0]), torch.tensor([0.5, -3.0])
+    sp = torch.nn.functional.softplus
+    want = (0.9 * sp(-real) + 0.1 * sp(real)).mean() + sp(fake).mean()  # BCE toward 0.9 on reals, 0 on fakes
+    assert torch.isclose(nonsat_d(real, fake, real_label=0.9), want)
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    assert torch.isclose(
+        nonsat_d(real, fake, 0.9), bce(real, torch.full_like(real, 0.9)) + bce(fake, torch.zeros(2))
+    )
+    assert torch.equal(nonsat_d(real, fake, 1.0), sp(-real).mean() + sp(fake).mean()), (
+        "t = 1 is not the exact old form"
+    )
+
+
+def test_lsgan_targets():
+    """Mao et al. eq. 2 with a = -1, b = 1, c = 0: D at its targets has zero loss, G's loss is its
+    fakes' squared distance from c."""
+    real, fake = torch.tensor([1.0, 1.0]), torch.tensor([-1.0, -1.0])
+    assert lsgan_d(real, fake, a=-1.0, b=1.0).item() == 0.0
+    # 1/2 ((3 - 1)^2 + (1 - 1)^2) / 2 + 1/2 ((0 + 1)^2 + (-1 + 1)^2) / 2 = 1 + 0.25
+    assert lsgan_d(torch.tensor([3.0, 1.0]), torch.tensor([0.0, -1.0]), a=-1.0, b=1.0).item() == 1.25
+    assert lsgan_g(torch.tensor([2.0, 0.0]), c=0.0).item() == 1.0  # 1/2 (4 + 0) / 2
+
+
+def test_relativistic_average_losses_on_two_fixed_logit_vectors():
+    """Means: E[real] = 2, E[fake] = -1, so D~(x) = real + 1 = (2, 4) and D~(G(z)) = fake - 2 = (-2, -4)."""
+    real, fake = torch.tensor([1.0, 3.0]), torch.tensor([0.0, -2.0])
+    # RaHinge D: relu(1 - (2, 4)) = 0; relu(1 + (-2, -4)) = 0. G: relu(1 - (-2, -4)) = (3, 5); relu(1 + (2, 4)) = (3, 5)
+    assert rahinge_d(real, fake).item() == 0.0
+    assert rahinge_g(fake, real).item() == 8.0
+    # RaLSGAN D: ((2 - 1)^2 + (4 - 1)^2) / 2 + ((-2 + 1)^2 + (-4 + 1)^2) / 2 = 5 + 5
+    assert ralsgan_d(real, fake).item() == 10.0
+    # G: ((-2 - 1)^2 + (-4 - 1)^2) / 2 + ((2 + 1)^2 + (4 + 1)^2) / 2 = 17 + 17
+    assert ralsgan_g(fake, real).item() == 34.0
+    sp = torch.nn.functional.softplus
+    rel_real, rel_fake = torch.tensor([2.0, 4.0]), torch.tensor([-2.0, -4.0])
+    assert torch.isclose(rasgan_d(real, fake), sp(-rel_real).mean() + sp(rel_fake).mean())
+    assert torch.isclose(rasgan_g(fake, real), sp(-rel_fake).mean() + sp(rel_real).mean())
+
+
+def test_the_loss_section_builds_each_loss_with_its_parameters():
+    from bigtrain.config import LossConfig
+
+    real, fake = torch.tensor([0.5, 1.5]), torch.tensor([-0.5, 0.25])
+    lsgan = build_loss(LossConfig("lsgan", lsgan_a=-1.0, lsgan_b=1.0, lsgan_c=0.0))
+    assert torch.equal(lsgan.d(real, fake), lsgan_d(real, fake, -1.0, 1.0)) and not lsgan.needs_reals
+    assert torch.equal(lsgan.g(fake, None), lsgan_g(fake, c=0.0))
+    smoothed = build_loss(LossConfig("minimax", real_label=0.9))
+    assert torch.equal(smoothed.d(real, fake), nonsat_d(real, fake, 0.9))
+    assert torch.equal(smoothed.g(fake, None), minimax_g(fake))
+    assert all(build_loss(LossConfig(name)).needs_reals for name in ("rasgan", "ralsgan", "rahinge"))
 
 
 def test_orthogonal_penalty_is_zero_for_orthogonal_rows_and_ignores_norms():
@@ -330,6 +410,12 @@ def test_config_errors_name_the_key():
         _cfg("progan/digits32.yaml", "regularize.r1.gamma=1")
     with pytest.raises(ConfigError, match="regularize.gradient_penalty.weight"):
         _cfg("progan/digits32.yaml", "regularize.gradient_penalty.weight=0")
+    with pytest.raises(ConfigError, match="loss.name='ls' is not one of hinge, nonsat, minimax, lsgan"):
+        _cfg(recipe, "loss.name=ls")
+    with pytest.raises(
+        ConfigError, match="loss.real_label=0.9 smooths a target that loss.name=hinge does not"
+    ):
+        _cfg("biggan/digits32.yaml", "loss.real_label=0.9")
     with pytest.raises(ConfigError, match="regularize.lecam.decay=1.0 must be below 1"):
         _cfg(recipe, "regularize.lecam.weight=0.3", "regularize.lecam.decay=1")
     with pytest.raises(ConfigError, match="unknown config key regularize.r1.weight"):

@@ -9,8 +9,14 @@ from bigtrain.config import load_config
 from bigtrain.train.loop import Trainer
 from conftest import REPO, assert_same_networks
 
-# technique -> (the regularizer's title, the overrides that switch it on)
+# technique -> (the part that shows it is on: a loss's name or a regularizer's title, its overrides)
 TECHNIQUES = {
+    "minimax": ("minimax", ["loss.name=minimax"]),
+    "label_smoothing": ("nonsat", ["loss.name=nonsat", "loss.real_label=0.9"]),
+    "lsgan": ("lsgan", ["loss.name=lsgan", "loss.lsgan_a=-1", "loss.lsgan_c=0"]),
+    "rasgan": ("rasgan", ["loss.name=rasgan"]),
+    "ralsgan": ("ralsgan", ["loss.name=ralsgan"]),
+    "rahinge": ("rahinge", ["loss.name=rahinge"]),
     "lecam": ("LeCam", ["regularize.lecam.weight=0.3"]),
 }
 RECIPES = ["biggan/digits32.yaml", "stylegan2/digits32.yaml", "progan/digits32.yaml"]
@@ -29,7 +35,8 @@ def _cfg(recipe, data, run_dir, iterations, *extra):
 def test_a_technique_trains_two_iterations_in_every_family(demo_shards, tmp_path, recipe, technique):
     title, overrides = TECHNIQUES[technique]
     trainer = Trainer(_cfg(recipe, demo_shards, tmp_path, 2, *overrides))
-    assert title in [r.title for r in trainer.objective.regularizers], f"{technique} is not on in {recipe}"
+    parts = [trainer.objective.loss.name, *(r.title for r in trainer.objective.regularizers)]
+    assert title in parts, f"{technique} is not on in {recipe}: {parts}"
     assert trainer.run() == "finished" and trainer.iteration == 2, f"{recipe} with {technique} stopped early"
     metrics = trainer.log_metrics(elapsed=1.0, images=2 * BATCH)  # the mean over the two iterations
     losses = {k: metrics[k] for k in ("loss_d", "loss_g")}

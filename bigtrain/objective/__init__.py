@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ..config import Config, ConfigError
-from .adversarial import ADVERSARIAL_LOSSES, AdversarialLoss
+from .adversarial import ADVERSARIAL_LOSSES, SMOOTHABLE, AdversarialLoss, build_loss
 from .gradient_penalty import GradientPenalty
 from .lecam import LeCam
 from .orthogonal import Orthogonal
@@ -104,12 +104,22 @@ def build_objective(
 ) -> Objective:
     networks = Networks(G, grad_hooks, device, all_mean)
     built = (cls.build(getattr(cfg.regularize, name), networks) for name, cls in REGULARIZERS.items())
-    return Objective(ADVERSARIAL_LOSSES[cfg.loss.name], [r for r in built if r is not None])
+    return Objective(build_loss(cfg.loss), [r for r in built if r is not None])
 
 
 def check_config(cfg: Config) -> None:
     """The objective's checks, naming the dotted key (called by `bigtrain.config.validate`): weights,
     rates and probabilities >= 0, intervals >= 1, then each regularizer's own."""
+    loss = cfg.loss
+    if loss.name not in ADVERSARIAL_LOSSES:
+        raise ConfigError(f"loss.name={loss.name!r} is not one of {', '.join(ADVERSARIAL_LOSSES)}")
+    if not 0 < loss.real_label <= 1:
+        raise ConfigError(f"loss.real_label={loss.real_label} must be in (0, 1]")
+    if loss.real_label != 1 and loss.name not in SMOOTHABLE:
+        raise ConfigError(
+            f"loss.real_label={loss.real_label} smooths a target that loss.name={loss.name} does not have; "
+            f"it applies to {', '.join(SMOOTHABLE)} (LSGAN's real target is loss.lsgan_b)"
+        )
     for name, cls in REGULARIZERS.items():
         key, section = f"regularize.{name}", getattr(cfg.regularize, name)
         for f in dataclasses.fields(section):

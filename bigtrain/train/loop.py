@@ -240,7 +240,7 @@ class Trainer:
                 if regularizer.due(self.iteration * t.n_disc_steps + k):
                     self._lazy_step(regularizer, reals)
         self.D.requires_grad_(False)  # frozen D in the G step: no D gradients computed or all-reduced
-        loss_g = self._g_step()
+        loss_g = self._g_step(reals)
         for regularizer in self.objective.lazy("g"):
             if regularizer.due(self.iteration):
                 self._lazy_step(regularizer, [None] * t.accum)
@@ -290,8 +290,9 @@ class Trainer:
         self._guarded_step("d", loss_d)
         return loss_d, real_logits, fake_logits, reals
 
-    def _g_step(self) -> torch.Tensor:
-        """G's main optimizer step over `accum` micro-batches, with the G regularizers of the main pass."""
+    def _g_step(self, reals: list) -> torch.Tensor:
+        """G's main optimizer step over `accum` micro-batches, with the G regularizers of the main pass.
+        `reals`: the last D step's micro-batches, which a relativistic G loss compares with."""
         t, b, objective = self.cfg.train, self.backend, self.objective
         b.zero_grad("g")
         for i in range(t.accum):
@@ -304,7 +305,11 @@ class Trainer:
                 self._autocast(),
             ):
                 fake = self.g_train(z, y_fake, **g_kwargs)
-                loss_g = objective.loss.g(self.d_view(fake, y_fake, train=False)) / t.accum
+                real_logits = None
+                if objective.loss.needs_reals:  # a relativistic loss: D's view of the D step's reals
+                    with torch.no_grad():
+                        real_logits = self.d_view(*reals[i], train=False)
+                loss_g = objective.loss.g(self.d_view(fake, y_fake, train=False), real_logits) / t.accum
                 total = loss_g
                 for penalty in objective.g_penalties(last_micro_batch=last):
                     total = total + penalty
