@@ -175,9 +175,8 @@ def test_wgan_losses_and_the_gradient_penalty_on_a_linear_d():
     a = torch.randn(1, 3, 4, 4)
     reals, fakes = torch.randn(5, 3, 4, 4), torch.randn(5, 3, 4, 4)
     gp = GradientPenalty(weight=10.0, drift=0.001)
-    interp, labels = gp.extra_d_set(
-        reals, fakes, torch.zeros(5, dtype=torch.long), torch.Generator().manual_seed(1)
-    )
+    no_labels = torch.zeros(5, dtype=torch.long)
+    interp, labels = gp.extra_d_set(reals, no_labels, fakes, no_labels, torch.Generator().manual_seed(1))
     between = (interp - fakes) / (reals - fakes)  # x^ = fake + eps (real - fake), one eps per sample
     assert torch.allclose(between, between[:, :1, :1, :1].expand_as(between), atol=1e-4)
     assert ((between[:, 0, 0, 0] >= 0) & (between[:, 0, 0, 0] <= 1)).all()

@@ -64,9 +64,15 @@ class Objective:
         """D's main pass differentiates a gradient (the eager D is used)."""
         return any(r.double_backward and not r.lazy for r in self.on("d"))
 
-    def extra_d_sets(self, reals, fakes, fake_labels, generator) -> list[tuple[Regularizer, tuple]]:
+    def extra_d_sets(
+        self, reals, real_labels, fakes, fake_labels, generator
+    ) -> list[tuple[Regularizer, tuple]]:
         """The sets regularizers add to D's main pass, after the reals and fakes."""
-        extra = ((r, r.extra_d_set(reals, fakes, fake_labels, generator)) for r in self.on("d") if not r.lazy)
+        extra = (
+            (r, r.extra_d_set(reals, real_labels, fakes, fake_labels, generator))
+            for r in self.on("d")
+            if not r.lazy
+        )
         return [(r, images_labels) for r, images_labels in extra if images_labels is not None]
 
     def d_loss(self, real_logits, fake_logits, extra_sets, extra_logits) -> torch.Tensor:

@@ -43,7 +43,7 @@ class GradientPenalty(Regularizer):
         if cfg.loss.name == "wgan" and not section.weight:
             raise ConfigError(f"loss.name=wgan needs D kept Lipschitz: set {key}.weight (WGAN-GP: 10)")
 
-    def extra_d_set(self, reals, fakes, fake_labels, generator):
+    def extra_d_set(self, reals, real_labels, fakes, fake_labels, generator):
         eps = torch.rand(reals.shape[0], 1, 1, 1, device=reals.device, generator=generator)
         interp = torch.lerp(fakes.detach().to(reals.dtype), reals.detach(), eps).requires_grad_(True)
         return interp, fake_labels

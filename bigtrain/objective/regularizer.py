@@ -70,7 +70,12 @@ class Regularizer:
         """Before a G pass: edit G's keyword arguments (style mixing). `draw_seed` seeds host-side draws."""
 
     def extra_d_set(
-        self, reals: torch.Tensor, fakes: torch.Tensor, fake_labels: torch.Tensor, generator: torch.Generator
+        self,
+        reals: torch.Tensor,
+        real_labels: torch.Tensor,
+        fakes: torch.Tensor,
+        fake_labels: torch.Tensor,
+        generator: torch.Generator,
     ) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Before D's main pass: one more set of (images, labels) for D to score beside reals and fakes."""
         return None

@@ -275,7 +275,7 @@ class Trainer:
             with torch.no_grad(), frozen_state(self.G, batchnorm=True), self._autocast():
                 fake = self.G(z, y_fake, **g_kwargs)  # plain G: no gradients, no communication
             with b.accumulating("d", last=i == t.accum - 1), self._first_only(self.D, i), self._autocast():
-                extra = objective.extra_d_sets(x, fake, y_fake, self.g_inputs.generator)
+                extra = objective.extra_d_sets(x, y, fake, y_fake, self.g_inputs.generator)
                 sets = [(x, y), (fake, y_fake), *(images_labels for _, images_labels in extra)]
                 logits = self.d_view(
                     torch.cat([images for images, _ in sets]),
