@@ -77,7 +77,9 @@ class Regularizer:
         fake_labels: torch.Tensor,
         generator: torch.Generator,
     ) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """Before D's main pass: one more set of (images, labels) for D to score beside reals and fakes."""
+        """Before D's main pass: one more set of (images, labels) for D to score beside reals and fakes;
+        its size a multiple of the micro-batch (each micro-batch-sized part keeps its own minibatch
+        statistics in D)."""
         return None
 
     def d_penalty(

@@ -277,13 +277,14 @@ class Trainer:
             with b.accumulating("d", last=i == t.accum - 1), self._first_only(self.D, i), self._autocast():
                 extra = objective.extra_d_sets(x, y, fake, y_fake, self.g_inputs.generator)
                 sets = [(x, y), (fake, y_fake), *(images_labels for _, images_labels in extra)]
+                all_images = torch.cat([images for images, _ in sets])
                 logits = self.d_view(
-                    torch.cat([images for images, _ in sets]),
+                    all_images,
                     torch.cat([labels for _, labels in sets]),
-                    parts=len(sets),
+                    parts=all_images.shape[0] // self.micro_batch,  # a set may hold several micro-batches
                     double_backward=objective.d_double_backward,
                 )
-                real_logits, fake_logits, *extra_logits = logits.split(self.micro_batch)
+                real_logits, fake_logits, *extra_logits = logits.split([len(images) for images, _ in sets])
                 loss_d = objective.d_loss(real_logits, fake_logits, extra, extra_logits) / t.accum
                 b.backward(loss_d, "d")
         objective.after_backward("d")
