@@ -120,6 +120,12 @@ class LeCamConfig:
 
 
 @dataclass
+class ConsistencyConfig:
+    real: float = 0.0  # CR (Zhang et al. 2020): lambda_real on D(x) vs D(T(x)) (their BigGAN CIFAR runs: 10)
+    fake: float = 0.0  # bCR (Zhao et al. 2021) also on fakes: lambda_fake (10)
+
+
+@dataclass
 class RegularizeConfig:
     ortho: OrthoConfig = field(default_factory=OrthoConfig)
     gradient_penalty: GradientPenaltyConfig = field(default_factory=GradientPenaltyConfig)
@@ -127,6 +133,7 @@ class RegularizeConfig:
     path_length: PathLengthConfig = field(default_factory=PathLengthConfig)
     style_mixing: StyleMixingConfig = field(default_factory=StyleMixingConfig)
     lecam: LeCamConfig = field(default_factory=LeCamConfig)
+    consistency: ConsistencyConfig = field(default_factory=ConsistencyConfig)
 
 
 @dataclass

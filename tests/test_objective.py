@@ -31,6 +31,7 @@ from bigtrain.objective.adversarial import (
     wgan_d,
     wgan_g,
 )
+from bigtrain.objective.consistency import Consistency, consistency_transform
 from bigtrain.objective.gradient_penalty import GradientPenalty, wgan_gp_terms
 from bigtrain.objective.lecam import LeCam, lecam_penalty
 from bigtrain.objective.orthogonal import (
@@ -288,6 +289,48 @@ def test_lecam_anchors_are_the_debiased_average_of_whole_steps():
     restored = LeCam(2.0, decay, torch.device("cpu"))
     restored.load_state_dict(lecam.state_dict())
     assert torch.equal(restored.anchors(), lecam.anchors()) and restored.updates == 3
+
+
+def _shifted(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    """x moved by (dy, dx) pixels, zeros where nothing moved in."""
+    out = torch.zeros_like(x)
+    h, w = x.shape[-2:]
+    out[..., max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)] = x[
+        ..., max(-dy, 0) : h + min(-dy, 0), max(-dx, 0) : w + min(-dx, 0)
+    ]
+    return out
+
+
+def test_consistency_transform_is_a_flip_and_a_shift_of_at_most_an_eighth():
+    x = torch.rand(64, 3, 16, 16) + 0.1  # no zero pixels: a shift shows as zeros
+    out = consistency_transform(x, torch.Generator().manual_seed(3))
+    found = set()
+    for i in range(64):
+        matches = [
+            (flip, dy, dx)
+            for flip in (False, True)
+            for dy in range(-2, 3)
+            for dx in range(-2, 3)
+            if torch.equal(out[i], _shifted(x[i].flip(2) if flip else x[i], dy, dx))
+        ]
+        assert len(matches) == 1, f"sample {i}: not one flip and shift within 2 px of 16: {matches}"
+        found.add(matches[0][0])
+    assert found == {False, True}, "64 draws without both a flipped and an unflipped image"
+
+
+def test_consistency_penalties_cr_and_bcr():
+    real, fake = torch.tensor([1.0, 2.0]), torch.tensor([-1.0, 0.0])
+    augmented = torch.tensor([0.0, 2.0, -1.0, 3.0])  # D(T(x)) for the 2 reals, then D(T(G(z))) for the fakes
+    cr, bcr = Consistency(real=10.0, fake=0.0), Consistency(real=10.0, fake=5.0)
+    # CR: 10 ((1 - 0)^2 + 0^2) / 2 = 5; bCR adds 5 (0^2 + (0 - 3)^2) / 2 = 22.5
+    assert cr.d_penalty(real, fake, None, augmented[:2]).item() == 5.0
+    assert bcr.d_penalty(real, fake, None, augmented).item() == 27.5
+    reals, fakes = torch.rand(2, 3, 8, 8), torch.rand(2, 3, 8, 8)
+    real_labels, fake_labels = torch.tensor([3, 4]), torch.tensor([5, 6])
+    images, labels = cr.extra_d_set(reals, real_labels, fakes, fake_labels, torch.Generator().manual_seed(0))
+    assert images.shape == (2, 3, 8, 8) and labels.tolist() == [3, 4]
+    images, labels = bcr.extra_d_set(reals, real_labels, fakes, fake_labels, torch.Generator().manual_seed(0))
+    assert images.shape == (4, 3, 8, 8) and labels.tolist() == [3, 4, 5, 6]
 
 
 def test_path_lengths_lazy_pass_uses_the_shrunk_batch_and_reaches_every_g_parameter():

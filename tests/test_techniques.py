@@ -18,6 +18,8 @@ TECHNIQUES = {
     "ralsgan": ("ralsgan", ["loss.name=ralsgan"]),
     "rahinge": ("rahinge", ["loss.name=rahinge"]),
     "lecam": ("LeCam", ["regularize.lecam.weight=0.3"]),
+    "cr": ("consistency", ["regularize.consistency.real=10"]),
+    "bcr": ("consistency", ["regularize.consistency.real=10", "regularize.consistency.fake=10"]),
 }
 RECIPES = ["biggan/digits32.yaml", "stylegan2/digits32.yaml", "progan/digits32.yaml"]
 BATCH = 16

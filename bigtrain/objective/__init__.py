@@ -15,6 +15,7 @@ from torch import nn
 
 from ..config import Config, ConfigError
 from .adversarial import ADVERSARIAL_LOSSES, SMOOTHABLE, AdversarialLoss, build_loss
+from .consistency import Consistency
 from .gradient_penalty import GradientPenalty
 from .lecam import LeCam
 from .orthogonal import Orthogonal
@@ -35,6 +36,7 @@ REGULARIZERS: dict[str, type[Regularizer]] = {
     "path_length": PathLength,
     "style_mixing": StyleMixing,
     "lecam": LeCam,
+    "consistency": Consistency,
 }
 
 
