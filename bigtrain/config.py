@@ -73,7 +73,13 @@ class ModelConfig:
 
 @dataclass
 class LossConfig:
-    name: str = "hinge"  # the adversarial loss: hinge | nonsat | wgan (with regularize.gradient_penalty)
+    # The adversarial loss (bigtrain/objective/adversarial.py): hinge | nonsat | minimax | lsgan |
+    # wgan (with regularize.gradient_penalty) | rasgan | ralsgan | rahinge (relativistic average).
+    name: str = "hinge"
+    real_label: float = 1.0  # one-sided label smoothing of nonsat, minimax, rasgan (Salimans et al.: 0.9)
+    lsgan_a: float = 0.0  # LSGAN's targets (Mao et al. 2017): D's for fakes,
+    lsgan_b: float = 1.0  # D's for reals,
+    lsgan_c: float = 1.0  # and G's for its fakes
 
 
 # The regularizers (bigtrain/objective/), one section each under `regularize`; a zero weight leaves it off.
@@ -108,12 +114,26 @@ class StyleMixingConfig:
 
 
 @dataclass
+class LeCamConfig:
+    weight: float = 0.0  # LeCam regularization of D (Tseng et al. 2021; their BigGAN CIFAR runs: 0.3)
+    decay: float = 0.99  # of its anchors, the moving averages of D's mean output on reals and fakes
+
+
+@dataclass
+class ConsistencyConfig:
+    real: float = 0.0  # CR (Zhang et al. 2020): lambda_real on D(x) vs D(T(x)) (their BigGAN CIFAR runs: 10)
+    fake: float = 0.0  # bCR (Zhao et al. 2021) also on fakes: lambda_fake (10)
+
+
+@dataclass
 class RegularizeConfig:
     ortho: OrthoConfig = field(default_factory=OrthoConfig)
     gradient_penalty: GradientPenaltyConfig = field(default_factory=GradientPenaltyConfig)
     r1: R1Config = field(default_factory=R1Config)
     path_length: PathLengthConfig = field(default_factory=PathLengthConfig)
     style_mixing: StyleMixingConfig = field(default_factory=StyleMixingConfig)
+    lecam: LeCamConfig = field(default_factory=LeCamConfig)
+    consistency: ConsistencyConfig = field(default_factory=ConsistencyConfig)
 
 
 @dataclass
@@ -235,7 +255,6 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.name": ("biggan", "progan", "stylegan2"),
     "model.d_architecture": ("resnet", "orig", "skip"),
     "model.init": ("ortho", "N02"),
-    "loss.name": ("hinge", "nonsat", "wgan"),
     "train.device": ("auto", "cpu", "cuda"),
     "train.precision": ("auto", "fp32", "bf16"),
     "train.channels_last": ("auto", "on", "off"),

@@ -67,12 +67,13 @@ def test_two_ranks_are_identical_and_equal_one_process_with_the_same_global_batc
 STYLEGAN2 = ["model.name=stylegan2", "model.fmap_base=256", "model.fmap_max=16", "model.w_dim=32",
              "model.mapping_layers=2", "loss.name=nonsat", "regularize.ortho.strength=0", "regularize.r1.gamma=0.2",
              "regularize.r1.interval=2", "regularize.path_length.weight=2", "regularize.path_length.interval=2", "regularize.style_mixing.prob=0.9",
-             "augment.diffaugment=color,translation,cutout"]  # fmt: skip
+             "augment.diffaugment=color,translation,cutout", "regularize.lecam.weight=0.3"]  # fmt: skip
 
 
 def test_two_ranks_stay_identical_through_stylegan2s_double_backward_regularizers(tmp_path):
     """R1 and path length take gradients of gradients inside DDP's forward/backward; with mixing,
-    noise and augmentation drawn per slot, both ranks must end with the same weights."""
+    noise and augmentation drawn per slot, and LeCam's anchors averaged over ranks, both ranks must end
+    with the same weights."""
     _torchrun(SCRIPTS / "train_rank.py", tmp_path, 1, 4, *STYLEGAN2)
     r0, r1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
     checked = 0
@@ -82,6 +83,9 @@ def test_two_ranks_stay_identical_through_stylegan2s_double_backward_regularizer
         assert torch.equal(r0[key], r1[key]), f"{key} differs between the two ranks"
         checked += key.startswith("G.synthesis")
     assert checked > 10, f"only {checked} synthesis tensors compared"
+    assert "objective.lecam_ema" in r0 and "objective.pl_mean" in r0, sorted(
+        k for k in r0 if "objective" in k
+    )
 
 
 # Backend agreement is checked where rounding cannot grow into a different trajectory. With Adam's

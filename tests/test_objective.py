@@ -13,8 +13,27 @@ from bigtrain.models.biggan import Generator
 from bigtrain.models.stylegan2 import Discriminator as StyleDiscriminator
 from bigtrain.models.stylegan2 import Generator as StyleGenerator
 from bigtrain.objective import DView, GInputs, PassTools, build_objective
-from bigtrain.objective.adversarial import hinge_d, hinge_g, nonsat_d, nonsat_g, wgan_d, wgan_g
+from bigtrain.objective.adversarial import (
+    build_loss,
+    hinge_d,
+    hinge_g,
+    lsgan_d,
+    lsgan_g,
+    minimax_g,
+    nonsat_d,
+    nonsat_g,
+    rahinge_d,
+    rahinge_g,
+    ralsgan_d,
+    ralsgan_g,
+    rasgan_d,
+    rasgan_g,
+    wgan_d,
+    wgan_g,
+)
+from bigtrain.objective.consistency import Consistency, consistency_transform
 from bigtrain.objective.gradient_penalty import GradientPenalty, wgan_gp_terms
+from bigtrain.objective.lecam import LeCam, lecam_penalty
 from bigtrain.objective.orthogonal import (
     Orthogonal,
     add_orthogonal_grad_,
@@ -56,6 +75,69 @@ def test_hinge_and_nonsaturating_values():
     assert torch.isclose(nonsat_g(fake), sp(-fake).mean())
 
 
+def test_minimax_g_saturates_where_nonsat_does_not():
+    """Goodfellow et al.'s minimax G loss log(1 - sigmoid(l)): its gradient vanishes for a confidently
+    rejected fake (l << 0), where the non-saturating loss's does not."""
+    fake = torch.tensor([-8.0, 0.0], requires_grad=True)
+    assert torch.isclose(minimax_g(fake), torch.log(1 - torch.sigmoid(fake)).mean())
+    (minimax_grad,) = torch.autograd.grad(minimax_g(fake), fake)
+    (nonsat_grad,) = torch.autograd.grad(nonsat_g(fake), fake)
+    assert abs(minimax_grad[0]) < 1e-3 < abs(nonsat_grad[0]), (minimax_grad, nonsat_grad)
+
+
+def test_one_sided_label_smoothing_moves_only_the_reals_target():
+    real, fake = torch.tensor([2.0, -1.0]), torch.tensor([0.5, -3.0])
+    sp = torch.nn.functional.softplus
+    want = (0.9 * sp(-real) + 0.1 * sp(real)).mean() + sp(fake).mean()  # BCE toward 0.9 on reals, 0 on fakes
+    assert torch.isclose(nonsat_d(real, fake, real_label=0.9), want)
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    assert torch.isclose(
+        nonsat_d(real, fake, 0.9), bce(real, torch.full_like(real, 0.9)) + bce(fake, torch.zeros(2))
+    )
+    assert torch.equal(nonsat_d(real, fake, 1.0), sp(-real).mean() + sp(fake).mean()), (
+        "t = 1 is not the exact old form"
+    )
+
+
+def test_lsgan_targets():
+    """Mao et al. eq. 2 with a = -1, b = 1, c = 0: D at its targets has zero loss, G's loss is its
+    fakes' squared distance from c."""
+    real, fake = torch.tensor([1.0, 1.0]), torch.tensor([-1.0, -1.0])
+    assert lsgan_d(real, fake, a=-1.0, b=1.0).item() == 0.0
+    # 1/2 ((3 - 1)^2 + (1 - 1)^2) / 2 + 1/2 ((0 + 1)^2 + (-1 + 1)^2) / 2 = 1 + 0.25
+    assert lsgan_d(torch.tensor([3.0, 1.0]), torch.tensor([0.0, -1.0]), a=-1.0, b=1.0).item() == 1.25
+    assert lsgan_g(torch.tensor([2.0, 0.0]), c=0.0).item() == 1.0  # 1/2 (4 + 0) / 2
+
+
+def test_relativistic_average_losses_on_two_fixed_logit_vectors():
+    """Means: E[real] = 2, E[fake] = -1, so D~(x) = real + 1 = (2, 4) and D~(G(z)) = fake - 2 = (-2, -4)."""
+    real, fake = torch.tensor([1.0, 3.0]), torch.tensor([0.0, -2.0])
+    # RaHinge D: relu(1 - (2, 4)) = 0; relu(1 + (-2, -4)) = 0. G: relu(1 - (-2, -4)) = (3, 5); relu(1 + (2, 4)) = (3, 5)
+    assert rahinge_d(real, fake).item() == 0.0
+    assert rahinge_g(fake, real).item() == 8.0
+    # RaLSGAN D: ((2 - 1)^2 + (4 - 1)^2) / 2 + ((-2 + 1)^2 + (-4 + 1)^2) / 2 = 5 + 5
+    assert ralsgan_d(real, fake).item() == 10.0
+    # G: ((-2 - 1)^2 + (-4 - 1)^2) / 2 + ((2 + 1)^2 + (4 + 1)^2) / 2 = 17 + 17
+    assert ralsgan_g(fake, real).item() == 34.0
+    sp = torch.nn.functional.softplus
+    rel_real, rel_fake = torch.tensor([2.0, 4.0]), torch.tensor([-2.0, -4.0])
+    assert torch.isclose(rasgan_d(real, fake), sp(-rel_real).mean() + sp(rel_fake).mean())
+    assert torch.isclose(rasgan_g(fake, real), sp(-rel_fake).mean() + sp(rel_real).mean())
+
+
+def test_the_loss_section_builds_each_loss_with_its_parameters():
+    from bigtrain.config import LossConfig
+
+    real, fake = torch.tensor([0.5, 1.5]), torch.tensor([-0.5, 0.25])
+    lsgan = build_loss(LossConfig("lsgan", lsgan_a=-1.0, lsgan_b=1.0, lsgan_c=0.0))
+    assert torch.equal(lsgan.d(real, fake), lsgan_d(real, fake, -1.0, 1.0)) and not lsgan.needs_reals
+    assert torch.equal(lsgan.g(fake, None), lsgan_g(fake, c=0.0))
+    smoothed = build_loss(LossConfig("minimax", real_label=0.9))
+    assert torch.equal(smoothed.d(real, fake), nonsat_d(real, fake, 0.9))
+    assert torch.equal(smoothed.g(fake, None), minimax_g(fake))
+    assert all(build_loss(LossConfig(name)).needs_reals for name in ("rasgan", "ralsgan", "rahinge"))
+
+
 def test_orthogonal_penalty_is_zero_for_orthogonal_rows_and_ignores_norms():
     q, _ = torch.linalg.qr(torch.randn(16, 16))
     w = q[:8] * torch.arange(1.0, 9.0)[:, None]  # orthogonal rows of different norms
@@ -94,14 +176,13 @@ def test_wgan_losses_and_the_gradient_penalty_on_a_linear_d():
     a = torch.randn(1, 3, 4, 4)
     reals, fakes = torch.randn(5, 3, 4, 4), torch.randn(5, 3, 4, 4)
     gp = GradientPenalty(weight=10.0, drift=0.001)
-    interp, labels = gp.extra_d_set(
-        reals, fakes, torch.zeros(5, dtype=torch.long), torch.Generator().manual_seed(1)
-    )
+    no_labels = torch.zeros(5, dtype=torch.long)
+    interp, labels = gp.extra_d_set(reals, no_labels, fakes, no_labels, torch.Generator().manual_seed(1))
     between = (interp - fakes) / (reals - fakes)  # x^ = fake + eps (real - fake), one eps per sample
     assert torch.allclose(between, between[:, :1, :1, :1].expand_as(between), atol=1e-4)
     assert ((between[:, 0, 0, 0] >= 0) & (between[:, 0, 0, 0] <= 1)).all()
     real_logits = (a * reals).sum(dim=(1, 2, 3))
-    got = gp.d_penalty(real_logits, interp, (a * interp).sum(dim=(1, 2, 3)))
+    got = gp.d_penalty(real_logits, None, interp, (a * interp).sum(dim=(1, 2, 3)))
     want = 10.0 * (a.norm() - 1) ** 2 + 0.001 * real_logits.square().mean()
     assert got.item() == pytest.approx(want.item(), rel=1e-5), (got.item(), want.item())
     assert torch.equal(got, wgan_gp_terms((a * interp).sum(dim=(1, 2, 3)), interp, real_logits, 10.0, 0.001))
@@ -169,6 +250,87 @@ def test_path_length_mean_follows_its_decay():
     restored = PathLength(2.0, 4, 0.25, 2, torch.device("cpu"))
     restored.load_state_dict(regularizer.state_dict())
     assert torch.equal(restored.mean, regularizer.mean) and restored.mean.item() != 0
+
+
+def test_lecam_penalty_on_two_fixed_logit_vectors():
+    """relu(D(x) - alpha_F)^2 on reals and relu(alpha_R - D(G(z)))^2 on fakes, by hand."""
+    real, fake = torch.tensor([1.0, 2.0, 3.0]), torch.tensor([-1.0, 0.0, 2.0])
+    anchor_real, anchor_fake = torch.tensor(1.5), torch.tensor(0.5)
+    # reals: (0.5^2 + 1.5^2 + 2.5^2) / 3 = 8.75 / 3; fakes: (2.5^2 + 1.5^2 + 0) / 3 = 8.5 / 3
+    got = lecam_penalty(real, fake, anchor_real, anchor_fake).item()
+    assert got == pytest.approx(5.75), f"{got} != 5.75"
+    assert lecam_penalty(torch.tensor([0.0]), torch.tensor([2.0]), anchor_real, anchor_fake).item() == 0.0
+
+
+def test_lecam_anchors_are_the_debiased_average_of_whole_steps():
+    """No penalty before the first D step; then the anchors are the zero-debiased moving average of each
+    step's mean output over its micro-batches and ranks (here a second rank whose means are 1 higher)."""
+    decay = 0.5
+    lecam = LeCam(weight=2.0, decay=decay, device=torch.device("cpu"), all_mean=lambda t: (t + (t + 1.0)) / 2)
+    steps = [  # per step: two micro-batches of (real logits, fake logits)
+        [(torch.tensor([1.0, 3.0]), torch.tensor([-1.0, -3.0])), (torch.tensor([2.0, 2.0]), torch.tensor([0.0, 0.0]))],
+        [(torch.tensor([4.0, 4.0]), torch.tensor([-2.0, -2.0])), (torch.tensor([0.0, 0.0]), torch.tensor([-2.0, -2.0]))],
+        [(torch.tensor([1.0, 1.0]), torch.tensor([1.0, 1.0])), (torch.tensor([1.0, 1.0]), torch.tensor([1.0, 1.0]))],
+    ]  # fmt: skip
+    # (real, fake) mean of each step over its micro-batches, plus 0.5 for the second rank
+    step_means = [torch.tensor([2.5, -0.5]), torch.tensor([2.5, -1.5]), torch.tensor([1.5, 1.5])]
+    assert lecam.d_penalty(*steps[0][0], None, None) is None, "a penalty before any anchor exists"
+    lecam.d_penalty(*steps[0][1], None, None)
+    lecam.after_backward()
+    for n, step in enumerate(steps[1:], start=2):
+        weights = [decay ** (n - 1 - k) for k in range(n - 1)]
+        anchors = sum(w * m for w, m in zip(weights, step_means)) / sum(weights)
+        assert torch.allclose(lecam.anchors(), anchors), (lecam.anchors(), anchors)
+        for real, fake in step:
+            got = lecam.d_penalty(real, fake, None, None)
+            want = 2.0 * lecam_penalty(real, fake, anchors[0], anchors[1])
+            assert torch.allclose(got, want), (got, want)
+        lecam.after_backward()
+    restored = LeCam(2.0, decay, torch.device("cpu"))
+    restored.load_state_dict(lecam.state_dict())
+    assert torch.equal(restored.anchors(), lecam.anchors()) and restored.updates == 3
+
+
+def _shifted(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    """x moved by (dy, dx) pixels, zeros where nothing moved in."""
+    out = torch.zeros_like(x)
+    h, w = x.shape[-2:]
+    out[..., max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)] = x[
+        ..., max(-dy, 0) : h + min(-dy, 0), max(-dx, 0) : w + min(-dx, 0)
+    ]
+    return out
+
+
+def test_consistency_transform_is_a_flip_and_a_shift_of_at_most_an_eighth():
+    x = torch.rand(64, 3, 16, 16) + 0.1  # no zero pixels: a shift shows as zeros
+    out = consistency_transform(x, torch.Generator().manual_seed(3))
+    found = set()
+    for i in range(64):
+        matches = [
+            (flip, dy, dx)
+            for flip in (False, True)
+            for dy in range(-2, 3)
+            for dx in range(-2, 3)
+            if torch.equal(out[i], _shifted(x[i].flip(2) if flip else x[i], dy, dx))
+        ]
+        assert len(matches) == 1, f"sample {i}: not one flip and shift within 2 px of 16: {matches}"
+        found.add(matches[0][0])
+    assert found == {False, True}, "64 draws without both a flipped and an unflipped image"
+
+
+def test_consistency_penalties_cr_and_bcr():
+    real, fake = torch.tensor([1.0, 2.0]), torch.tensor([-1.0, 0.0])
+    augmented = torch.tensor([0.0, 2.0, -1.0, 3.0])  # D(T(x)) for the 2 reals, then D(T(G(z))) for the fakes
+    cr, bcr = Consistency(real=10.0, fake=0.0), Consistency(real=10.0, fake=5.0)
+    # CR: 10 ((1 - 0)^2 + 0^2) / 2 = 5; bCR adds 5 (0^2 + (0 - 3)^2) / 2 = 22.5
+    assert cr.d_penalty(real, fake, None, augmented[:2]).item() == 5.0
+    assert bcr.d_penalty(real, fake, None, augmented).item() == 27.5
+    reals, fakes = torch.rand(2, 3, 8, 8), torch.rand(2, 3, 8, 8)
+    real_labels, fake_labels = torch.tensor([3, 4]), torch.tensor([5, 6])
+    images, labels = cr.extra_d_set(reals, real_labels, fakes, fake_labels, torch.Generator().manual_seed(0))
+    assert images.shape == (2, 3, 8, 8) and labels.tolist() == [3, 4]
+    images, labels = bcr.extra_d_set(reals, real_labels, fakes, fake_labels, torch.Generator().manual_seed(0))
+    assert images.shape == (4, 3, 8, 8) and labels.tolist() == [3, 4, 5, 6]
 
 
 def test_path_lengths_lazy_pass_uses_the_shrunk_batch_and_reaches_every_g_parameter():
@@ -290,6 +452,14 @@ def test_config_errors_name_the_key():
         _cfg("progan/digits32.yaml", "regularize.r1.gamma=1")
     with pytest.raises(ConfigError, match="regularize.gradient_penalty.weight"):
         _cfg("progan/digits32.yaml", "regularize.gradient_penalty.weight=0")
+    with pytest.raises(ConfigError, match="loss.name='ls' is not one of hinge, nonsat, minimax, lsgan"):
+        _cfg(recipe, "loss.name=ls")
+    with pytest.raises(
+        ConfigError, match="loss.real_label=0.9 smooths a target that loss.name=hinge does not"
+    ):
+        _cfg("biggan/digits32.yaml", "loss.real_label=0.9")
+    with pytest.raises(ConfigError, match="regularize.lecam.decay=1.0 must be below 1"):
+        _cfg(recipe, "regularize.lecam.weight=0.3", "regularize.lecam.decay=1")
     with pytest.raises(ConfigError, match="unknown config key regularize.r1.weight"):
         _cfg(recipe, "regularize.r1.weight=1")
 

@@ -14,8 +14,10 @@ import torch
 from torch import nn
 
 from ..config import Config, ConfigError
-from .adversarial import ADVERSARIAL_LOSSES, AdversarialLoss
+from .adversarial import ADVERSARIAL_LOSSES, SMOOTHABLE, AdversarialLoss, build_loss
+from .consistency import Consistency
 from .gradient_penalty import GradientPenalty
+from .lecam import LeCam
 from .orthogonal import Orthogonal
 from .path_length import PathLength
 from .r1 import R1
@@ -33,6 +35,8 @@ REGULARIZERS: dict[str, type[Regularizer]] = {
     "r1": R1,
     "path_length": PathLength,
     "style_mixing": StyleMixing,
+    "lecam": LeCam,
+    "consistency": Consistency,
 }
 
 
@@ -62,9 +66,15 @@ class Objective:
         """D's main pass differentiates a gradient (the eager D is used)."""
         return any(r.double_backward and not r.lazy for r in self.on("d"))
 
-    def extra_d_sets(self, reals, fakes, fake_labels, generator) -> list[tuple[Regularizer, tuple]]:
+    def extra_d_sets(
+        self, reals, real_labels, fakes, fake_labels, generator
+    ) -> list[tuple[Regularizer, tuple]]:
         """The sets regularizers add to D's main pass, after the reals and fakes."""
-        extra = ((r, r.extra_d_set(reals, fakes, fake_labels, generator)) for r in self.on("d") if not r.lazy)
+        extra = (
+            (r, r.extra_d_set(reals, real_labels, fakes, fake_labels, generator))
+            for r in self.on("d")
+            if not r.lazy
+        )
         return [(r, images_labels) for r, images_labels in extra if images_labels is not None]
 
     def d_loss(self, real_logits, fake_logits, extra_sets, extra_logits) -> torch.Tensor:
@@ -74,7 +84,7 @@ class Objective:
         for r in self.on("d"):
             if not r.lazy:
                 images, logits = added.get(r, (None, None))
-                penalty = r.d_penalty(real_logits, images, logits)
+                penalty = r.d_penalty(real_logits, fake_logits, images, logits)
                 if penalty is not None:
                     loss = loss + penalty
         return loss
@@ -97,15 +107,27 @@ class Objective:
             r.load_state_dict(state)
 
 
-def build_objective(cfg: Config, G: nn.Module, grad_hooks: bool, device: torch.device) -> Objective:
-    networks = Networks(G, grad_hooks, device)
+def build_objective(
+    cfg: Config, G: nn.Module, grad_hooks: bool, device: torch.device, all_mean=lambda t: t
+) -> Objective:
+    networks = Networks(G, grad_hooks, device, all_mean)
     built = (cls.build(getattr(cfg.regularize, name), networks) for name, cls in REGULARIZERS.items())
-    return Objective(ADVERSARIAL_LOSSES[cfg.loss.name], [r for r in built if r is not None])
+    return Objective(build_loss(cfg.loss), [r for r in built if r is not None])
 
 
 def check_config(cfg: Config) -> None:
     """The objective's checks, naming the dotted key (called by `bigtrain.config.validate`): weights,
     rates and probabilities >= 0, intervals >= 1, then each regularizer's own."""
+    loss = cfg.loss
+    if loss.name not in ADVERSARIAL_LOSSES:
+        raise ConfigError(f"loss.name={loss.name!r} is not one of {', '.join(ADVERSARIAL_LOSSES)}")
+    if not 0 < loss.real_label <= 1:
+        raise ConfigError(f"loss.real_label={loss.real_label} must be in (0, 1]")
+    if loss.real_label != 1 and loss.name not in SMOOTHABLE:
+        raise ConfigError(
+            f"loss.real_label={loss.real_label} smooths a target that loss.name={loss.name} does not have; "
+            f"it applies to {', '.join(SMOOTHABLE)} (LSGAN's real target is loss.lsgan_b)"
+        )
     for name, cls in REGULARIZERS.items():
         key, section = f"regularize.{name}", getattr(cfg.regularize, name)
         for f in dataclasses.fields(section):

@@ -43,10 +43,10 @@ class GradientPenalty(Regularizer):
         if cfg.loss.name == "wgan" and not section.weight:
             raise ConfigError(f"loss.name=wgan needs D kept Lipschitz: set {key}.weight (WGAN-GP: 10)")
 
-    def extra_d_set(self, reals, fakes, fake_labels, generator):
+    def extra_d_set(self, reals, real_labels, fakes, fake_labels, generator):
         eps = torch.rand(reals.shape[0], 1, 1, 1, device=reals.device, generator=generator)
         interp = torch.lerp(fakes.detach().to(reals.dtype), reals.detach(), eps).requires_grad_(True)
         return interp, fake_labels
 
-    def d_penalty(self, real_logits, extra_images, extra_logits):
+    def d_penalty(self, real_logits, fake_logits, extra_images, extra_logits):
         return wgan_gp_terms(extra_logits, extra_images, real_logits, self.weight, self.drift)

@@ -35,6 +35,7 @@ class Networks:
     G: nn.Module
     grad_hooks: bool  # the backend leaves p.grad whole after backward (closed-form gradients)
     device: torch.device
+    all_mean: Callable[[torch.Tensor], torch.Tensor] = lambda t: t  # the mean over ranks (one process: t)
 
 
 class Regularizer:
@@ -69,15 +70,27 @@ class Regularizer:
         """Before a G pass: edit G's keyword arguments (style mixing). `draw_seed` seeds host-side draws."""
 
     def extra_d_set(
-        self, reals: torch.Tensor, fakes: torch.Tensor, fake_labels: torch.Tensor, generator: torch.Generator
+        self,
+        reals: torch.Tensor,
+        real_labels: torch.Tensor,
+        fakes: torch.Tensor,
+        fake_labels: torch.Tensor,
+        generator: torch.Generator,
     ) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """Before D's main pass: one more set of (images, labels) for D to score beside reals and fakes."""
+        """Before D's main pass: one more set of (images, labels) for D to score beside reals and fakes;
+        its size a multiple of the micro-batch (each micro-batch-sized part keeps its own minibatch
+        statistics in D)."""
         return None
 
     def d_penalty(
-        self, real_logits: torch.Tensor, extra_images: torch.Tensor | None, extra_logits: torch.Tensor | None
+        self,
+        real_logits: torch.Tensor,
+        fake_logits: torch.Tensor,
+        extra_images: torch.Tensor | None,
+        extra_logits: torch.Tensor | None,
     ) -> torch.Tensor | None:
-        """Added to D's loss in its main pass; `extra_*`: the set this regularizer added, with its logits."""
+        """Added to D's loss in its main pass (per micro-batch); `extra_*`: the set this regularizer added,
+        with its logits."""
         return None
 
     def g_penalty(self, last_micro_batch: bool) -> torch.Tensor | None:

@@ -113,7 +113,9 @@ class Trainer:
         self.D = D.to(self.device, memory_format=memory_format).train()
         self.ema = EMA(self.G)
         # The adversarial loss and the regularizers that are on (bigtrain/objective/).
-        self.objective = build_objective(cfg, self.G, backend.supports_grad_hooks, self.device)
+        self.objective = build_objective(
+            cfg, self.G, backend.supports_grad_hooks, self.device, backend.all_mean
+        )
         # Fused Adam (CUDA and CPU): one kernel per step, and its step count never leaves the device.
         fused = cfg.optim.fused or None
         self.lazy_ratio = {which: self.objective.lazy_ratio(which) for which in ("g", "d")}
@@ -238,7 +240,7 @@ class Trainer:
                 if regularizer.due(self.iteration * t.n_disc_steps + k):
                     self._lazy_step(regularizer, reals)
         self.D.requires_grad_(False)  # frozen D in the G step: no D gradients computed or all-reduced
-        loss_g = self._g_step()
+        loss_g = self._g_step(reals)
         for regularizer in self.objective.lazy("g"):
             if regularizer.due(self.iteration):
                 self._lazy_step(regularizer, [None] * t.accum)
@@ -273,23 +275,25 @@ class Trainer:
             with torch.no_grad(), frozen_state(self.G, batchnorm=True), self._autocast():
                 fake = self.G(z, y_fake, **g_kwargs)  # plain G: no gradients, no communication
             with b.accumulating("d", last=i == t.accum - 1), self._first_only(self.D, i), self._autocast():
-                extra = objective.extra_d_sets(x, fake, y_fake, self.g_inputs.generator)
+                extra = objective.extra_d_sets(x, y, fake, y_fake, self.g_inputs.generator)
                 sets = [(x, y), (fake, y_fake), *(images_labels for _, images_labels in extra)]
+                all_images = torch.cat([images for images, _ in sets])
                 logits = self.d_view(
-                    torch.cat([images for images, _ in sets]),
+                    all_images,
                     torch.cat([labels for _, labels in sets]),
-                    parts=len(sets),
+                    parts=all_images.shape[0] // self.micro_batch,  # a set may hold several micro-batches
                     double_backward=objective.d_double_backward,
                 )
-                real_logits, fake_logits, *extra_logits = logits.split(self.micro_batch)
+                real_logits, fake_logits, *extra_logits = logits.split([len(images) for images, _ in sets])
                 loss_d = objective.d_loss(real_logits, fake_logits, extra, extra_logits) / t.accum
                 b.backward(loss_d, "d")
         objective.after_backward("d")
         self._guarded_step("d", loss_d)
         return loss_d, real_logits, fake_logits, reals
 
-    def _g_step(self) -> torch.Tensor:
-        """G's main optimizer step over `accum` micro-batches, with the G regularizers of the main pass."""
+    def _g_step(self, reals: list) -> torch.Tensor:
+        """G's main optimizer step over `accum` micro-batches, with the G regularizers of the main pass.
+        `reals`: the last D step's micro-batches, which a relativistic G loss compares with."""
         t, b, objective = self.cfg.train, self.backend, self.objective
         b.zero_grad("g")
         for i in range(t.accum):
@@ -302,7 +306,11 @@ class Trainer:
                 self._autocast(),
             ):
                 fake = self.g_train(z, y_fake, **g_kwargs)
-                loss_g = objective.loss.g(self.d_view(fake, y_fake, train=False)) / t.accum
+                real_logits = None
+                if objective.loss.needs_reals:  # a relativistic loss: D's view of the D step's reals
+                    with torch.no_grad():
+                        real_logits = self.d_view(*reals[i], train=False)
+                loss_g = objective.loss.g(self.d_view(fake, y_fake, train=False), real_logits) / t.accum
                 total = loss_g
                 for penalty in objective.g_penalties(last_micro_batch=last):
                     total = total + penalty

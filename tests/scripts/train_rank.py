@@ -73,5 +73,7 @@ weights = {
     for name, m in (("G", trainer.G), ("D", trainer.D), ("G_ema", trainer.ema.model))
     for k, v in m.state_dict().items()
 }
-torch.save({**weights, **before, **probes("probe")}, f"{out}/rank{trainer.rank}.pt")
+# The objective's state (e.g. LeCam's anchors), which every rank must hold alike.
+objective = {f"objective.{k}": torch.as_tensor(v) for k, v in trainer.objective.state_dict().items()}
+torch.save({**weights, **objective, **before, **probes("probe")}, f"{out}/rank{trainer.rank}.pt")
 trainer.backend.close()

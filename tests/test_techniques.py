@@ -1,0 +1,57 @@
+"""Each technique of the objective switched on in every family's digits recipe: it trains, and its state
+resumes exactly. A technique's equation is tested on its own in test_objective.py."""
+
+import math
+
+import pytest
+
+from bigtrain.config import load_config
+from bigtrain.train.loop import Trainer
+from conftest import REPO, assert_same_networks
+
+# technique -> (the part that shows it is on: a loss's name or a regularizer's title, its overrides)
+TECHNIQUES = {
+    "minimax": ("minimax", ["loss.name=minimax"]),
+    "label_smoothing": ("nonsat", ["loss.name=nonsat", "loss.real_label=0.9"]),
+    "lsgan": ("lsgan", ["loss.name=lsgan", "loss.lsgan_a=-1", "loss.lsgan_c=0"]),
+    "rasgan": ("rasgan", ["loss.name=rasgan"]),
+    "ralsgan": ("ralsgan", ["loss.name=ralsgan"]),
+    "rahinge": ("rahinge", ["loss.name=rahinge"]),
+    "lecam": ("LeCam", ["regularize.lecam.weight=0.3"]),
+    "cr": ("consistency", ["regularize.consistency.real=10"]),
+    "bcr": ("consistency", ["regularize.consistency.real=10", "regularize.consistency.fake=10"]),
+}
+RECIPES = ["biggan/digits32.yaml", "stylegan2/digits32.yaml", "progan/digits32.yaml"]
+BATCH = 16
+
+
+def _cfg(recipe, data, run_dir, iterations, *extra):
+    return load_config(REPO / "configs" / recipe, [
+        f"data.path={data}", f"train.run_dir={run_dir}", "track.enabled=false", "eval.every_kimg=0",
+        f"train.batch={BATCH}", "data.num_workers=0", f"train.total_kimg={iterations * BATCH / 1000}", *extra,
+    ])  # fmt: skip
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+@pytest.mark.parametrize("technique", TECHNIQUES)
+def test_a_technique_trains_two_iterations_in_every_family(demo_shards, tmp_path, recipe, technique):
+    title, overrides = TECHNIQUES[technique]
+    trainer = Trainer(_cfg(recipe, demo_shards, tmp_path, 2, *overrides))
+    parts = [trainer.objective.loss.name, *(r.title for r in trainer.objective.regularizers)]
+    assert title in parts, f"{technique} is not on in {recipe}: {parts}"
+    assert trainer.run() == "finished" and trainer.iteration == 2, f"{recipe} with {technique} stopped early"
+    metrics = trainer.log_metrics(elapsed=1.0, images=2 * BATCH)  # the mean over the two iterations
+    losses = {k: metrics[k] for k in ("loss_d", "loss_g")}
+    assert all(math.isfinite(v) for v in losses.values()), f"{recipe} with {technique}: {losses}"
+
+
+def test_lecam_anchors_resume_exactly(demo_shards, tmp_path):
+    on = TECHNIQUES["lecam"][1]
+    whole = Trainer(_cfg(RECIPES[0], demo_shards, tmp_path / "whole", 4, *on))
+    whole.run()
+    Trainer(_cfg(RECIPES[0], demo_shards, tmp_path / "split", 2, *on)).run()
+    resumed = Trainer(_cfg(RECIPES[0], demo_shards, tmp_path / "split", 4, *on), resume=True)
+    resumed.run()
+    assert_same_networks(whole, resumed, "with LeCam on")
+    (a,), (b,) = ([r for r in t.objective.regularizers if r.title == "LeCam"] for t in (whole, resumed))
+    assert a.updates == b.updates == 4 and a.ema.equal(b.ema), (a.updates, b.updates, a.ema, b.ema)
