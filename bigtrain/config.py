@@ -126,6 +126,11 @@ class ConsistencyConfig:
 
 
 @dataclass
+class WeightClipConfig:
+    value: float = 0.0  # WGAN's weight clipping of D to [-value, value] after each step (the paper: 0.01)
+
+
+@dataclass
 class RegularizeConfig:
     ortho: OrthoConfig = field(default_factory=OrthoConfig)
     gradient_penalty: GradientPenaltyConfig = field(default_factory=GradientPenaltyConfig)
@@ -134,6 +139,7 @@ class RegularizeConfig:
     style_mixing: StyleMixingConfig = field(default_factory=StyleMixingConfig)
     lecam: LeCamConfig = field(default_factory=LeCamConfig)
     consistency: ConsistencyConfig = field(default_factory=ConsistencyConfig)
+    weight_clip: WeightClipConfig = field(default_factory=WeightClipConfig)
 
 
 @dataclass
@@ -143,10 +149,15 @@ class AugmentConfig:
     # Differentiable augmentation (Zhao et al. 2020) for small datasets: a comma-separated policy of
     # color, translation, cutout ("" disables).
     diffaugment: str = ""
+    # Instance noise (Sonderby et al. 2016): N(0, sigma^2) added to every image D sees (images in [-1, 1]),
+    # its sigma annealed linearly to 0 over instance_noise_kimg (0: constant).
+    instance_noise: float = 0.0
+    instance_noise_kimg: float = 0.0
 
 
 @dataclass
 class OptimConfig:
+    name: str = "adam"  # adam | rmsprop (WGAN with weight clipping; optim.beta2 is its smoothing constant)
     lr_g: float = 1e-4  # TTUR: G slower than D
     lr_d: float = 4e-4
     beta1: float = 0.0
@@ -259,6 +270,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.precision": ("auto", "fp32", "bf16"),
     "train.channels_last": ("auto", "on", "off"),
     "dist.backend": ("ddp", "accelerate", "deepspeed"),
+    "optim.name": ("adam", "rmsprop"),
 }
 
 

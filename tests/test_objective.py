@@ -44,6 +44,8 @@ from bigtrain.objective.orthogonal import (
 from bigtrain.objective.path_length import PathLength, path_lengths
 from bigtrain.objective.r1 import R1, r1_penalty
 from bigtrain.objective.style_mixing import StyleMixing
+from bigtrain.objective.views import instance_noise_sigma
+from bigtrain.objective.weight_clip import WeightClip
 from conftest import REPO
 
 
@@ -333,6 +335,32 @@ def test_consistency_penalties_cr_and_bcr():
     assert images.shape == (4, 3, 8, 8) and labels.tolist() == [3, 4, 5, 6]
 
 
+def test_weight_clipping_clamps_every_d_parameter_after_its_step():
+    D = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 1))
+    with torch.no_grad():
+        D[0].weight.copy_(torch.tensor([[0.5, -0.5, 0.005, -0.005]] * 3))
+    before = D[0].weight.clone()
+    WeightClip(0.01, D).after_step()
+    assert all(p.abs().max() <= 0.01 for p in D.parameters())
+    assert torch.equal(D[0].weight[:, 2:], before[:, 2:]), "weights inside [-c, c] must stay as they are"
+    assert torch.equal(D[0].weight[:, :2], torch.tensor([[0.01, -0.01]] * 3)), D[0].weight
+
+
+def test_instance_noise_is_added_to_what_d_sees_and_anneals_to_zero():
+    assert [instance_noise_sigma(0.2, 10.0, k) for k in (0.0, 5.0, 10.0, 20.0)] == [0.2, 0.1, 0.0, 0.0]
+    assert instance_noise_sigma(0.2, 0.0, 1e6) == 0.2, "anneal_kimg=0 keeps sigma constant"
+    seen = []
+    D = lambda x, y, parts=1: seen.append(x) or x.sum(dim=(1, 2, 3))  # noqa: E731
+    view = DView(D, D, D, [], torch.Generator().manual_seed(3))
+    images = torch.zeros(4, 3, 8, 8)
+    view(images, torch.zeros(4, dtype=torch.long))
+    assert torch.equal(seen[-1], images), "sigma 0 must leave the images alone"
+    view.noise_sigma = 0.5
+    view(images, torch.zeros(4, dtype=torch.long))
+    noise = torch.randn(images.shape, generator=torch.Generator().manual_seed(3))
+    assert torch.allclose(seen[-1], 0.5 * noise), "not N(0, sigma^2) from the slot's stream"
+
+
 def test_path_lengths_lazy_pass_uses_the_shrunk_batch_and_reaches_every_g_parameter():
     G, _ = _small_stylegan2()
     regularizer = PathLength(weight=2.0, interval=4, decay=0.01, batch_shrink=2, device=torch.device("cpu"))
@@ -458,6 +486,10 @@ def test_config_errors_name_the_key():
         ConfigError, match="loss.real_label=0.9 smooths a target that loss.name=hinge does not"
     ):
         _cfg("biggan/digits32.yaml", "loss.real_label=0.9")
+    with pytest.raises(ConfigError, match="regularize.weight_clip.value with dist.backend=deepspeed"):
+        _cfg("biggan/digits32.yaml", "regularize.weight_clip.value=0.01", "dist.backend=deepspeed")
+    with pytest.raises(ConfigError, match="augment.instance_noise=-0.1 must be >= 0"):
+        _cfg(recipe, "augment.instance_noise=-0.1")
     with pytest.raises(ConfigError, match="regularize.lecam.decay=1.0 must be below 1"):
         _cfg(recipe, "regularize.lecam.weight=0.3", "regularize.lecam.decay=1")
     with pytest.raises(ConfigError, match="unknown config key regularize.r1.weight"):

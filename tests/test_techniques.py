@@ -20,6 +20,19 @@ TECHNIQUES = {
     "lecam": ("LeCam", ["regularize.lecam.weight=0.3"]),
     "cr": ("consistency", ["regularize.consistency.real=10"]),
     "bcr": ("consistency", ["regularize.consistency.real=10", "regularize.consistency.fake=10"]),
+    "wgan_weight_clip": (
+        "weight clipping",
+        [
+            "loss.name=wgan",
+            "regularize.weight_clip.value=0.01",
+            "regularize.gradient_penalty.weight=0",
+            "regularize.gradient_penalty.drift=0",
+            "optim.name=rmsprop",
+            "optim.lr_g=5e-5",
+            "optim.lr_d=5e-5",
+        ],
+    ),
+    "instance_noise": ("instance noise", ["augment.instance_noise=0.1", "augment.instance_noise_kimg=1"]),
 }
 RECIPES = ["biggan/digits32.yaml", "stylegan2/digits32.yaml", "progan/digits32.yaml"]
 BATCH = 16
@@ -38,6 +51,7 @@ def test_a_technique_trains_two_iterations_in_every_family(demo_shards, tmp_path
     title, overrides = TECHNIQUES[technique]
     trainer = Trainer(_cfg(recipe, demo_shards, tmp_path, 2, *overrides))
     parts = [trainer.objective.loss.name, *(r.title for r in trainer.objective.regularizers)]
+    parts += ["instance noise"] if trainer.cfg.augment.instance_noise else []
     assert title in parts, f"{technique} is not on in {recipe}: {parts}"
     assert trainer.run() == "finished" and trainer.iteration == 2, f"{recipe} with {technique} stopped early"
     metrics = trainer.log_metrics(elapsed=1.0, images=2 * BATCH)  # the mean over the two iterations
