@@ -131,6 +131,12 @@ class WeightClipConfig:
 
 
 @dataclass
+class HistoricalAveragingConfig:
+    g: float = 0.0  # Salimans et al. 2016: lambda on G's distance from the average of its past parameters
+    d: float = 0.0  # and on D's
+
+
+@dataclass
 class RegularizeConfig:
     ortho: OrthoConfig = field(default_factory=OrthoConfig)
     gradient_penalty: GradientPenaltyConfig = field(default_factory=GradientPenaltyConfig)
@@ -140,6 +146,7 @@ class RegularizeConfig:
     lecam: LeCamConfig = field(default_factory=LeCamConfig)
     consistency: ConsistencyConfig = field(default_factory=ConsistencyConfig)
     weight_clip: WeightClipConfig = field(default_factory=WeightClipConfig)
+    historical_averaging: HistoricalAveragingConfig = field(default_factory=HistoricalAveragingConfig)
 
 
 @dataclass

@@ -33,6 +33,7 @@ from bigtrain.objective.adversarial import (
 )
 from bigtrain.objective.consistency import Consistency, consistency_transform
 from bigtrain.objective.gradient_penalty import GradientPenalty, wgan_gp_terms
+from bigtrain.objective.historical_average import HistoricalAverage
 from bigtrain.objective.lecam import LeCam, lecam_penalty
 from bigtrain.objective.orthogonal import (
     Orthogonal,
@@ -43,6 +44,7 @@ from bigtrain.objective.orthogonal import (
 )
 from bigtrain.objective.path_length import PathLength, path_lengths
 from bigtrain.objective.r1 import R1, r1_penalty
+from bigtrain.objective.regularizer import Networks
 from bigtrain.objective.style_mixing import StyleMixing
 from bigtrain.objective.views import instance_noise_sigma
 from bigtrain.objective.weight_clip import WeightClip
@@ -359,6 +361,33 @@ def test_instance_noise_is_added_to_what_d_sees_and_anneals_to_zero():
     view(images, torch.zeros(4, dtype=torch.long))
     noise = torch.randn(images.shape, generator=torch.Generator().manual_seed(3))
     assert torch.allclose(seen[-1], 0.5 * noise), "not N(0, sigma^2) from the slot's stream"
+
+
+def test_historical_averaging_penalty_after_three_updates():
+    """theta = 1 as built, then 3, 5 and 2 after three steps: the average of the four is 2.75, and the
+    penalty at theta = 2 is lambda (2 - 2.75)^2; only D's penalty comes with every micro-batch."""
+    net = torch.nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        net.weight.fill_(1.0)
+    average = HistoricalAverage("g", 0.5, net)
+    for value in (3.0, 5.0, 2.0):
+        with torch.no_grad():
+            net.weight.fill_(value)
+        average.after_step()
+    assert average.average["weight"].item() == 2.75 and average.count == 4
+    assert average.g_penalty(last_micro_batch=False) is None, "G's penalty twice in an accumulated step"
+    penalty = average.g_penalty(last_micro_batch=True)
+    assert penalty.item() == 0.5 * 0.75**2
+    (grad,) = torch.autograd.grad(penalty, net.weight)
+    assert grad.item() == -0.75, "d/dtheta lambda (theta - avg)^2 = 2 lambda (theta - avg)"
+    restored = HistoricalAverage("g", 0.5, torch.nn.Linear(1, 1, bias=False))
+    restored.load_state_dict(average.state_dict())
+    assert restored.average["weight"].item() == 2.75 and restored.count == 4
+    section = _cfg(
+        "biggan/digits32.yaml", "regularize.historical_averaging.d=1"
+    ).regularize.historical_averaging
+    only_d = HistoricalAverage.build(section, Networks(net, torch.nn.Linear(1, 1), True, torch.device("cpu")))
+    assert [r.network for r in only_d] == ["d"] and only_d[0].d_penalty(None, None, None, None).item() == 0.0
 
 
 def test_path_lengths_lazy_pass_uses_the_shrunk_batch_and_reaches_every_g_parameter():

@@ -33,6 +33,10 @@ TECHNIQUES = {
         ],
     ),
     "instance_noise": ("instance noise", ["augment.instance_noise=0.1", "augment.instance_noise_kimg=1"]),
+    "historical_averaging": (
+        "historical averaging of D",
+        ["regularize.historical_averaging.g=0.01", "regularize.historical_averaging.d=0.01"],
+    ),
 }
 RECIPES = ["biggan/digits32.yaml", "stylegan2/digits32.yaml", "progan/digits32.yaml"]
 BATCH = 16
@@ -59,8 +63,9 @@ def test_a_technique_trains_two_iterations_in_every_family(demo_shards, tmp_path
     assert all(math.isfinite(v) for v in losses.values()), f"{recipe} with {technique}: {losses}"
 
 
-def test_lecam_anchors_resume_exactly(demo_shards, tmp_path):
-    on = TECHNIQUES["lecam"][1]
+def test_stateful_techniques_resume_exactly(demo_shards, tmp_path):
+    """LeCam's anchors and the historical averages are checkpoint state."""
+    on = TECHNIQUES["lecam"][1] + TECHNIQUES["historical_averaging"][1]
     whole = Trainer(_cfg(RECIPES[0], demo_shards, tmp_path / "whole", 4, *on))
     whole.run()
     Trainer(_cfg(RECIPES[0], demo_shards, tmp_path / "split", 2, *on)).run()
@@ -69,3 +74,8 @@ def test_lecam_anchors_resume_exactly(demo_shards, tmp_path):
     assert_same_networks(whole, resumed, "with LeCam on")
     (a,), (b,) = ([r for r in t.objective.regularizers if r.title == "LeCam"] for t in (whole, resumed))
     assert a.updates == b.updates == 4 and a.ema.equal(b.ema), (a.updates, b.updates, a.ema, b.ema)
+    for network in ("g", "d"):
+        (a,), (b,) = (
+            [r for r in t.objective.on(network) if r.title.startswith("historical")] for t in (whole, resumed)
+        )
+        assert a.count == b.count == 5 and all(x.equal(b.average[n]) for n, x in a.average.items()), network

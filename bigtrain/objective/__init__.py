@@ -17,6 +17,7 @@ from ..config import Config, ConfigError
 from .adversarial import ADVERSARIAL_LOSSES, SMOOTHABLE, AdversarialLoss, build_loss
 from .consistency import Consistency
 from .gradient_penalty import GradientPenalty
+from .historical_average import HistoricalAverage
 from .lecam import LeCam
 from .orthogonal import Orthogonal
 from .path_length import PathLength
@@ -39,6 +40,7 @@ REGULARIZERS: dict[str, type[Regularizer]] = {
     "lecam": LeCam,
     "consistency": Consistency,
     "weight_clip": WeightClip,
+    "historical_averaging": HistoricalAverage,
 }
 
 
@@ -123,8 +125,11 @@ def build_objective(
     D: nn.Module | None = None,
 ) -> Objective:
     networks = Networks(G, D, grad_hooks, device, all_mean)
-    built = (cls.build(getattr(cfg.regularize, name), networks) for name, cls in REGULARIZERS.items())
-    return Objective(build_loss(cfg.loss), [r for r in built if r is not None])
+    regularizers = []
+    for name, cls in REGULARIZERS.items():
+        built = cls.build(getattr(cfg.regularize, name), networks)  # None, one, or one per network
+        regularizers += built if isinstance(built, list) else [built] if built is not None else []
+    return Objective(build_loss(cfg.loss), regularizers)
 
 
 def check_config(cfg: Config) -> None:

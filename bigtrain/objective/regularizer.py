@@ -49,8 +49,9 @@ class Regularizer:
     double_backward: bool = False  # its main-pass penalty differentiates a gradient (no compiled D)
 
     @classmethod
-    def build(cls, section: Any, networks: Networks) -> Regularizer | None:
-        """From its config section (`regularize.<name>`): None while the section leaves it off."""
+    def build(cls, section: Any, networks: Networks) -> Regularizer | list[Regularizer] | None:
+        """From its config section (`regularize.<name>`): None while the section leaves it off; a list
+        where the section turns it on for several networks."""
         raise NotImplementedError
 
     @classmethod
