@@ -65,6 +65,10 @@ class ModelConfig:
     w_dim: int = 512  # stylegan2: intermediate latent (w) size
     mapping_layers: int = 8  # stylegan2: depth of the mapping network z -> w
     mbstd_group: int = 4  # progan, stylegan2: minibatch standard deviation group size
+    # Minibatch discrimination in D (Salimans et al. 2016): B kernels of C dimensions (0 kernels: off;
+    # the paper: 100 of 5), any family.
+    minibatch_kernels: int = 0
+    minibatch_kernel_dims: int = 5
     conv_clamp: float = (
         256.0  # stylegan2: clamp conv outputs to +-this (stylegan2-ada's recipes: 256; 0: off)
     )
@@ -560,9 +564,10 @@ def validate(cfg: Config, world_size: int = 1) -> None:
 
 def _validate_networks(cfg: Config) -> None:
     m = cfg.model
-    for key in ("fmap_base", "fmap_max", "w_dim", "mapping_layers", "mbstd_group"):
+    for key in ("fmap_base", "fmap_max", "w_dim", "mapping_layers", "mbstd_group", "minibatch_kernel_dims"):
         if getattr(m, key) < 1:
             raise ConfigError(f"model.{key}={getattr(m, key)} must be > 0")
+    positive("model.minibatch_kernels", m.minibatch_kernels, allow_zero=True)
     if m.name in ("progan", "stylegan2") and m.fmap_base < m.resolution:
         raise ConfigError(
             f"model.fmap_base={m.fmap_base} leaves no feature maps at {m.resolution}x{m.resolution} "

@@ -33,6 +33,7 @@ TECHNIQUES = {
         ],
     ),
     "instance_noise": ("instance noise", ["augment.instance_noise=0.1", "augment.instance_noise_kimg=1"]),
+    "minibatch_discrimination": ("minibatch discrimination", ["model.minibatch_kernels=20"]),
     "historical_averaging": (
         "historical averaging of D",
         ["regularize.historical_averaging.g=0.01", "regularize.historical_averaging.d=0.01"],
@@ -56,6 +57,7 @@ def test_a_technique_trains_two_iterations_in_every_family(demo_shards, tmp_path
     trainer = Trainer(_cfg(recipe, demo_shards, tmp_path, 2, *overrides))
     parts = [trainer.objective.loss.name, *(r.title for r in trainer.objective.regularizers)]
     parts += ["instance noise"] if trainer.cfg.augment.instance_noise else []
+    parts += ["minibatch discrimination"] if trainer.D.minibatch is not None else []
     assert title in parts, f"{technique} is not on in {recipe}: {parts}"
     assert trainer.run() == "finished" and trainer.iteration == 2, f"{recipe} with {technique} stopped early"
     metrics = trainer.log_metrics(elapsed=1.0, images=2 * BATCH)  # the mean over the two iterations
