@@ -63,11 +63,15 @@ POLICIES = {"color": color, "translation": translation, "cutout": cutout}
 
 
 def check_config(cfg: Config) -> None:
-    """augment.* names known policies (called by `bigtrain.config.validate`)."""
+    """augment.* names known policies and non-negative noise (called by `bigtrain.config.validate`)."""
     try:
         parse_policy(cfg.augment.diffaugment)
     except ValueError as e:
         raise ConfigError(f"augment.diffaugment: {e}") from None
+    for key in ("instance_noise", "instance_noise_kimg"):
+        value = getattr(cfg.augment, key)
+        if not value >= 0:  # NaN too
+            raise ConfigError(f"augment.{key}={value} must be >= 0")
 
 
 def parse_policy(policy: str) -> list[str]:

@@ -65,6 +65,10 @@ class ModelConfig:
     w_dim: int = 512  # stylegan2: intermediate latent (w) size
     mapping_layers: int = 8  # stylegan2: depth of the mapping network z -> w
     mbstd_group: int = 4  # progan, stylegan2: minibatch standard deviation group size
+    # Minibatch discrimination in D (Salimans et al. 2016): B kernels of C dimensions (0 kernels: off;
+    # the paper: 100 of 5), any family.
+    minibatch_kernels: int = 0
+    minibatch_kernel_dims: int = 5
     conv_clamp: float = (
         256.0  # stylegan2: clamp conv outputs to +-this (stylegan2-ada's recipes: 256; 0: off)
     )
@@ -126,6 +130,17 @@ class ConsistencyConfig:
 
 
 @dataclass
+class WeightClipConfig:
+    value: float = 0.0  # WGAN's weight clipping of D to [-value, value] after each step (the paper: 0.01)
+
+
+@dataclass
+class HistoricalAveragingConfig:
+    g: float = 0.0  # Salimans et al. 2016: lambda on G's distance from the average of its past parameters
+    d: float = 0.0  # and on D's
+
+
+@dataclass
 class RegularizeConfig:
     ortho: OrthoConfig = field(default_factory=OrthoConfig)
     gradient_penalty: GradientPenaltyConfig = field(default_factory=GradientPenaltyConfig)
@@ -134,6 +149,8 @@ class RegularizeConfig:
     style_mixing: StyleMixingConfig = field(default_factory=StyleMixingConfig)
     lecam: LeCamConfig = field(default_factory=LeCamConfig)
     consistency: ConsistencyConfig = field(default_factory=ConsistencyConfig)
+    weight_clip: WeightClipConfig = field(default_factory=WeightClipConfig)
+    historical_averaging: HistoricalAveragingConfig = field(default_factory=HistoricalAveragingConfig)
 
 
 @dataclass
@@ -143,10 +160,15 @@ class AugmentConfig:
     # Differentiable augmentation (Zhao et al. 2020) for small datasets: a comma-separated policy of
     # color, translation, cutout ("" disables).
     diffaugment: str = ""
+    # Instance noise (Sonderby et al. 2016): N(0, sigma^2) added to every image D sees (images in [-1, 1]),
+    # its sigma annealed linearly to 0 over instance_noise_kimg (0: constant).
+    instance_noise: float = 0.0
+    instance_noise_kimg: float = 0.0
 
 
 @dataclass
 class OptimConfig:
+    name: str = "adam"  # adam | rmsprop (WGAN with weight clipping; optim.beta2 is its smoothing constant)
     lr_g: float = 1e-4  # TTUR: G slower than D
     lr_d: float = 4e-4
     beta1: float = 0.0
@@ -259,6 +281,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.precision": ("auto", "fp32", "bf16"),
     "train.channels_last": ("auto", "on", "off"),
     "dist.backend": ("ddp", "accelerate", "deepspeed"),
+    "optim.name": ("adam", "rmsprop"),
 }
 
 
@@ -541,9 +564,10 @@ def validate(cfg: Config, world_size: int = 1) -> None:
 
 def _validate_networks(cfg: Config) -> None:
     m = cfg.model
-    for key in ("fmap_base", "fmap_max", "w_dim", "mapping_layers", "mbstd_group"):
+    for key in ("fmap_base", "fmap_max", "w_dim", "mapping_layers", "mbstd_group", "minibatch_kernel_dims"):
         if getattr(m, key) < 1:
             raise ConfigError(f"model.{key}={getattr(m, key)} must be > 0")
+    positive("model.minibatch_kernels", m.minibatch_kernels, allow_zero=True)
     if m.name in ("progan", "stylegan2") and m.fmap_base < m.resolution:
         raise ConfigError(
             f"model.fmap_base={m.fmap_base} leaves no feature maps at {m.resolution}x{m.resolution} "

@@ -129,3 +129,43 @@ def test_biggan_pytorch_weights_map_one_to_one(config):
         result = net.load_state_dict(from_biggan_pytorch(reference), strict=False)
         assert not result.unexpected_keys, result.unexpected_keys
         assert all(k.endswith("num_batches_tracked") for k in result.missing_keys), result.missing_keys
+
+
+def test_minibatch_discrimination_by_hand_and_its_invariance_to_batch_order():
+    from bigtrain.models.layers import MinibatchDiscrimination
+
+    layer = MinibatchDiscrimination(in_features=2, kernels=1, kernel_dims=1)
+    with torch.no_grad():
+        layer.T.copy_(torch.tensor([[1.0], [0.0]]))  # M_i = the first feature
+    f = torch.tensor([[0.0, 5.0], [1.0, 5.0], [3.0, 5.0]])
+    # o(x_0) = e^-1 + e^-3, o(x_1) = e^-1 + e^-2, o(x_2) = e^-3 + e^-2: the other samples only
+    e = torch.exp(-torch.tensor([1.0, 2.0, 3.0]))
+    want = torch.stack([e[0] + e[2], e[0] + e[1], e[2] + e[1]]).unsqueeze(1)
+    out = layer(f)
+    assert out.shape == (3, 3) and torch.equal(out[:, :2], f) and torch.allclose(out[:, 2:], want), out
+    torch.manual_seed(0)
+    layer = MinibatchDiscrimination(16, kernels=10, kernel_dims=4)
+    f = torch.randn(8, 16)
+    order = torch.randperm(8)
+    assert torch.allclose(layer(f)[order], layer(f[order]), atol=1e-6), "not equivariant to batch order"
+    two_sets = layer(torch.cat([f, f + 100.0]), parts=2)
+    assert torch.allclose(two_sets[:8, 16:], layer(f)[:, 16:], atol=1e-6), "a set saw the other set"
+
+
+@pytest.mark.parametrize("family", ["biggan", "progan", "stylegan2"])
+def test_minibatch_discrimination_joins_every_family_s_d(family):
+    from conftest import REPO
+
+    recipe = {
+        "biggan": "biggan/digits32.yaml",
+        "progan": "progan/digits32.yaml",
+        "stylegan2": "stylegan2/digits32.yaml",
+    }
+    cfg = load_config(REPO / "configs" / recipe[family], ["model.minibatch_kernels=20"])
+    _, D = build_models(cfg.model, num_classes=10)
+    _, plain = build_models(load_config(REPO / "configs" / recipe[family]).model, num_classes=10)
+    extra = sum(p.numel() for p in D.parameters()) - sum(p.numel() for p in plain.parameters())
+    width = D.minibatch.T.shape[0]
+    assert extra == width * 20 * 5 + 20 * (D.cmap_dim if family == "stylegan2" else 1), (family, extra)
+    x, y = torch.randn(4, 3, cfg.model.resolution, cfg.model.resolution), torch.zeros(4, dtype=torch.long)
+    assert D(x, y, parts=2).shape == (4,)

@@ -33,6 +33,7 @@ from bigtrain.objective.adversarial import (
 )
 from bigtrain.objective.consistency import Consistency, consistency_transform
 from bigtrain.objective.gradient_penalty import GradientPenalty, wgan_gp_terms
+from bigtrain.objective.historical_average import HistoricalAverage
 from bigtrain.objective.lecam import LeCam, lecam_penalty
 from bigtrain.objective.orthogonal import (
     Orthogonal,
@@ -43,7 +44,10 @@ from bigtrain.objective.orthogonal import (
 )
 from bigtrain.objective.path_length import PathLength, path_lengths
 from bigtrain.objective.r1 import R1, r1_penalty
+from bigtrain.objective.regularizer import Networks
 from bigtrain.objective.style_mixing import StyleMixing
+from bigtrain.objective.views import instance_noise_sigma
+from bigtrain.objective.weight_clip import WeightClip
 from conftest import REPO
 
 
@@ -333,6 +337,59 @@ def test_consistency_penalties_cr_and_bcr():
     assert images.shape == (4, 3, 8, 8) and labels.tolist() == [3, 4, 5, 6]
 
 
+def test_weight_clipping_clamps_every_d_parameter_after_its_step():
+    D = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 1))
+    with torch.no_grad():
+        D[0].weight.copy_(torch.tensor([[0.5, -0.5, 0.005, -0.005]] * 3))
+    before = D[0].weight.clone()
+    WeightClip(0.01, D).after_step()
+    assert all(p.abs().max() <= 0.01 for p in D.parameters())
+    assert torch.equal(D[0].weight[:, 2:], before[:, 2:]), "weights inside [-c, c] must stay as they are"
+    assert torch.equal(D[0].weight[:, :2], torch.tensor([[0.01, -0.01]] * 3)), D[0].weight
+
+
+def test_instance_noise_is_added_to_what_d_sees_and_anneals_to_zero():
+    assert [instance_noise_sigma(0.2, 10.0, k) for k in (0.0, 5.0, 10.0, 20.0)] == [0.2, 0.1, 0.0, 0.0]
+    assert instance_noise_sigma(0.2, 0.0, 1e6) == 0.2, "anneal_kimg=0 keeps sigma constant"
+    seen = []
+    D = lambda x, y, parts=1: seen.append(x) or x.sum(dim=(1, 2, 3))  # noqa: E731
+    view = DView(D, D, D, [], torch.Generator().manual_seed(3))
+    images = torch.zeros(4, 3, 8, 8)
+    view(images, torch.zeros(4, dtype=torch.long))
+    assert torch.equal(seen[-1], images), "sigma 0 must leave the images alone"
+    view.noise_sigma = 0.5
+    view(images, torch.zeros(4, dtype=torch.long))
+    noise = torch.randn(images.shape, generator=torch.Generator().manual_seed(3))
+    assert torch.allclose(seen[-1], 0.5 * noise), "not N(0, sigma^2) from the slot's stream"
+
+
+def test_historical_averaging_penalty_after_three_updates():
+    """theta = 1 as built, then 3, 5 and 2 after three steps: the average of the four is 2.75, and the
+    penalty at theta = 2 is lambda (2 - 2.75)^2; only D's penalty comes with every micro-batch."""
+    net = torch.nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        net.weight.fill_(1.0)
+    average = HistoricalAverage("g", 0.5, net)
+    for value in (3.0, 5.0, 2.0):
+        with torch.no_grad():
+            net.weight.fill_(value)
+        average.after_step()
+    assert average.average["weight"].item() == 2.75 and average.count == 4
+    assert average.g_penalty(last_micro_batch=False) is None, "G's penalty twice in an accumulated step"
+    penalty = average.g_penalty(last_micro_batch=True)
+    assert penalty.item() == 0.5 * 0.75**2
+    (grad,) = torch.autograd.grad(penalty, net.weight)
+    assert grad.item() == -0.75, "d/dtheta lambda (theta - avg)^2 = 2 lambda (theta - avg)"
+    restored = HistoricalAverage("g", 0.5, torch.nn.Linear(1, 1, bias=False))
+    restored.load_state_dict(average.state_dict())
+    assert restored.average["weight"].item() == 2.75 and restored.count == 4
+    section = _cfg(
+        "biggan/digits32.yaml", "regularize.historical_averaging.d=1"
+    ).regularize.historical_averaging
+    only_d = HistoricalAverage.build(section, Networks(net, torch.nn.Linear(1, 1), True, torch.device("cpu")))
+    assert [r.network for r in only_d] == ["d"] and only_d[0].d_penalty(None, None, None, None).item() == 0.0
+
+
 def test_path_lengths_lazy_pass_uses_the_shrunk_batch_and_reaches_every_g_parameter():
     G, _ = _small_stylegan2()
     regularizer = PathLength(weight=2.0, interval=4, decay=0.01, batch_shrink=2, device=torch.device("cpu"))
@@ -458,6 +515,10 @@ def test_config_errors_name_the_key():
         ConfigError, match="loss.real_label=0.9 smooths a target that loss.name=hinge does not"
     ):
         _cfg("biggan/digits32.yaml", "loss.real_label=0.9")
+    with pytest.raises(ConfigError, match="regularize.weight_clip.value with dist.backend=deepspeed"):
+        _cfg("biggan/digits32.yaml", "regularize.weight_clip.value=0.01", "dist.backend=deepspeed")
+    with pytest.raises(ConfigError, match="augment.instance_noise=-0.1 must be >= 0"):
+        _cfg(recipe, "augment.instance_noise=-0.1")
     with pytest.raises(ConfigError, match="regularize.lecam.decay=1.0 must be below 1"):
         _cfg(recipe, "regularize.lecam.weight=0.3", "regularize.lecam.decay=1")
     with pytest.raises(ConfigError, match="unknown config key regularize.r1.weight"):

@@ -20,6 +20,24 @@ TECHNIQUES = {
     "lecam": ("LeCam", ["regularize.lecam.weight=0.3"]),
     "cr": ("consistency", ["regularize.consistency.real=10"]),
     "bcr": ("consistency", ["regularize.consistency.real=10", "regularize.consistency.fake=10"]),
+    "wgan_weight_clip": (
+        "weight clipping",
+        [
+            "loss.name=wgan",
+            "regularize.weight_clip.value=0.01",
+            "regularize.gradient_penalty.weight=0",
+            "regularize.gradient_penalty.drift=0",
+            "optim.name=rmsprop",
+            "optim.lr_g=5e-5",
+            "optim.lr_d=5e-5",
+        ],
+    ),
+    "instance_noise": ("instance noise", ["augment.instance_noise=0.1", "augment.instance_noise_kimg=1"]),
+    "minibatch_discrimination": ("minibatch discrimination", ["model.minibatch_kernels=20"]),
+    "historical_averaging": (
+        "historical averaging of D",
+        ["regularize.historical_averaging.g=0.01", "regularize.historical_averaging.d=0.01"],
+    ),
 }
 RECIPES = ["biggan/digits32.yaml", "stylegan2/digits32.yaml", "progan/digits32.yaml"]
 BATCH = 16
@@ -38,6 +56,8 @@ def test_a_technique_trains_two_iterations_in_every_family(demo_shards, tmp_path
     title, overrides = TECHNIQUES[technique]
     trainer = Trainer(_cfg(recipe, demo_shards, tmp_path, 2, *overrides))
     parts = [trainer.objective.loss.name, *(r.title for r in trainer.objective.regularizers)]
+    parts += ["instance noise"] if trainer.cfg.augment.instance_noise else []
+    parts += ["minibatch discrimination"] if trainer.D.minibatch is not None else []
     assert title in parts, f"{technique} is not on in {recipe}: {parts}"
     assert trainer.run() == "finished" and trainer.iteration == 2, f"{recipe} with {technique} stopped early"
     metrics = trainer.log_metrics(elapsed=1.0, images=2 * BATCH)  # the mean over the two iterations
@@ -45,8 +65,9 @@ def test_a_technique_trains_two_iterations_in_every_family(demo_shards, tmp_path
     assert all(math.isfinite(v) for v in losses.values()), f"{recipe} with {technique}: {losses}"
 
 
-def test_lecam_anchors_resume_exactly(demo_shards, tmp_path):
-    on = TECHNIQUES["lecam"][1]
+def test_stateful_techniques_resume_exactly(demo_shards, tmp_path):
+    """LeCam's anchors and the historical averages are checkpoint state."""
+    on = TECHNIQUES["lecam"][1] + TECHNIQUES["historical_averaging"][1]
     whole = Trainer(_cfg(RECIPES[0], demo_shards, tmp_path / "whole", 4, *on))
     whole.run()
     Trainer(_cfg(RECIPES[0], demo_shards, tmp_path / "split", 2, *on)).run()
@@ -55,3 +76,8 @@ def test_lecam_anchors_resume_exactly(demo_shards, tmp_path):
     assert_same_networks(whole, resumed, "with LeCam on")
     (a,), (b,) = ([r for r in t.objective.regularizers if r.title == "LeCam"] for t in (whole, resumed))
     assert a.updates == b.updates == 4 and a.ema.equal(b.ema), (a.updates, b.updates, a.ema, b.ema)
+    for network in ("g", "d"):
+        (a,), (b,) = (
+            [r for r in t.objective.on(network) if r.title.startswith("historical")] for t in (whole, resumed)
+        )
+        assert a.count == b.count == 5 and all(x.equal(b.average[n]) for n, x in a.average.items()), network

@@ -15,6 +15,7 @@ from torch import nn
 from ..config import ConfigError
 from .layers import (
     ConditionalBatchNorm2d,
+    MinibatchDiscrimination,
     SelfAttention,
     assert_shape,
     init_weight,
@@ -194,6 +195,8 @@ class Discriminator(DiscriminatorRole):
         num_classes: int = 1000,
         sn_eps: float = 1e-6,
         init: str = "ortho",
+        minibatch_kernels: int = 0,
+        minibatch_kernel_dims: int = 5,
     ):
         super().__init__()
         _check_resolution(resolution)
@@ -210,7 +213,13 @@ class Discriminator(DiscriminatorRole):
             in_ch, res = out_ch, res // 2 if down else res
             if res in attn_res and i < len(widths) - 1:
                 self.attention[str(i)] = SelfAttention(out_ch, sn_eps, init)
-        self.linear = sn_linear(widths[-1], 1, eps=sn_eps, init=init)
+        # Minibatch discrimination (off: 0 kernels) widens the features the output layer reads.
+        self.minibatch = (
+            MinibatchDiscrimination(widths[-1], minibatch_kernels, minibatch_kernel_dims)
+            if minibatch_kernels
+            else None
+        )
+        self.linear = sn_linear(widths[-1] + minibatch_kernels, 1, eps=sn_eps, init=init)
         self.embed = sn_embedding(num_classes, widths[-1], eps=sn_eps, init=init) if num_classes > 1 else None
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, parts: int = 1) -> torch.Tensor:
@@ -221,7 +230,7 @@ class Discriminator(DiscriminatorRole):
             if str(i) in self.attention:
                 h = self.attention[str(i)](h)
         features = F.relu(h).sum(dim=(2, 3))
-        out = self.linear(features).squeeze(1)
+        out = self.linear(features if self.minibatch is None else self.minibatch(features, parts)).squeeze(1)
         if self.embed is not None:
             out = out + (self.embed(y) * features).sum(dim=1)
         return out

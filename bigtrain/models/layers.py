@@ -193,3 +193,25 @@ def frozen_state(module: nn.Module, batchnorm: bool = False):
             m.training = True
         for bn, momentum in zip(bns, momenta):
             bn.momentum = momentum
+
+
+class MinibatchDiscrimination(nn.Module):
+    """Minibatch discrimination (Salimans et al. 2016, "Improved Techniques for Training GANs", section
+    3.2): features f(x_i) in R^A times a learned tensor T in R^(A x B x C) give M_i in R^(B x C); for each
+    of the B kernels, o(x_i)_b = sum_{j != i} exp(-||M_i,b - M_j,b||_1) over the other samples of its set.
+    The output is [f(x_i), o(x_i)] in R^(A + B): D sees how close a sample is to the rest of its
+    minibatch, which a collapsed G cannot hide. With `parts` > 1 the batch is that many contiguous sets
+    (reals, fakes, ...), compared only within themselves, as the minibatch standard deviation."""
+
+    def __init__(self, in_features: int, kernels: int, kernel_dims: int = 5):
+        super().__init__()
+        self.kernels, self.kernel_dims = kernels, kernel_dims
+        self.T = nn.Parameter(torch.randn(in_features, kernels * kernel_dims) * 0.05)
+
+    def forward(self, features: torch.Tensor, parts: int = 1) -> torch.Tensor:
+        m = (features.float() @ self.T.float()).reshape(-1, self.kernels, self.kernel_dims)
+        closeness = []
+        for chunk in m.chunk(parts):
+            l1 = (chunk.unsqueeze(0) - chunk.unsqueeze(1)).abs().sum(dim=3)  # (N, N, B): ||M_i,b - M_j,b||_1
+            closeness.append(torch.exp(-l1).sum(dim=1) - 1.0)  # the sum over j, less the j = i term exp(0)
+        return torch.cat([features, torch.cat(closeness).to(features.dtype)], dim=1)

@@ -23,7 +23,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import SQRT2, EqualizedConv2d, EqualizedLinear, doubling_resolutions, feature_maps
+from .layers import (
+    SQRT2,
+    EqualizedConv2d,
+    EqualizedLinear,
+    MinibatchDiscrimination,
+    doubling_resolutions,
+    feature_maps,
+)
 from .roles import DiscriminatorRole, GeneratorRole
 
 
@@ -110,7 +117,10 @@ class Generator(PhaseMixin, GeneratorRole):
 
 
 class Discriminator(PhaseMixin, DiscriminatorRole):
-    def __init__(self, resolution: int, fmap_base: int = 8192, fmap_max: int = 512, mbstd_group: int = 4):
+    def __init__(
+        self, resolution: int, fmap_base: int = 8192, fmap_max: int = 512, mbstd_group: int = 4,
+        minibatch_kernels: int = 0, minibatch_kernel_dims: int = 5,
+    ):  # fmt: skip
         super().__init__()
         self.resolutions = doubling_resolutions(resolution, "ProGAN")
         self.mbstd_group = mbstd_group
@@ -128,7 +138,12 @@ class Discriminator(PhaseMixin, DiscriminatorRole):
             )
         self.final_conv = EqualizedConv2d(ch[4] + 1, ch[4], 3, gain=SQRT2)
         self.final_dense = EqualizedLinear(ch[4] * 16, ch[4], gain=SQRT2)
-        self.output = EqualizedLinear(ch[4], 1)
+        self.minibatch = (
+            MinibatchDiscrimination(ch[4], minibatch_kernels, minibatch_kernel_dims)
+            if minibatch_kernels
+            else None
+        )
+        self.output = EqualizedLinear(ch[4] + minibatch_kernels, 1)
         self.set_phase(resolution)
 
     def _block(self, r: int, x: torch.Tensor) -> torch.Tensor:
@@ -154,4 +169,6 @@ class Discriminator(PhaseMixin, DiscriminatorRole):
         x = minibatch_stddev(x, self.mbstd_group, parts)
         x = F.leaky_relu(self.final_conv(x), 0.2)
         x = F.leaky_relu(self.final_dense(x.flatten(1)), 0.2)
+        if self.minibatch is not None:
+            x = self.minibatch(x, parts)
         return self.output(x).squeeze(1)

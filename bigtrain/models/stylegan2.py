@@ -34,7 +34,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import SQRT2, EqualizedConv2d, EqualizedLinear, doubling_resolutions, feature_maps
+from .layers import (
+    SQRT2,
+    EqualizedConv2d,
+    EqualizedLinear,
+    MinibatchDiscrimination,
+    doubling_resolutions,
+    feature_maps,
+)
 from .progan import minibatch_stddev
 from .roles import DiscriminatorRole, GeneratorRole
 
@@ -403,7 +410,7 @@ class Discriminator(DiscriminatorRole):
     def __init__(
         self, resolution: int, num_classes: int = 0, channel_base: int = 32768, channel_max: int = 512,
         mbstd_group: int = 4, cmap_dim: int = 0, architecture: str = "resnet", conv_clamp: float = 0.0,
-        mapping_layers: int = 8,
+        mapping_layers: int = 8, minibatch_kernels: int = 0, minibatch_kernel_dims: int = 5,
     ):  # fmt: skip
         super().__init__()
         if architecture not in D_ARCHITECTURES:
@@ -427,7 +434,12 @@ class Discriminator(DiscriminatorRole):
         self.fc = EqualizedLinear(ch[4] * 16, ch[4], act=True)
         self.num_classes = num_classes if num_classes > 1 else 0
         self.cmap_dim = (cmap_dim or ch[4]) if self.num_classes else 1
-        self.out = EqualizedLinear(ch[4], self.cmap_dim)
+        self.minibatch = (
+            MinibatchDiscrimination(ch[4], minibatch_kernels, minibatch_kernel_dims)
+            if minibatch_kernels
+            else None
+        )
+        self.out = EqualizedLinear(ch[4] + minibatch_kernels, self.cmap_dim)
         self.mapping = (
             MappingNetwork(0, self.cmap_dim, 0, self.num_classes, mapping_layers)
             if self.num_classes
@@ -447,6 +459,8 @@ class Discriminator(DiscriminatorRole):
                 x = block(x)
         x = minibatch_stddev(x, self.mbstd_group, parts)
         x = self.fc(self.conv(x).flatten(1).float())
+        if self.minibatch is not None:
+            x = self.minibatch(x, parts)
         x = self.out(x)
         if self.mapping is None:
             return x.squeeze(1)

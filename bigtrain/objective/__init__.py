@@ -17,6 +17,7 @@ from ..config import Config, ConfigError
 from .adversarial import ADVERSARIAL_LOSSES, SMOOTHABLE, AdversarialLoss, build_loss
 from .consistency import Consistency
 from .gradient_penalty import GradientPenalty
+from .historical_average import HistoricalAverage
 from .lecam import LeCam
 from .orthogonal import Orthogonal
 from .path_length import PathLength
@@ -24,6 +25,7 @@ from .r1 import R1
 from .regularizer import Networks, PassTools, Regularizer
 from .style_mixing import StyleMixing
 from .views import DView, GInputs
+from .weight_clip import WeightClip
 
 __all__ = ["Objective", "PassTools", "Regularizer", "DView", "GInputs", "build_objective", "check_config"]
 
@@ -37,6 +39,8 @@ REGULARIZERS: dict[str, type[Regularizer]] = {
     "style_mixing": StyleMixing,
     "lecam": LeCam,
     "consistency": Consistency,
+    "weight_clip": WeightClip,
+    "historical_averaging": HistoricalAverage,
 }
 
 
@@ -99,6 +103,11 @@ class Objective:
             if not r.lazy:
                 r.after_backward()
 
+    def after_step(self, network: str) -> None:
+        for r in self.on(network):
+            if not r.lazy:
+                r.after_step()
+
     def state_dict(self) -> dict:
         return {k: v for r in self.regularizers for k, v in r.state_dict().items()}
 
@@ -108,11 +117,19 @@ class Objective:
 
 
 def build_objective(
-    cfg: Config, G: nn.Module, grad_hooks: bool, device: torch.device, all_mean=lambda t: t
+    cfg: Config,
+    G: nn.Module,
+    grad_hooks: bool,
+    device: torch.device,
+    all_mean=lambda t: t,
+    D: nn.Module | None = None,
 ) -> Objective:
-    networks = Networks(G, grad_hooks, device, all_mean)
-    built = (cls.build(getattr(cfg.regularize, name), networks) for name, cls in REGULARIZERS.items())
-    return Objective(build_loss(cfg.loss), [r for r in built if r is not None])
+    networks = Networks(G, D, grad_hooks, device, all_mean)
+    regularizers = []
+    for name, cls in REGULARIZERS.items():
+        built = cls.build(getattr(cfg.regularize, name), networks)  # None, one, or one per network
+        regularizers += built if isinstance(built, list) else [built] if built is not None else []
+    return Objective(build_loss(cfg.loss), regularizers)
 
 
 def check_config(cfg: Config) -> None:

@@ -40,8 +40,11 @@ class GradientPenalty(Regularizer):
 
     @classmethod
     def check(cls, key, section, cfg):
-        if cfg.loss.name == "wgan" and not section.weight:
-            raise ConfigError(f"loss.name=wgan needs D kept Lipschitz: set {key}.weight (WGAN-GP: 10)")
+        if cfg.loss.name == "wgan" and not section.weight and not cfg.regularize.weight_clip.value:
+            raise ConfigError(
+                f"loss.name=wgan needs D kept Lipschitz: set {key}.weight (WGAN-GP: 10) or "
+                "regularize.weight_clip.value (WGAN: 0.01)"
+            )
 
     def extra_d_set(self, reals, real_labels, fakes, fake_labels, generator):
         eps = torch.rand(reals.shape[0], 1, 1, 1, device=reals.device, generator=generator)

@@ -33,6 +33,7 @@ class Networks:
     """What a regularizer may need to know of the run when it is built."""
 
     G: nn.Module
+    D: nn.Module | None  # the bare D module (its parameters as the optimizer updates them)
     grad_hooks: bool  # the backend leaves p.grad whole after backward (closed-form gradients)
     device: torch.device
     all_mean: Callable[[torch.Tensor], torch.Tensor] = lambda t: t  # the mean over ranks (one process: t)
@@ -48,8 +49,9 @@ class Regularizer:
     double_backward: bool = False  # its main-pass penalty differentiates a gradient (no compiled D)
 
     @classmethod
-    def build(cls, section: Any, networks: Networks) -> Regularizer | None:
-        """From its config section (`regularize.<name>`): None while the section leaves it off."""
+    def build(cls, section: Any, networks: Networks) -> Regularizer | list[Regularizer] | None:
+        """From its config section (`regularize.<name>`): None while the section leaves it off; a list
+        where the section turns it on for several networks."""
         raise NotImplementedError
 
     @classmethod
@@ -99,6 +101,9 @@ class Regularizer:
 
     def after_backward(self) -> None:
         """After the main pass's backward of its network, before the optimizer step."""
+
+    def after_step(self) -> None:
+        """After its network's main optimizer step (weight clipping)."""
 
     # --- a lazy regularizer's own pass
     def lazy_penalty(

@@ -50,11 +50,22 @@ class GInputs:
         return z, y, kwargs
 
 
+def instance_noise_sigma(sigma: float, anneal_kimg: float, kimg: float) -> float:
+    """Instance noise's standard deviation at `kimg`: `sigma`, annealed linearly to 0 over `anneal_kimg`
+    (0: constant)."""
+    if anneal_kimg <= 0:
+        return sigma
+    return sigma * max(0.0, 1.0 - kimg / anneal_kimg)
+
+
 class DView:
     """D's logits of images as D sees them: through the differentiable augmentation (the same for reals
-    and fakes, in D and G steps alike), the `parts` sets of a batch (reals, fakes, ...) kept apart by
-    D's minibatch statistics. `train`: the wrapped (maybe compiled) D of the D step, or its eager module
-    where the loss differentiates a gradient (AOTAutograd has no double backward); else the bare D."""
+    and fakes, in D and G steps alike), plus instance noise (Sonderby et al. 2016, "Amortised MAP Inference
+    for Image Super-resolution", section 3.2: N(0, sigma^2) on every image D sees, so that the real and
+    generated distributions overlap; `noise_sigma`, set by the trainer each step), the `parts` sets of a
+    batch (reals, fakes, ...) kept apart by D's minibatch statistics. `train`: the wrapped (maybe
+    compiled) D of the D step, or its eager module where the loss differentiates a gradient
+    (AOTAutograd has no double backward); else the bare D."""
 
     def __init__(
         self, D: nn.Module, d_train: Callable, d_train_eager: Callable, augment: list[str],
@@ -62,6 +73,7 @@ class DView:
     ):  # fmt: skip
         self.D, self.d_train, self.d_train_eager = D, d_train, d_train_eager
         self.augment, self.generator = augment, generator
+        self.noise_sigma = 0.0
 
     def __call__(
         self, images: torch.Tensor, labels: torch.Tensor, parts: int = 1, train: bool = True,
@@ -69,5 +81,8 @@ class DView:
     ) -> torch.Tensor:  # fmt: skip
         if self.augment:
             images = diff_augment(images, self.augment, self.generator)
+        if self.noise_sigma > 0:
+            noise = torch.randn(images.shape, generator=self.generator, device=images.device)
+            images = images + (self.noise_sigma * noise).to(images.dtype)
         d = (self.d_train_eager if double_backward else self.d_train) if train else self.D
         return d(images, labels, parts=parts).float()

@@ -26,6 +26,7 @@ from ..eval.suite import MetricSuite
 from ..models import build_models
 from ..models.layers import frozen_state
 from ..objective import DView, GInputs, PassTools, Regularizer, build_objective
+from ..objective.views import instance_noise_sigma
 from ..seeds import seed_for
 from ..track import make_tracker
 from .checkpoint import (
@@ -73,6 +74,15 @@ class GracefulStop:
             signal.signal(signal.SIGTERM, self._previous)
 
 
+def make_optimizer(optim, params, lr: float, lazy_ratio: float) -> torch.optim.Optimizer:
+    """Adam (fused on CUDA and CPU: one kernel per step, its step count never leaves the device) or
+    RMSProp, with lr and the moving averages' decays scaled for lazy regularization (StyleGAN2 app. B)."""
+    if optim.name == "rmsprop":
+        return torch.optim.RMSprop(params, lr * lazy_ratio, alpha=optim.beta2**lazy_ratio, eps=optim.eps)
+    betas = (optim.beta1**lazy_ratio, optim.beta2**lazy_ratio)
+    return torch.optim.Adam(params, lr * lazy_ratio, betas, optim.eps, fused=optim.fused or None)
+
+
 class Trainer:
     def __init__(self, cfg: Config, resume: bool = False, loader=None, recipe: str = ""):
         """`loader` replaces the shard loader (benchmarks feed random data); it needs `manifest`,
@@ -114,19 +124,13 @@ class Trainer:
         self.ema = EMA(self.G)
         # The adversarial loss and the regularizers that are on (bigtrain/objective/).
         self.objective = build_objective(
-            cfg, self.G, backend.supports_grad_hooks, self.device, backend.all_mean
+            cfg, self.G, backend.supports_grad_hooks, self.device, backend.all_mean, self.D
         )
-        # Fused Adam (CUDA and CPU): one kernel per step, and its step count never leaves the device.
-        fused = cfg.optim.fused or None
         self.lazy_ratio = {which: self.objective.lazy_ratio(which) for which in ("g", "d")}
         self.opt_g, self.opt_d = (
-            torch.optim.Adam(
-                net.parameters(), lr * self.lazy_ratio[which],
-                (cfg.optim.beta1 ** self.lazy_ratio[which], cfg.optim.beta2 ** self.lazy_ratio[which]),
-                cfg.optim.eps, fused=fused,
-            )
+            make_optimizer(cfg.optim, net.parameters(), lr, self.lazy_ratio[which])
             for which, net, lr in (("g", self.G, cfg.optim.lr_g), ("d", self.D, cfg.optim.lr_d))
-        )  # fmt: skip
+        )
         backend.wrap(self.G, self.D, self.opt_g, self.opt_d)
         # Passes whose loss takes a gradient of a gradient (R1, WGAN-GP, path length) call the eager
         # modules: AOTAutograd, which torch.compile trains through, has no double backward.
@@ -234,6 +238,8 @@ class Trainer:
         t = self.cfg.train
         if self.schedule:
             self._enter_phase()
+        a = self.cfg.augment
+        self.d_view.noise_sigma = instance_noise_sigma(a.instance_noise, a.instance_noise_kimg, self.kimg)
         for k in range(t.n_disc_steps):
             loss_d, real_logits, fake_logits, reals = self._d_step()
             for regularizer in self.objective.lazy("d"):
@@ -289,6 +295,7 @@ class Trainer:
                 b.backward(loss_d, "d")
         objective.after_backward("d")
         self._guarded_step("d", loss_d)
+        objective.after_step("d")
         return loss_d, real_logits, fake_logits, reals
 
     def _g_step(self, reals: list) -> torch.Tensor:
@@ -317,6 +324,7 @@ class Trainer:
                 b.backward(total, "g")
         objective.after_backward("g")
         self._guarded_step("g", loss_g, check_stop=True)
+        objective.after_step("g")
         return loss_g
 
     def _lazy_step(self, regularizer: Regularizer, reals: list) -> None:
@@ -448,6 +456,8 @@ class Trainer:
         )
         if self.phase is not None:
             metrics.update(phase=self.phase.index, resolution=self.phase.resolution, alpha=self.phase.alpha)
+        if self.cfg.augment.instance_noise:
+            metrics["instance_noise_sigma"] = self.d_view.noise_sigma
         metrics["data_skipped_corrupt"] = self.loader.skipped_corrupt
         metrics["data_read_retries"] = self.loader.read_retries  # non-zero only for a URL data.path
         metrics["data_skipped_shards"] = self.loader.skipped_shards
