@@ -233,22 +233,14 @@ class RankShards:
     settings as attributes (`reconfigure` changes `resolution` and `batch_size` later)."""
 
     def __init__(self, spec: StreamSpec):
-        self.spec = spec
         self.path = spec.path if is_url(spec.path) else Path(spec.path)
         self.manifest, self.rank_shards = select_rank_shards(
             spec.path, spec.resolution, spec.rank, spec.world_size, spec.verify_checksums
         )
-        self.batch_size, self.resolution, self.device = (
-            spec.batch_size,
-            spec.resolution,
-            torch.device(spec.device),
-        )
-        self.rank, self.seed, self.shuffle_buffer, self.hflip = (
-            spec.rank,
-            spec.seed,
-            spec.shuffle_buffer,
-            spec.hflip,
-        )
+        self.batch_size, self.resolution = spec.batch_size, spec.resolution
+        self.device = torch.device(spec.device)
+        self.rank, self.seed = spec.rank, spec.seed
+        self.shuffle_buffer, self.hflip = spec.shuffle_buffer, spec.hflip
         self.labelled = self.manifest.num_classes > 0
 
 
@@ -258,11 +250,8 @@ class ShardLoader(RankShards, Loader):
 
     def __init__(self, spec: StreamSpec, num_workers: int = 2):
         super().__init__(spec)
-        self.retries, self.max_bad_shards, self.retry_backoff_s = (
-            spec.retries,
-            spec.max_bad_shards,
-            spec.retry_backoff_s,
-        )
+        self.retries, self.retry_backoff_s = spec.retries, spec.retry_backoff_s
+        self.max_bad_shards = spec.max_bad_shards
         self.num_roles = max(1, min(num_workers, len(self.rank_shards)))
         if num_workers > self.num_roles:
             log.warning(

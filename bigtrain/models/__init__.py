@@ -16,20 +16,20 @@ def _build_biggan(m: ModelConfig, num_classes: int) -> tuple[nn.Module, nn.Modul
         m.init,
     )  # fmt: skip
     d = biggan.Discriminator(
-        m.resolution, m.d_ch, tuple(m.attn_res), num_classes, m.sn_eps, m.init, *_minibatch(m)
+        m.resolution, m.d_ch, tuple(m.attn_res), num_classes, m.sn_eps, m.init, **_minibatch(m)
     )
     return g, d
 
 
-def _minibatch(m: ModelConfig) -> tuple[int, int]:
-    """Minibatch discrimination's kernels B and their dimension C (0 kernels: off)."""
-    return m.minibatch_kernels, m.minibatch_kernel_dims
+def _minibatch(m: ModelConfig) -> dict[str, int]:
+    """Minibatch discrimination's kernels B and their dimension C (0 kernels: off), every family's D."""
+    return {"minibatch_kernels": m.minibatch_kernels, "minibatch_kernel_dims": m.minibatch_kernel_dims}
 
 
 def _build_progan(m: ModelConfig, num_classes: int) -> tuple[nn.Module, nn.Module]:
     """Unconditional, as in the paper: class labels are ignored."""
     g = progan.Generator(m.resolution, m.z_dim, m.fmap_base, m.fmap_max)
-    return g, progan.Discriminator(m.resolution, m.fmap_base, m.fmap_max, 4, *_minibatch(m))
+    return g, progan.Discriminator(m.resolution, m.fmap_base, m.fmap_max, **_minibatch(m))
 
 
 def _build_stylegan2(m: ModelConfig, num_classes: int) -> tuple[nn.Module, nn.Module]:
@@ -40,8 +40,7 @@ def _build_stylegan2(m: ModelConfig, num_classes: int) -> tuple[nn.Module, nn.Mo
     )
     d = stylegan2.Discriminator(
         m.resolution, classes, m.fmap_base, m.fmap_max, m.mbstd_group,
-        architecture=m.d_architecture, conv_clamp=m.conv_clamp,
-        minibatch_kernels=m.minibatch_kernels, minibatch_kernel_dims=m.minibatch_kernel_dims,
+        architecture=m.d_architecture, conv_clamp=m.conv_clamp, **_minibatch(m),
     )  # fmt: skip
     return g, d
 
