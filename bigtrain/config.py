@@ -164,6 +164,15 @@ class AugmentConfig:
     # its sigma annealed linearly to 0 over instance_noise_kimg (0: constant).
     instance_noise: float = 0.0
     instance_noise_kimg: float = 0.0
+    # Adaptive discriminator augmentation (Karras et al. 2020): a pipeline ("" off; bgc: blit, geometric,
+    # color, the paper's; bg; b; c), each transform applied with probability p. p starts at ada_p and
+    # moves every ada_interval D steps by sign(E[sign(D(real))] - ada_target) at a speed of 0 -> 1 in
+    # ada_kimg kimg; ada_target 0 keeps p fixed at ada_p.
+    ada: str = ""
+    ada_p: float = 0.0
+    ada_target: float = 0.6
+    ada_interval: int = 4
+    ada_kimg: float = 500.0
 
 
 @dataclass

@@ -38,6 +38,8 @@ TECHNIQUES = {
         "historical averaging of D",
         ["regularize.historical_averaging.g=0.01", "regularize.historical_averaging.d=0.01"],
     ),
+    # p moves every D step here (0.016 per step); StyleGAN2's recipe runs its R1 step through the pipeline
+    "ada": ("ADA", ["augment.ada=bgc", "augment.ada_p=0.5", "augment.ada_interval=1", "augment.ada_kimg=1"]),
 }
 RECIPES = ["biggan/digits32.yaml", "stylegan2/digits32.yaml", "progan/digits32.yaml"]
 BATCH = 16
@@ -58,16 +60,19 @@ def test_a_technique_trains_two_iterations_in_every_family(demo_shards, tmp_path
     parts = [trainer.objective.loss.name, *(r.title for r in trainer.objective.regularizers)]
     parts += ["instance noise"] if trainer.cfg.augment.instance_noise else []
     parts += ["minibatch discrimination"] if trainer.D.minibatch is not None else []
+    parts += ["ADA"] if trainer.ada is not None else []
     assert title in parts, f"{technique} is not on in {recipe}: {parts}"
     assert trainer.run() == "finished" and trainer.iteration == 2, f"{recipe} with {technique} stopped early"
     metrics = trainer.log_metrics(elapsed=1.0, images=2 * BATCH)  # the mean over the two iterations
     losses = {k: metrics[k] for k in ("loss_d", "loss_g")}
     assert all(math.isfinite(v) for v in losses.values()), f"{recipe} with {technique}: {losses}"
+    if technique == "ada":  # p is logged (to MLflow when tracking is on) and moved from its start
+        assert metrics["ada_p"] != 0.5 and abs(metrics["ada_p"] - 0.5) <= 2 * 0.016 + 1e-6, metrics["ada_p"]
 
 
 def test_stateful_techniques_resume_exactly(demo_shards, tmp_path):
-    """LeCam's anchors and the historical averages are checkpoint state."""
-    on = TECHNIQUES["lecam"][1] + TECHNIQUES["historical_averaging"][1]
+    """LeCam's anchors, the historical averages and ADA's p are checkpoint state."""
+    on = TECHNIQUES["lecam"][1] + TECHNIQUES["historical_averaging"][1] + TECHNIQUES["ada"][1]
     whole = Trainer(_cfg(RECIPES[0], demo_shards, tmp_path / "whole", 4, *on))
     whole.run()
     Trainer(_cfg(RECIPES[0], demo_shards, tmp_path / "split", 2, *on)).run()
@@ -81,3 +86,7 @@ def test_stateful_techniques_resume_exactly(demo_shards, tmp_path):
             [r for r in t.objective.on(network) if r.title.startswith("historical")] for t in (whole, resumed)
         )
         assert a.count == b.count == 5 and all(x.equal(b.average[n]) for n, x in a.average.items()), network
+    assert whole.ada.steps == resumed.ada.steps == 4 and whole.ada.p.equal(resumed.ada.p), (
+        whole.ada.p,
+        resumed.ada.p,
+    )

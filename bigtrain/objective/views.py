@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from ..augment import diff_augment
+from ..augment.ada import AdaptiveAugment
 from ..eval.sampling import random_labels
 from ..seeds import seed_for
 from .regularizer import Regularizer
@@ -59,20 +60,20 @@ def instance_noise_sigma(sigma: float, anneal_kimg: float, kimg: float) -> float
 
 
 class DView:
-    """D's logits of images as D sees them: through the differentiable augmentation (the same for reals
-    and fakes, in D and G steps alike), plus instance noise (Sonderby et al. 2016, "Amortised MAP Inference
-    for Image Super-resolution", section 3.2: N(0, sigma^2) on every image D sees, so that the real and
-    generated distributions overlap; `noise_sigma`, set by the trainer each step), the `parts` sets of a
-    batch (reals, fakes, ...) kept apart by D's minibatch statistics. `train`: the wrapped (maybe
-    compiled) D of the D step, or its eager module where the loss differentiates a gradient
-    (AOTAutograd has no double backward); else the bare D."""
+    """D's logits of images as D sees them: through the differentiable augmentation and ADA's pipeline at
+    its current p (`ada`), the same for reals and fakes in D and G steps alike, plus instance noise
+    (Sonderby et al. 2016, "Amortised MAP Inference for Image Super-resolution", section 3.2: N(0, sigma^2)
+    on every image D sees, so that the real and generated distributions overlap; `noise_sigma`, set by the
+    trainer each step), the `parts` sets of a batch (reals, fakes, ...) kept apart by D's minibatch
+    statistics. `train`: the wrapped (maybe compiled) D of the D step, or its eager module where the loss
+    differentiates a gradient (AOTAutograd has no double backward); else the bare D."""
 
     def __init__(
         self, D: nn.Module, d_train: Callable, d_train_eager: Callable, augment: list[str],
-        generator: torch.Generator,
+        generator: torch.Generator, ada: AdaptiveAugment | None = None,
     ):  # fmt: skip
         self.D, self.d_train, self.d_train_eager = D, d_train, d_train_eager
-        self.augment, self.generator = augment, generator
+        self.augment, self.generator, self.ada = augment, generator, ada
         self.noise_sigma = 0.0
 
     def __call__(
@@ -81,6 +82,8 @@ class DView:
     ) -> torch.Tensor:  # fmt: skip
         if self.augment:
             images = diff_augment(images, self.augment, self.generator)
+        if self.ada is not None:
+            images = self.ada(images, self.generator)
         if self.noise_sigma > 0:
             noise = torch.randn(images.shape, generator=self.generator, device=images.device)
             images = images + (self.noise_sigma * noise).to(images.dtype)

@@ -18,6 +18,7 @@ import torch
 from tqdm import tqdm
 
 from ..augment import parse_policy
+from ..augment.ada import AdaptiveAugment
 from ..config import Config, ConfigError, to_dict, validate
 from ..data import make_loader
 from ..dist import make_backend, pick_device
@@ -141,12 +142,21 @@ class Trainer:
             self.G, t.seed, cfg.model.z_dim, self.num_classes, self.rank, self.world_size, self.device,
             hooks=self.objective.on("g"),
         )  # fmt: skip
+        a = cfg.augment
+        self.ada = (  # ADA's p and its controller (Karras et al. 2020)
+            AdaptiveAugment(
+                a.ada, a.ada_p, a.ada_target, a.ada_interval, a.ada_kimg, self.device, backend.all_mean
+            )
+            if a.ada
+            else None
+        )
         self.d_view = DView(
             self.D,
             self.d_train,
             backend.d_train,
-            parse_policy(cfg.augment.diffaugment),
+            parse_policy(a.diffaugment),
             self.g_inputs.generator,
+            self.ada,
         )
 
         self.images = 0  # real images shown to D, all ranks together: the kimg counter
@@ -291,11 +301,15 @@ class Trainer:
                     double_backward=objective.d_double_backward,
                 )
                 real_logits, fake_logits, *extra_logits = logits.split([len(images) for images, _ in sets])
+                if self.ada is not None:  # ADA's overfitting heuristic: the sign of D on (augmented) reals
+                    self.ada.observe(real_logits)
                 loss_d = objective.d_loss(real_logits, fake_logits, extra, extra_logits) / t.accum
                 b.backward(loss_d, "d")
         objective.after_backward("d")
         self._guarded_step("d", loss_d)
         objective.after_step("d")
+        if self.ada is not None:
+            self.ada.after_d_step(self.batch)
         return loss_d, real_logits, fake_logits, reals
 
     def _g_step(self, reals: list) -> torch.Tensor:
@@ -458,6 +472,8 @@ class Trainer:
             metrics.update(phase=self.phase.index, resolution=self.phase.resolution, alpha=self.phase.alpha)
         if self.cfg.augment.instance_noise:
             metrics["instance_noise_sigma"] = self.d_view.noise_sigma
+        if self.ada is not None:
+            metrics.update(ada_p=float(self.ada.p), ada_rt=float(self.ada.rt))
         metrics["data_skipped_corrupt"] = self.loader.skipped_corrupt
         metrics["data_read_retries"] = self.loader.read_retries  # non-zero only for a URL data.path
         metrics["data_skipped_shards"] = self.loader.skipped_shards
@@ -566,6 +582,7 @@ class Trainer:
             "world_size": self.world_size,
             "latent_draws": self.g_inputs.draws,
             **self.objective.state_dict(),
+            **(self.ada.state_dict() if self.ada is not None else {}),
             "rng": {"torch": torch.get_rng_state(), "python": random.getstate()},
             "num_classes": self.num_classes,
             "metric_history": self.metric_history,
@@ -594,6 +611,8 @@ class Trainer:
         # The config's learning rates win over the saved ones (a sweep's exploit step may change them).
         self._set_learning_rates(self.cfg.optim.lr_g, self.cfg.optim.lr_d)
         self.objective.load_state_dict(state)
+        if self.ada is not None and "ada_p" in state:  # else ADA was off before: p starts at augment.ada_p
+            self.ada.load_state_dict(state)
         self.images, self.iteration = int(state["images"]), int(state["iteration"])
         self.skipped_steps = int(state["skipped_steps"])
         self.loader.load_state_dict(state["loader"][self.rank])

@@ -1,4 +1,6 @@
-"""Differentiable augmentation (Zhao et al. 2020, "Differentiable Augmentation for Data-Efficient GAN
+"""How D sees images: DiffAugment here, ADA's pipeline and its p in `ada.py`.
+
+Differentiable augmentation (Zhao et al. 2020, "Differentiable Augmentation for Data-Efficient GAN
 Training"): every image D sees, real or generated, in both the D and the G step, goes through the same
 random transforms, so D cannot overfit a small set of reals and G's gradient passes through them.
 
@@ -12,7 +14,8 @@ from __future__ import annotations
 
 import torch
 
-from .config import Config, ConfigError
+from ..config import Config, ConfigError
+from .ada import PIPELINES
 
 
 def _uniform(n: int, generator: torch.Generator | None, device: torch.device, dims: int = 3) -> torch.Tensor:
@@ -63,15 +66,28 @@ POLICIES = {"color": color, "translation": translation, "cutout": cutout}
 
 
 def check_config(cfg: Config) -> None:
-    """augment.* names known policies and non-negative noise (called by `bigtrain.config.validate`)."""
+    """augment.* names known policies and pipelines, non-negative noise and ADA's p, target and speed (called by `bigtrain.config.validate`)."""
     try:
         parse_policy(cfg.augment.diffaugment)
     except ValueError as e:
         raise ConfigError(f"augment.diffaugment: {e}") from None
+    a = cfg.augment
     for key in ("instance_noise", "instance_noise_kimg"):
-        value = getattr(cfg.augment, key)
+        value = getattr(a, key)
         if not value >= 0:  # NaN too
             raise ConfigError(f"augment.{key}={value} must be >= 0")
+    if a.ada and a.ada not in PIPELINES:
+        raise ConfigError(
+            f"augment.ada={a.ada!r} is not a pipeline; the pipelines are {', '.join(PIPELINES)}"
+        )
+    for key in ("ada_p", "ada_target"):
+        value = getattr(a, key)
+        if not 0 <= value <= 1:
+            raise ConfigError(f"augment.{key}={value} must be in [0, 1]")
+    if a.ada_interval < 1:
+        raise ConfigError(f"augment.ada_interval={a.ada_interval} must be >= 1")
+    if not a.ada_kimg > 0:
+        raise ConfigError(f"augment.ada_kimg={a.ada_kimg} must be > 0")
 
 
 def parse_policy(policy: str) -> list[str]:
