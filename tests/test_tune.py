@@ -55,6 +55,36 @@ def test_a_bad_search_space_fails_before_any_trial_with_the_key_named(tmp_path, 
     )
 
 
+def test_a_bad_bundle_fails_before_any_trial_with_the_bundle_and_key_named(tmp_path, demo_shards):
+    def bundles(**named):
+        return {"technique": {"grid": {"baseline": [], **named}}}
+
+    cases = [
+        (bundles(lecam=["regularize.lecam.wieght=0.3"]),
+         r"sweep space technique: bundle lecam: regularize\.lecam\.wieght is not a config key "
+         r"\(did you mean regularize\.lecam\.weight\?\)"),
+        (bundles(clip=["loss.name=wgan", "optim.name=sgd"]),
+         r"sweep space technique: bundle clip is rejected \(optim\.name='sgd' is not one of adam, rmsprop\)"),
+        (bundles(lecam=["regularize.lecam.weight"]),
+         r"sweep space technique: bundle lecam: override 'regularize\.lecam\.weight' must look like"),
+        (bundles(**{"le cam": []}), r"sweep space technique: bundle le cam: a bundle's name is letters"),
+        ({"optim.lr_d": {"choice": [1e-4]}, **bundles(wgan=["loss.name=wgan", "optim.lr_d=5e-5"])},
+         r"sweep space: optim\.lr_d is set by both optim\.lr_d and technique \(bundle wgan\)"),
+        ({"lr_d": {"uniform": [1e-4, 1e-3]}},
+         r"sweep space lr_d is not a config key \(did you mean optim\.lr_d\?\); a plain name takes named bundles"),
+    ]  # fmt: skip
+    for i, (space, message) in enumerate(cases):
+        with pytest.raises(ConfigError, match=message):
+            load_sweep(_sweep_file(tmp_path, demo_shards, f"bad{i}", space=space))
+    proc = subprocess.run([BIGTRAIN, "tune", _sweep_file(tmp_path, demo_shards, "bad0", space=cases[0][0])],
+                          capture_output=True, text=True, timeout=120, env=cli_env())  # fmt: skip
+    last_line = proc.stderr.splitlines()[-1] if proc.stderr else ""
+    assert proc.returncode == 2 and "bundle lecam: regularize.lecam.wieght" in last_line, (
+        f"exit {proc.returncode}, last line {last_line!r}"
+    )
+    assert not (tmp_path / "tune").exists(), "work started before the check"
+
+
 @pytest.mark.slow
 def test_asha_sweep_logs_parent_and_children_to_mlflow_and_its_best_recipe_trains(
     tmp_path, demo_shards, mlflow_server
