@@ -85,10 +85,18 @@ def make_optimizer(optim, params, lr: float, lazy_ratio: float) -> torch.optim.O
 
 
 class Trainer:
-    def __init__(self, cfg: Config, resume: bool = False, loader=None, recipe: str = ""):
+    def __init__(
+        self,
+        cfg: Config,
+        resume: bool = False,
+        loader=None,
+        recipe: str = "",
+        run_params: dict[str, str] | None = None,
+    ):
         """`loader` replaces the shard loader (benchmarks feed random data); it needs `manifest`,
         `__next__`, `state_dict`, `load_state_dict` and `skipped_corrupt` like ShardLoader.
-        `recipe`: the recipe's name (its file name), for the MLflow run name."""
+        `recipe`: the recipe's name (its file name), for the MLflow run name.
+        `run_params`: MLflow params beside the config's (a sweep trial's bundle names)."""
         self.backend = backend = make_backend(cfg)
         self.rank, self.world_size, self.device = backend.rank, backend.world_size, backend.device
         validate(cfg, world_size=self.world_size)
@@ -220,7 +228,7 @@ class Trainer:
         run_name = cfg.track.run_name or f"{recipe or model}-{self.dataset_name}" + (
             f"-{model}" if recipe else ""
         )
-        self.tracker = make_tracker(cfg, self.run_dir, self.rank, run_name)
+        self.tracker = make_tracker(cfg, self.run_dir, self.rank, run_name, run_params)
         self.evaluator.tracker = self.tracker
 
     # ------------------------------------------------------------------ the step

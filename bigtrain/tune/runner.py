@@ -22,7 +22,7 @@ from ..config import ConfigError, config_yaml
 from ..data.manifest import load_manifest
 from ..eval.metrics import logged_names, parse_metric
 from ..track import open_experiment
-from .sweep import SweepSpec, load_sweep, perturbation_space, to_ray_space, trial_config
+from .sweep import SweepSpec, load_sweep, perturbation_space, space_bundles, to_ray_space, trial_config
 
 log = logging.getLogger(__name__)
 
@@ -36,11 +36,16 @@ def _run_trainer(config: dict[str, Any], run_dir: Path, report) -> None:
     """Train one trial in this process; `report(metrics, checkpoint_dir_or_None)` after each evaluation."""
     from ..train.loop import Trainer
 
-    values, extra = config["values"], config["extra"]
+    values, extra, bundles = config["values"], config["extra"], config["bundles"]
     cfg = trial_config(
-        config["base"], values, [*extra, f"train.run_dir={run_dir}", f"track.run_name={config['trial_name']}"]
+        config["base"],
+        values,
+        [*extra, f"train.run_dir={run_dir}", f"track.run_name={config['trial_name']}"],
+        bundles,
     )
-    trainer = Trainer(cfg, resume=(run_dir / "checkpoints" / "latest").is_file())  # restored or exploited
+    chosen_bundles = {key: values[key] for key in bundles}  # MLflow params, so the UI can group by them
+    resume = (run_dir / "checkpoints" / "latest").is_file()  # restored or exploited
+    trainer = Trainer(cfg, resume=resume, run_params=chosen_bundles)
     wants_checkpoints = config["scheduler"] == "pbt"
 
     def on_evaluate(t: Trainer, metrics: dict[str, float]) -> None:
@@ -51,6 +56,11 @@ def _run_trainer(config: dict[str, Any], run_dir: Path, report) -> None:
 
     trainer.on_evaluate.append(on_evaluate)
     trainer.run()
+
+
+def _trial_name(config: dict[str, Any], trial_id: str) -> str:
+    """<sweep>-<bundle names>-<trial id>: the MLflow child run's name (sorting by it groups a technique)."""
+    return "-".join([config["sweep"], *(str(config["values"][key]) for key in config["bundles"]), trial_id])
 
 
 def _replica_spread(trainer) -> float:
@@ -80,7 +90,7 @@ def single_worker_trial(config: dict[str, Any]) -> None:
 
     run_dir = Path(tune.get_context().get_trial_dir()) / "run"
     _restore_into(run_dir, tune.get_checkpoint())
-    config = {**config, "trial_name": f"{config['sweep']}-{tune.get_context().get_trial_id()}"}
+    config = {**config, "trial_name": _trial_name(config, tune.get_context().get_trial_id())}
 
     def report(metrics: dict, ckpt: Path | None) -> None:
         checkpoint = tune.Checkpoint.from_directory(str(ckpt)) if ckpt else None
@@ -122,7 +132,7 @@ def multi_worker_trial(config: dict[str, Any]) -> None:
         train_loop_config={
             **config,
             "run_dir": str(trial_dir / "run"),
-            "trial_name": f"{config['sweep']}-{tune.get_context().get_trial_id()}",
+            "trial_name": _trial_name(config, tune.get_context().get_trial_id()),
         },
         torch_config=TorchConfig(backend="nccl" if res["gpus"] > 0 else "gloo"),
         scaling_config=ScalingConfig(
@@ -213,8 +223,8 @@ def run_sweep(
         init = {"address": address} if address else {"num_cpus": num_cpus, "object_store_memory": 256 * 2**20}
         ray.init(**init, include_dashboard=False, log_to_driver=False)
     res = spec.resources
-    fixed = {"base": base, "extra": extra, "scheduler": spec.scheduler, "sweep": spec.name,
-             "resources": {"cpus": res.cpus, "gpus": res.gpus, "workers": res.workers}}  # fmt: skip
+    fixed = {"base": base, "extra": extra, "bundles": space_bundles(spec), "scheduler": spec.scheduler,
+             "sweep": spec.name, "resources": {"cpus": res.cpus, "gpus": res.gpus, "workers": res.workers}}  # fmt: skip
     if res.workers > 1:
         # The trial's own actor only drives the Train job (a sliver of a CPU); its workers hold the resources.
         trainable = tune.with_resources(multi_worker_trial, {"cpu": 0.01})
@@ -306,7 +316,10 @@ def _summarize(results, spec: SweepSpec, base, metric: str, sweep_dir: Path, tra
         chosen = pick([t for t in trials if t["kimg"] == furthest], key=lambda t: t["value"])
         best = {**chosen, "metric": metric}
         cfg = trial_config(
-            base, chosen["values"], [f"train.run_dir=runs/{spec.name}-best", "track.parent_run_id="]
+            base,
+            chosen["values"],
+            [f"train.run_dir=runs/{spec.name}-best", "track.parent_run_id="],
+            space_bundles(spec),
         )
         best_yaml = sweep_dir / "best.yaml"
         header = f"# best of sweep {spec.name}: {metric} = {chosen['value']:.5g} at {chosen['kimg']:g} kimg\n"
