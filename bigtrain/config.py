@@ -141,6 +141,16 @@ class HistoricalAveragingConfig:
 
 
 @dataclass
+class UnrolledConfig:
+    # Unrolled GAN (Metz et al. 2017): G's loss uses D after this many gradient steps on the batch,
+    # differentiated through them (0: off; the paper: 1 to 10)
+    steps: int = field(default=0, metadata={"min": 0})
+    lr: float = (
+        0.01  # the unrolled steps' size (plain gradient steps, eq. 6; the authors' code unrolled Adam)
+    )
+
+
+@dataclass
 class RegularizeConfig:
     ortho: OrthoConfig = field(default_factory=OrthoConfig)
     gradient_penalty: GradientPenaltyConfig = field(default_factory=GradientPenaltyConfig)
@@ -151,6 +161,7 @@ class RegularizeConfig:
     consistency: ConsistencyConfig = field(default_factory=ConsistencyConfig)
     weight_clip: WeightClipConfig = field(default_factory=WeightClipConfig)
     historical_averaging: HistoricalAveragingConfig = field(default_factory=HistoricalAveragingConfig)
+    unrolled: UnrolledConfig = field(default_factory=UnrolledConfig)
 
 
 @dataclass

@@ -10,6 +10,7 @@ import torch
 from bigtrain.augment import color, cutout, diff_augment, parse_policy, translation
 from bigtrain.config import ConfigError, load_config
 from bigtrain.models.biggan import Generator
+from bigtrain.models.layers import frozen_state
 from bigtrain.models.stylegan2 import Discriminator as StyleDiscriminator
 from bigtrain.models.stylegan2 import Generator as StyleGenerator
 from bigtrain.objective import DView, GInputs, PassTools, build_objective
@@ -46,6 +47,7 @@ from bigtrain.objective.path_length import PathLength, path_lengths
 from bigtrain.objective.r1 import R1, r1_penalty
 from bigtrain.objective.regularizer import Networks
 from bigtrain.objective.style_mixing import StyleMixing
+from bigtrain.objective.unrolled import d_parameters, unroll
 from bigtrain.objective.views import instance_noise_sigma
 from bigtrain.objective.weight_clip import WeightClip
 from conftest import REPO
@@ -521,6 +523,12 @@ def test_config_errors_name_the_key():
         _cfg(recipe, "augment.instance_noise=-0.1")
     with pytest.raises(ConfigError, match="regularize.lecam.decay=1.0 must be below 1"):
         _cfg(recipe, "regularize.lecam.weight=0.3", "regularize.lecam.decay=1")
+    with pytest.raises(
+        ConfigError, match="regularize.unrolled.lr=0.0 must be > 0 with regularize.unrolled.steps=2"
+    ):
+        _cfg(recipe, "regularize.unrolled.steps=2", "regularize.unrolled.lr=0")
+    with pytest.raises(ConfigError, match="regularize.unrolled.steps=-1 must be >= 0"):
+        _cfg(recipe, "regularize.unrolled.steps=-1")
     with pytest.raises(ConfigError, match="unknown config key regularize.r1.weight"):
         _cfg(recipe, "regularize.r1.weight=1")
 
@@ -536,3 +544,85 @@ def test_old_keys_still_load_with_a_warning(caplog):
     assert old.regularize.ortho.strength == 1e-4, "the old layout's default orthogonal regularization"
     assert "loss.r1_gamma -> regularize.r1.gamma" in caplog.text and "wgan-gp -> wgan" in caplog.text
     assert load_config(None, ["loss.name=hinge"]).regularize.ortho.strength == 0.0
+
+
+class _TinyD(torch.nn.Module):
+    """D(x) = w2 . tanh(SN(W) x + b) + b2 on flattened 2x2 images, in float64."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.utils.parametrizations.spectral_norm(torch.nn.Linear(4, 3).double())
+        self.out = torch.nn.Linear(3, 1).double()
+
+    def forward(self, images, labels, parts=1):
+        return self.out(torch.tanh(self.fc(images.flatten(1)))).squeeze(1)
+
+
+def _unroll_case():
+    torch.manual_seed(0)
+    D = _TinyD()
+    view = DView(D, D, D, [], torch.Generator())
+    x, z = torch.randn(4, 1, 2, 2, dtype=torch.float64), torch.randn(4, 1, 2, 2, dtype=torch.float64)
+    y = torch.zeros(4, dtype=torch.long)
+    loss = build_loss(load_config(None, ["loss.name=nonsat"]).loss)
+
+    def score(images, labels, parts, params):  # DView's scores in float64 (it returns float32)
+        return torch.func.functional_call(D, params, (images, labels), {"parts": parts})
+
+    params = d_parameters(D)
+    assert torch.equal(view(x, y, train=False, params=params), score(x, y, 1, params).float())
+    return D, score, loss, (x, y), z
+
+
+def test_unrolled_d_equals_k_explicit_functional_steps():
+    """theta_D^{k+1} = theta_D^k - eta dL_D/dtheta_D^k (Metz et al. 2017, eq. 6), three steps by hand
+    on D written out (spectral norm with its frozen u, v), against the unroll through DView."""
+    D, score, loss, (x, y), fake = _unroll_case()
+    before = {n: t.clone() for n, t in D.state_dict().items()}
+    lr, steps = 0.5, 3
+    with frozen_state(D):  # as in the G step: SN's u, v stay
+        got = unroll(score, loss.d, d_parameters(D), (x, y), (fake, y), steps, lr)
+        logits = score(torch.cat([x, fake]), torch.cat([y, y]), 2, got)
+    sn = D.fc.parametrizations.weight[0]
+    u, v = sn._u, sn._v
+
+    def explicit(W, b, w2, b2, images):
+        return (torch.tanh(images.flatten(1) @ (W / torch.vdot(u, W @ v)).T + b) @ w2.T + b2).squeeze(1)
+
+    theta = [D.fc.parametrizations.weight.original, D.fc.bias, D.out.weight, D.out.bias]
+    theta = [t.detach().clone().requires_grad_(True) for t in theta]
+    images = torch.cat([x, fake])
+    for _ in range(steps):
+        out = explicit(*theta, images)
+        grads = torch.autograd.grad(loss.d(out[:4], out[4:]), theta)
+        theta = [(t - lr * g).detach().requires_grad_(True) for t, g in zip(theta, grads)]
+    names = ["fc.parametrizations.weight.original", "fc.bias", "out.weight", "out.bias"]
+    for name, want in zip(names, theta):
+        assert torch.allclose(got[name], want, rtol=0, atol=1e-12), (name, got[name], want)
+        assert not torch.equal(got[name], before[name]), f"{name} did not move in the unroll"
+    want_logits = explicit(*theta, images)
+    assert torch.allclose(logits, want_logits, rtol=0, atol=1e-12), (logits, want_logits)
+    for name, t in D.state_dict().items():  # D's own parameters and SN buffers are untouched
+        assert torch.equal(t, before[name]), f"D's {name} changed in the unroll"
+
+
+def test_gs_gradient_through_the_unroll_matches_finite_differences():
+    """G(z) = a z + c: dL_G/d(a, c) through three unrolled steps (eq. 7) equals central differences of
+    L_G(theta_G) = L_G(D_{theta_D^3(theta_G)}(G(z))), and differs from the gradient with D as it is."""
+    D, score, loss, reals, z = _unroll_case()
+    y = reals[1]
+
+    def loss_g(theta_g: torch.Tensor, steps: int) -> torch.Tensor:
+        fake = theta_g[0] * z + theta_g[1]
+        with frozen_state(D):
+            params = unroll(score, loss.d, d_parameters(D), reals, (fake, y), steps, lr=0.5)
+            return loss.g(score(fake, y, 1, params), None)
+
+    theta = torch.tensor([0.7, -0.3], dtype=torch.float64, requires_grad=True)
+    (grad,) = torch.autograd.grad(loss_g(theta, 3), theta)
+    (grad0,) = torch.autograd.grad(loss_g(theta, 0), theta)
+    eps = 1e-6
+    steps = torch.eye(2, dtype=torch.float64) * eps
+    fd = torch.stack([(loss_g(theta + e, 3) - loss_g(theta - e, 3)).detach() / (2 * eps) for e in steps])
+    assert torch.allclose(grad, fd, rtol=1e-6, atol=1e-9), (grad, fd)
+    assert (grad - grad0).abs().max() > 1e-3, ("the unroll did not change G's gradient", grad, grad0)

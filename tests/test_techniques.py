@@ -39,6 +39,7 @@ TECHNIQUES = {
         ["regularize.historical_averaging.g=0.01", "regularize.historical_averaging.d=0.01"],
     ),
     "ada": ("ADA", ["augment.ada=bgc", "augment.ada_kimg=100"]),  # StyleGAN2's R1 runs through the pipeline
+    "unrolled": ("unrolled D", ["regularize.unrolled.steps=2"]),
 }
 # ADA's p moved every D step, 0.016 at a time, from 0.5: a short run sees it move both ways (sweeps keep
 # the technique's own settings above).

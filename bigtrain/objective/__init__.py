@@ -24,6 +24,7 @@ from .path_length import PathLength
 from .r1 import R1
 from .regularizer import Networks, PassTools, Regularizer
 from .style_mixing import StyleMixing
+from .unrolled import Unrolled
 from .views import DView, GInputs
 from .weight_clip import WeightClip
 
@@ -41,6 +42,7 @@ REGULARIZERS: dict[str, type[Regularizer]] = {
     "consistency": Consistency,
     "weight_clip": WeightClip,
     "historical_averaging": HistoricalAverage,
+    "unrolled": Unrolled,
 }
 
 
@@ -92,6 +94,18 @@ class Objective:
                 if penalty is not None:
                     loss = loss + penalty
         return loss
+
+    def d_params_for_g(self, d_view: DView, reals: tuple, fakes: tuple) -> dict[str, torch.Tensor] | None:
+        """D's parameters for G's loss of this micro-batch (unrolled GAN), or None: D's own."""
+
+        def score(images, labels, parts, params):
+            return d_view(images, labels, parts, train=False, params=params)
+
+        for r in self.on("g"):
+            params = None if r.lazy else r.d_params_for_g(score, self.loss.d, reals, fakes)
+            if params is not None:
+                return params
+        return None
 
     def g_penalties(self, last_micro_batch: bool) -> list[torch.Tensor]:
         """The main-pass penalties on G (added to the scaled G loss)."""
@@ -149,8 +163,9 @@ def check_config(cfg: Config) -> None:
         key, section = f"regularize.{name}", getattr(cfg.regularize, name)
         for f in dataclasses.fields(section):
             value = getattr(section, f.name)
-            if isinstance(value, int) and value < 1:
-                raise ConfigError(f"{key}.{f.name}={value} must be >= 1")
+            least = f.metadata.get("min", 1)  # a count that may be 0 (off) says so in its field
+            if isinstance(value, int) and value < least:
+                raise ConfigError(f"{key}.{f.name}={value} must be >= {least}")
             if isinstance(value, float) and not value >= 0:  # NaN too
                 raise ConfigError(f"{key}.{f.name}={value} must be >= 0")
         cls.check(key, section, cfg)

@@ -95,6 +95,19 @@ class Regularizer:
         with its logits."""
         return None
 
+    def d_params_for_g(
+        self,
+        score: Callable[..., torch.Tensor],
+        d_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        reals: tuple[torch.Tensor, torch.Tensor],
+        fakes: tuple[torch.Tensor, torch.Tensor],
+    ) -> dict[str, torch.Tensor] | None:
+        """Before G's loss in its main pass: D's parameters for G's loss to use instead of D's own
+        (unrolled GAN), or None. `score(images, labels, parts, params)`: D's logits as D sees the images,
+        with the given parameters; `d_loss`: the adversarial D loss; reals and fakes: (images, labels) of
+        the micro-batch."""
+        return None
+
     def g_penalty(self, last_micro_batch: bool) -> torch.Tensor | None:
         """Added to G's loss in its main pass."""
         return None

@@ -66,7 +66,8 @@ class DView:
     on every image D sees, so that the real and generated distributions overlap; `noise_sigma`, set by the
     trainer each step), the `parts` sets of a batch (reals, fakes, ...) kept apart by D's minibatch
     statistics. `train`: the wrapped (maybe compiled) D of the D step, or its eager module where the loss
-    differentiates a gradient (AOTAutograd has no double backward); else the bare D."""
+    differentiates a gradient (AOTAutograd has no double backward); else the bare D, with `params` (name ->
+    tensor) in place of its parameters where given."""
 
     def __init__(
         self, D: nn.Module, d_train: Callable, d_train_eager: Callable, augment: list[str],
@@ -78,7 +79,7 @@ class DView:
 
     def __call__(
         self, images: torch.Tensor, labels: torch.Tensor, parts: int = 1, train: bool = True,
-        double_backward: bool = False,
+        double_backward: bool = False, params: dict[str, torch.Tensor] | None = None,
     ) -> torch.Tensor:  # fmt: skip
         if self.augment:
             images = diff_augment(images, self.augment, self.generator)
@@ -87,5 +88,7 @@ class DView:
         if self.noise_sigma > 0:
             noise = torch.randn(images.shape, generator=self.generator, device=images.device)
             images = images + (self.noise_sigma * noise).to(images.dtype)
+        if params is not None:  # the bare D with these parameters instead of its own (unrolled GAN)
+            return torch.func.functional_call(self.D, params, (images, labels), {"parts": parts}).float()
         d = (self.d_train_eager if double_backward else self.d_train) if train else self.D
         return d(images, labels, parts=parts).float()

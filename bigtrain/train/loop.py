@@ -335,11 +335,13 @@ class Trainer:
                 self._autocast(),
             ):
                 fake = self.g_train(z, y_fake, **g_kwargs)
+                d_params = objective.d_params_for_g(self.d_view, reals[i], (fake, y_fake))  # None: D's own
                 real_logits = None
                 if objective.loss.needs_reals:  # a relativistic loss: D's view of the D step's reals
-                    with torch.no_grad():
-                        real_logits = self.d_view(*reals[i], train=False)
-                loss_g = objective.loss.g(self.d_view(fake, y_fake, train=False), real_logits) / t.accum
+                    with torch.no_grad() if d_params is None else contextlib.nullcontext():  # unrolled: on G
+                        real_logits = self.d_view(*reals[i], train=False, params=d_params)
+                fake_logits = self.d_view(fake, y_fake, train=False, params=d_params)
+                loss_g = objective.loss.g(fake_logits, real_logits) / t.accum
                 total = loss_g
                 for penalty in objective.g_penalties(last_micro_batch=last):
                     total = total + penalty
