@@ -17,6 +17,11 @@ The unroll is plain gradient descent with step size `lr` (eq. 6 as written); the
 (poolio/unrolled_gan) unrolled D's Adam update, moments included. The second-order term of eq. 7 is
 kept (the gradients are built with create_graph=True): K extra D forward and double-backward passes
 per G micro-batch.
+
+Every backend and `train.compile` work with it: the G step scores with the bare D module (DDP's and
+DeepSpeed's D wrappers, and the compiled D, serve the D step only), and DeepSpeed's ZeRO stages 1 and 2
+(the only ones bigtrain accepts) keep D's parameters whole; the double backward runs through the eager D,
+G's part of the graph (compiled or not) is differentiated once.
 """
 
 from __future__ import annotations
