@@ -343,13 +343,18 @@ class _NaNAfter:
 
 def test_nonfinite_losses_are_skipped_then_stop_with_the_last_good_checkpoint(tmp_path):
     cfg = load_config(DEMO, [f"train.run_dir={tmp_path}", "track.enabled=false", "eval.every_kimg=0", "train.batch=16",
-                             "train.total_kimg=10", "train.ckpt_every_kimg=0.08", "train.max_nonfinite_steps=3"])  # fmt: skip
+                             "train.total_kimg=10", "train.ckpt_every_kimg=0.08", "train.max_nonfinite_steps=3",
+                             "regularize.historical_averaging.d=0.01"])  # fmt: skip
     trainer = Trainer(cfg, loader=_NaNAfter(start=8))
     with pytest.raises(
         NonFiniteLoss, match="3 consecutive non-finite D losses .* last good checkpoint: .*step-00000005"
     ):
         trainer.run()
     assert trainer.skipped_steps == 3
+    (average,) = trainer.objective.on("d")  # D's historical average: its start and the 7 steps taken only
+    assert average.count == 1 + 7, (
+        f"averaged {average.count} parameter sets, expected 8 (skipped steps left out)"
+    )
     good = load_checkpoint(tmp_path)
     assert int(good["iteration"]) == 5
     assert all(torch.isfinite(v).all() for v in good["G"].values() if v.is_floating_point())

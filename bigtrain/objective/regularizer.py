@@ -116,7 +116,8 @@ class Regularizer:
         """After the main pass's backward of its network, before the optimizer step."""
 
     def after_step(self) -> None:
-        """After its network's main optimizer step (weight clipping)."""
+        """After its network's main optimizer step (weight clipping, historical averaging); not after a
+        step the non-finite guard skipped."""
 
     # --- a lazy regularizer's own pass
     def lazy_penalty(

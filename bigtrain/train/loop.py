@@ -314,8 +314,8 @@ class Trainer:
                 loss_d = objective.d_loss(real_logits, fake_logits, extra, extra_logits) / t.accum
                 b.backward(loss_d, "d")
         objective.after_backward("d")
-        self._guarded_step("d", loss_d)
-        objective.after_step("d")
+        if self._guarded_step("d", loss_d):
+            objective.after_step("d")  # not after a skipped step: the parameters did not move
         if self.ada is not None:
             self.ada.after_d_step(self.batch)
         return loss_d, real_logits, fake_logits, reals
@@ -347,8 +347,8 @@ class Trainer:
                     total = total + penalty
                 b.backward(total, "g")
         objective.after_backward("g")
-        self._guarded_step("g", loss_g, check_stop=True)
-        objective.after_step("g")
+        if self._guarded_step("g", loss_g, check_stop=True):
+            objective.after_step("g")
         return loss_g
 
     def _lazy_step(self, regularizer: Regularizer, reals: list) -> None:
@@ -412,8 +412,9 @@ class Trainer:
 
     def _guarded_step(
         self, which: str, loss: torch.Tensor, check_stop: bool = False, phase: str = ""
-    ) -> None:
-        """Optimizer step, unless the loss is non-finite on any rank (then every rank skips it).
+    ) -> bool:
+        """Optimizer step, unless the loss is non-finite on any rank (then every rank skips it); whether
+        it stepped.
         The G step's collective also carries the SIGTERM flag, so all ranks stop at the same step.
         `phase`: a regularization step's name ("R1", "path length"), for messages."""
         check_finite = self.cfg.train.check_finite
@@ -426,7 +427,7 @@ class Trainer:
         if not bad:
             self.backend.step(which)
             self._bad_in_a_row[which] = 0
-            return
+            return True
         self.backend.zero_grad(which)
         self.skipped_steps += 1
         self._bad_in_a_row[which] += 1
@@ -438,6 +439,7 @@ class Trainer:
                 f"{in_a_row} consecutive non-finite {what} losses (train.max_nonfinite_steps); training "
                 f"stopped at {self.kimg:.3f} kimg, last good checkpoint: {latest_checkpoint(self.run_dir) or 'none yet'}"
             )
+        return False
 
     # ------------------------------------------------------------------ around the step
 
