@@ -10,9 +10,10 @@ import torch
 from bigtrain.augment import color, cutout, diff_augment, parse_policy, translation
 from bigtrain.config import ConfigError, load_config
 from bigtrain.models.biggan import Generator
+from bigtrain.models.roles import DOutput
 from bigtrain.models.stylegan2 import Discriminator as StyleDiscriminator
 from bigtrain.models.stylegan2 import Generator as StyleGenerator
-from bigtrain.objective import DView, GInputs, PassTools, build_objective
+from bigtrain.objective import DScores, DView, GInputs, PassTools, build_objective, split_scores
 from bigtrain.objective.adversarial import (
     build_loss,
     hinge_d,
@@ -61,13 +62,18 @@ def _tools(G=None, D=None, generator=None, micro_batch=8) -> PassTools:
     generator = generator or torch.Generator().manual_seed(5)
     inputs = GInputs(G, 0, 32, 1, 0, 1, torch.device("cpu")) if G is not None else None
     return PassTools(
-        d=lambda x, y, parts=1, double_backward=False: D(x, y, parts=parts).float(),
+        d=DView(D, D, D, [], generator) if D is not None else None,
         g=G,
         g_inputs=lambda batch: inputs(batch, training_g=True),
         generator=generator,
         all_mean=lambda t: t,
         micro_batch=micro_batch,
     )
+
+
+def _scored(logits, images=None, labels=None, features=None, classes=None) -> DScores:
+    """D's view of a set, as the trainer hands it to the penalty hooks."""
+    return DScores(images, labels, logits, features, classes)
 
 
 def test_hinge_and_nonsaturating_values():
@@ -186,7 +192,7 @@ def test_wgan_losses_and_the_gradient_penalty_on_a_linear_d():
     assert torch.allclose(between, between[:, :1, :1, :1].expand_as(between), atol=1e-4)
     assert ((between[:, 0, 0, 0] >= 0) & (between[:, 0, 0, 0] <= 1)).all()
     real_logits = (a * reals).sum(dim=(1, 2, 3))
-    got = gp.d_penalty(real_logits, None, interp, (a * interp).sum(dim=(1, 2, 3)))
+    got = gp.d_penalty(_scored(real_logits), None, _scored((a * interp).sum(dim=(1, 2, 3)), interp))
     want = 10.0 * (a.norm() - 1) ** 2 + 0.001 * real_logits.square().mean()
     assert got.item() == pytest.approx(want.item(), rel=1e-5), (got.item(), want.item())
     assert torch.equal(got, wgan_gp_terms((a * interp).sum(dim=(1, 2, 3)), interp, real_logits, 10.0, 0.001))
@@ -278,15 +284,15 @@ def test_lecam_anchors_are_the_debiased_average_of_whole_steps():
     ]  # fmt: skip
     # (real, fake) mean of each step over its micro-batches, plus 0.5 for the second rank
     step_means = [torch.tensor([2.5, -0.5]), torch.tensor([2.5, -1.5]), torch.tensor([1.5, 1.5])]
-    assert lecam.d_penalty(*steps[0][0], None, None) is None, "a penalty before any anchor exists"
-    lecam.d_penalty(*steps[0][1], None, None)
+    assert lecam.d_penalty(*map(_scored, steps[0][0]), None) is None, "a penalty before any anchor exists"
+    lecam.d_penalty(*map(_scored, steps[0][1]), None)
     lecam.after_backward()
     for n, step in enumerate(steps[1:], start=2):
         weights = [decay ** (n - 1 - k) for k in range(n - 1)]
         anchors = sum(w * m for w, m in zip(weights, step_means)) / sum(weights)
         assert torch.allclose(lecam.anchors(), anchors), (lecam.anchors(), anchors)
         for real, fake in step:
-            got = lecam.d_penalty(real, fake, None, None)
+            got = lecam.d_penalty(_scored(real), _scored(fake), None)
             want = 2.0 * lecam_penalty(real, fake, anchors[0], anchors[1])
             assert torch.allclose(got, want), (got, want)
         lecam.after_backward()
@@ -327,8 +333,8 @@ def test_consistency_penalties_cr_and_bcr():
     augmented = torch.tensor([0.0, 2.0, -1.0, 3.0])  # D(T(x)) for the 2 reals, then D(T(G(z))) for the fakes
     cr, bcr = Consistency(real=10.0, fake=0.0), Consistency(real=10.0, fake=5.0)
     # CR: 10 ((1 - 0)^2 + 0^2) / 2 = 5; bCR adds 5 (0^2 + (0 - 3)^2) / 2 = 22.5
-    assert cr.d_penalty(real, fake, None, augmented[:2]).item() == 5.0
-    assert bcr.d_penalty(real, fake, None, augmented).item() == 27.5
+    assert cr.d_penalty(_scored(real), _scored(fake), _scored(augmented[:2])).item() == 5.0
+    assert bcr.d_penalty(_scored(real), _scored(fake), _scored(augmented)).item() == 27.5
     reals, fakes = torch.rand(2, 3, 8, 8), torch.rand(2, 3, 8, 8)
     real_labels, fake_labels = torch.tensor([3, 4]), torch.tensor([5, 6])
     images, labels = cr.extra_d_set(reals, real_labels, fakes, fake_labels, torch.Generator().manual_seed(0))
@@ -375,8 +381,8 @@ def test_historical_averaging_penalty_after_three_updates():
             net.weight.fill_(value)
         average.after_step()
     assert average.average["weight"].item() == 2.75 and average.count == 4
-    assert average.g_penalty(last_micro_batch=False) is None, "G's penalty twice in an accumulated step"
-    penalty = average.g_penalty(last_micro_batch=True)
+    assert average.g_penalty(None, None, last_micro_batch=False) is None, "G's penalty twice in a step"
+    penalty = average.g_penalty(None, None, last_micro_batch=True)
     assert penalty.item() == 0.5 * 0.75**2
     (grad,) = torch.autograd.grad(penalty, net.weight)
     assert grad.item() == -0.75, "d/dtheta lambda (theta - avg)^2 = 2 lambda (theta - avg)"
@@ -387,7 +393,7 @@ def test_historical_averaging_penalty_after_three_updates():
         "biggan/digits32.yaml", "regularize.historical_averaging.d=1"
     ).regularize.historical_averaging
     only_d = HistoricalAverage.build(section, Networks(net, torch.nn.Linear(1, 1), True, torch.device("cpu")))
-    assert [r.network for r in only_d] == ["d"] and only_d[0].d_penalty(None, None, None, None).item() == 0.0
+    assert [r.network for r in only_d] == ["d"] and only_d[0].d_penalty(None, None, None).item() == 0.0
 
 
 def test_path_lengths_lazy_pass_uses_the_shrunk_batch_and_reaches_every_g_parameter():
@@ -469,8 +475,8 @@ def test_orthogonal_regularizer_adds_the_closed_form_or_the_penalty_by_backend()
     gets the penalty in the last micro-batch's loss instead. Both give the same gradient."""
     G = Generator(32, ch=8, z_dim=120, shared_dim=16, num_classes=10, attn_res=(16,))
     hooks, engine = Orthogonal(1e-2, G, grad_hooks=True), Orthogonal(1e-2, G, grad_hooks=False)
-    assert hooks.g_penalty(last_micro_batch=True) is None and engine.g_penalty(last_micro_batch=False) is None
-    engine.g_penalty(last_micro_batch=True).backward()
+    assert hooks.g_penalty(None, None, True) is None and engine.g_penalty(None, None, False) is None
+    engine.g_penalty(None, None, last_micro_batch=True).backward()
     by_penalty = [p.grad.clone() for p in engine.params]
     for p in hooks.params:
         p.grad = torch.zeros_like(p)
@@ -536,3 +542,14 @@ def test_old_keys_still_load_with_a_warning(caplog):
     assert old.regularize.ortho.strength == 1e-4, "the old layout's default orthogonal regularization"
     assert "loss.r1_gamma -> regularize.r1.gamma" in caplog.text and "wgan-gp -> wgan" in caplog.text
     assert load_config(None, ["loss.name=hinge"]).regularize.ortho.strength == 0.0
+
+
+def test_split_scores_gives_each_set_its_rows_of_every_declared_output():
+    sets = [(torch.zeros(2, 1), torch.tensor([0, 1])), (torch.ones(3, 1), torch.tensor([2, 3, 4]))]
+    out = DOutput(torch.arange(5.0), torch.arange(10.0).reshape(5, 2), None)
+    first, second = split_scores(sets, out)
+    assert torch.equal(first.logits, torch.arange(2.0)) and torch.equal(second.features, out.features[2:])
+    assert second.labels.tolist() == [2, 3, 4] and torch.equal(second.images, sets[1][0])
+    assert first.classes is None and second.classes is None
+    logits_only = split_scores(sets, torch.arange(5.0))
+    assert torch.equal(logits_only[1].logits, torch.arange(2.0, 5.0)) and logits_only[1].features is None

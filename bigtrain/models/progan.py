@@ -31,7 +31,7 @@ from .layers import (
     doubling_resolutions,
     feature_maps,
 )
-from .roles import DiscriminatorRole, GeneratorRole
+from .roles import DiscriminatorRole, DOutput, GeneratorRole
 
 
 def pixel_norm(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -151,8 +151,10 @@ class Discriminator(PhaseMixin, DiscriminatorRole):
             x = F.leaky_relu(conv(x), 0.2)
         return F.avg_pool2d(x, 2)
 
-    def forward(self, images: torch.Tensor, y: torch.Tensor | None = None, parts: int = 1) -> torch.Tensor:
-        """(B, 3, R, R) at the active resolution -> (B,) scores. Call it on reals and fakes separately:
+    def forward(
+        self, images: torch.Tensor, y: torch.Tensor | None = None, parts: int = 1, all_outputs: bool = False
+    ) -> torch.Tensor | DOutput:
+        """(B, 3, R, R) at the active resolution -> (B,) scores. Reals and fakes are separate `parts`:
         the minibatch standard deviation must not mix them."""
         r = self.resolution
         if images.shape[-1] != r:
@@ -168,7 +170,9 @@ class Discriminator(PhaseMixin, DiscriminatorRole):
                     x = self._block(lower, x)
         x = minibatch_stddev(x, self.mbstd_group, parts)
         x = F.leaky_relu(self.final_conv(x), 0.2)
-        x = F.leaky_relu(self.final_dense(x.flatten(1)), 0.2)
-        if self.minibatch is not None:
-            x = self.minibatch(x, parts)
-        return self.output(x).squeeze(1)
+        features = F.leaky_relu(self.final_dense(x.flatten(1)), 0.2)
+        x = features if self.minibatch is None else self.minibatch(features, parts)
+        logits = self.output(x).squeeze(1)
+        if not all_outputs:
+            return logits
+        return DOutput(logits, features, None)

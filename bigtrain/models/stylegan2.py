@@ -43,7 +43,7 @@ from .layers import (
     feature_maps,
 )
 from .progan import minibatch_stddev
-from .roles import DiscriminatorRole, GeneratorRole
+from .roles import DiscriminatorRole, DOutput, GeneratorRole
 
 
 def one_hot(y: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -446,7 +446,9 @@ class Discriminator(DiscriminatorRole):
             else None
         )
 
-    def forward(self, images: torch.Tensor, y: torch.Tensor | None = None, parts: int = 1) -> torch.Tensor:
+    def forward(
+        self, images: torch.Tensor, y: torch.Tensor | None = None, parts: int = 1, all_outputs: bool = False
+    ) -> torch.Tensor | DOutput:
         if self.architecture == "skip":
             x, img = None, images
             for from_rgb, block in zip(self.from_rgbs, self.blocks):
@@ -458,14 +460,15 @@ class Discriminator(DiscriminatorRole):
             for block in self.blocks:
                 x = block(x)
         x = minibatch_stddev(x, self.mbstd_group, parts)
-        x = self.fc(self.conv(x).flatten(1).float())
-        if self.minibatch is not None:
-            x = self.minibatch(x, parts)
-        x = self.out(x)
+        features = self.fc(self.conv(x).flatten(1).float())
+        x = self.out(features if self.minibatch is None else self.minibatch(features, parts))
         if self.mapping is None:
-            return x.squeeze(1)
-        cmap = self.mapping(None, y)
-        return (x * cmap).sum(dim=1) / math.sqrt(self.cmap_dim)
+            logits = x.squeeze(1)
+        else:
+            logits = (x * self.mapping(None, y)).sum(dim=1) / math.sqrt(self.cmap_dim)
+        if not all_outputs:
+            return logits
+        return DOutput(logits, features, None)
 
 
 # --------------------------------------------------------------------------- reference weights

@@ -10,8 +10,9 @@ from torch import nn
 
 from ..augment import diff_augment
 from ..eval.sampling import random_labels
+from ..models.roles import DOutput
 from ..seeds import seed_for
-from .regularizer import Regularizer
+from .regularizer import DScores, Regularizer
 
 
 class GInputs:
@@ -65,7 +66,8 @@ class DView:
     generated distributions overlap; `noise_sigma`, set by the trainer each step), the `parts` sets of a
     batch (reals, fakes, ...) kept apart by D's minibatch statistics. `train`: the wrapped (maybe
     compiled) D of the D step, or its eager module where the loss differentiates a gradient
-    (AOTAutograd has no double backward); else the bare D."""
+    (AOTAutograd has no double backward); else the bare D. `all_outputs`: D's declared outputs (a
+    DOutput: logits, features, class logits) instead of its logits alone."""
 
     def __init__(
         self, D: nn.Module, d_train: Callable, d_train_eager: Callable, augment: list[str],
@@ -77,12 +79,26 @@ class DView:
 
     def __call__(
         self, images: torch.Tensor, labels: torch.Tensor, parts: int = 1, train: bool = True,
-        double_backward: bool = False,
-    ) -> torch.Tensor:  # fmt: skip
+        double_backward: bool = False, all_outputs: bool = False,
+    ) -> torch.Tensor | DOutput:  # fmt: skip
         if self.augment:
             images = diff_augment(images, self.augment, self.generator)
         if self.noise_sigma > 0:
             noise = torch.randn(images.shape, generator=self.generator, device=images.device)
             images = images + (self.noise_sigma * noise).to(images.dtype)
         d = (self.d_train_eager if double_backward else self.d_train) if train else self.D
-        return d(images, labels, parts=parts).float()
+        if not all_outputs:
+            return d(images, labels, parts=parts).float()
+        out = d(images, labels, parts=parts, all_outputs=True)
+        return DOutput(*(t if t is None else t.float() for t in out))
+
+
+def split_scores(sets: list[tuple[torch.Tensor, torch.Tensor]], out: torch.Tensor | DOutput) -> list[DScores]:
+    """D's view of each (images, labels) set of one D call on their concatenation, in order: `out` is
+    its logits, or its DOutput (features and class logits too)."""
+    out = out if isinstance(out, DOutput) else DOutput(out, None, None)
+    if len(sets) == 1:
+        return [DScores(*sets[0], *out)]
+    sizes = [len(images) for images, _ in sets]
+    split = [[None] * len(sets) if t is None else t.split(sizes) for t in out]
+    return [DScores(images, labels, *parts) for (images, labels), *parts in zip(sets, *split)]

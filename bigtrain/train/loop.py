@@ -25,7 +25,7 @@ from ..eval.evaluator import Evaluator, Sampler
 from ..eval.suite import MetricSuite
 from ..models import build_models
 from ..models.layers import frozen_state
-from ..objective import DView, GInputs, PassTools, Regularizer, build_objective
+from ..objective import DView, GInputs, PassTools, Regularizer, build_objective, split_scores
 from ..objective.views import instance_noise_sigma
 from ..seeds import seed_for
 from ..track import make_tracker
@@ -124,7 +124,7 @@ class Trainer:
         self.ema = EMA(self.G)
         # The adversarial loss and the regularizers that are on (bigtrain/objective/).
         self.objective = build_objective(
-            cfg, self.G, backend.supports_grad_hooks, self.device, backend.all_mean, self.D
+            cfg, self.G, backend.supports_grad_hooks, self.device, backend.all_mean, self.D, self.num_classes
         )
         self.lazy_ratio = {which: self.objective.lazy_ratio(which) for which in ("g", "d")}
         self.opt_g, self.opt_d = (
@@ -284,19 +284,21 @@ class Trainer:
                 extra = objective.extra_d_sets(x, y, fake, y_fake, self.g_inputs.generator)
                 sets = [(x, y), (fake, y_fake), *(images_labels for _, images_labels in extra)]
                 all_images = torch.cat([images for images, _ in sets])
-                logits = self.d_view(
+                out = self.d_view(
                     all_images,
                     torch.cat([labels for _, labels in sets]),
                     parts=all_images.shape[0] // self.micro_batch,  # a set may hold several micro-batches
                     double_backward=objective.d_double_backward,
+                    all_outputs=objective.d_outputs("d"),
                 )
-                real_logits, fake_logits, *extra_logits = logits.split([len(images) for images, _ in sets])
-                loss_d = objective.d_loss(real_logits, fake_logits, extra, extra_logits) / t.accum
+                real, fake_scores, *extra_scores = split_scores(sets, out)
+                extra_scored = [(r, scores) for (r, _), scores in zip(extra, extra_scores)]
+                loss_d = objective.d_loss(real, fake_scores, extra_scored) / t.accum
                 b.backward(loss_d, "d")
         objective.after_backward("d")
         self._guarded_step("d", loss_d)
         objective.after_step("d")
-        return loss_d, real_logits, fake_logits, reals
+        return loss_d, real.logits, fake_scores.logits, reals
 
     def _g_step(self, reals: list) -> torch.Tensor:
         """G's main optimizer step over `accum` micro-batches, with the G regularizers of the main pass.
@@ -313,17 +315,23 @@ class Trainer:
                 self._autocast(),
             ):
                 fake = self.g_train(z, y_fake, **g_kwargs)
-                real_logits = None
-                if objective.loss.needs_reals:  # a relativistic loss: D's view of the D step's reals
+                outputs = objective.d_outputs("g")
+                real = None
+                if objective.needs_reals:  # D's view of the D step's reals (relativistic, feature matching)
                     with torch.no_grad():
-                        real_logits = self.d_view(*reals[i], train=False)
-                loss_g = objective.loss.g(self.d_view(fake, y_fake, train=False), real_logits) / t.accum
-                total = loss_g
-                for penalty in objective.g_penalties(last_micro_batch=last):
+                        scored = self.d_view(*reals[i], train=False, all_outputs=outputs)
+                    (real,) = split_scores([reals[i]], scored)
+                scored = self.d_view(fake, y_fake, train=False, all_outputs=outputs)
+                (fake_scores,) = split_scores([(fake, y_fake)], scored)
+                loss_g = objective.loss.g(fake_scores.logits, None if real is None else real.logits) / t.accum
+                # The paper's feature matching trains G on its term alone: the adversarial loss is then
+                # only reported.
+                total = loss_g if objective.adversarial_g else torch.zeros_like(loss_g)
+                for penalty in objective.g_penalties(fake_scores, real, last_micro_batch=last):
                     total = total + penalty
                 b.backward(total, "g")
         objective.after_backward("g")
-        self._guarded_step("g", loss_g, check_stop=True)
+        self._guarded_step("g", total, check_stop=True)
         objective.after_step("g")
         return loss_g
 
