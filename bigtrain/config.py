@@ -141,6 +141,13 @@ class HistoricalAveragingConfig:
 
 
 @dataclass
+class FeatureMatchingConfig:
+    # Salimans et al. 2016: weight x ||E f(x) - E f(G(z))||^2 on D's penultimate features, added to G's loss
+    weight: float = 0.0
+    replace: bool = False  # G's loss is feature matching alone (the paper's form): no adversarial G loss
+
+
+@dataclass
 class RegularizeConfig:
     ortho: OrthoConfig = field(default_factory=OrthoConfig)
     gradient_penalty: GradientPenaltyConfig = field(default_factory=GradientPenaltyConfig)
@@ -151,6 +158,7 @@ class RegularizeConfig:
     consistency: ConsistencyConfig = field(default_factory=ConsistencyConfig)
     weight_clip: WeightClipConfig = field(default_factory=WeightClipConfig)
     historical_averaging: HistoricalAveragingConfig = field(default_factory=HistoricalAveragingConfig)
+    feature_matching: FeatureMatchingConfig = field(default_factory=FeatureMatchingConfig)
 
 
 @dataclass

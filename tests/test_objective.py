@@ -33,6 +33,7 @@ from bigtrain.objective.adversarial import (
     wgan_g,
 )
 from bigtrain.objective.consistency import Consistency, consistency_transform
+from bigtrain.objective.feature_matching import FeatureMatching, feature_matching_loss
 from bigtrain.objective.gradient_penalty import GradientPenalty, wgan_gp_terms
 from bigtrain.objective.historical_average import HistoricalAverage
 from bigtrain.objective.lecam import LeCam, lecam_penalty
@@ -553,3 +554,23 @@ def test_split_scores_gives_each_set_its_rows_of_every_declared_output():
     assert first.classes is None and second.classes is None
     logits_only = split_scores(sets, torch.arange(5.0))
     assert torch.equal(logits_only[1].logits, torch.arange(2.0, 5.0)) and logits_only[1].features is None
+
+
+def test_feature_matching_on_fixed_features():
+    """Means over the batch: reals (2, 3), fakes (1, 1); ||(1, 2)||^2 = 5, times weight 0.5, over accum 2.
+    The gradient reaches the fakes' features only: d/df_i = -2 (weight / accum) (mean_r - mean_f) / B."""
+    real = torch.tensor([[1.0, 2.0], [3.0, 4.0]], requires_grad=True)
+    fake = torch.tensor([[0.0, 0.0], [2.0, 2.0]], requires_grad=True)
+    assert feature_matching_loss(real, fake).item() == 5.0
+    fm = FeatureMatching(weight=0.5, replace=False, accum=2)
+    assert fm.network == "g" and fm.d_outputs and fm.needs_reals and not fm.replaces_g_loss
+    got = fm.g_penalty(_scored(None, features=fake), _scored(None, features=real), last_micro_batch=False)
+    assert got.item() == 1.25, f"{got.item()} != 1.25"
+    got.backward()
+    assert real.grad is None, "feature matching trained D's view of the reals"
+    want = torch.tensor([[-0.25, -0.5], [-0.25, -0.5]])
+    assert torch.equal(fake.grad, want), f"{fake.grad} != {want}"
+    assert FeatureMatching(1.0, replace=True).replaces_g_loss
+    with pytest.raises(ConfigError, match="regularize.feature_matching.replace=true .* needs "
+                                          "regularize.feature_matching.weight > 0"):  # fmt: skip
+        _cfg("biggan/digits32.yaml", "regularize.feature_matching.replace=true")

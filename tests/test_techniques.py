@@ -4,6 +4,7 @@ resumes exactly. A technique's equation is tested on its own in test_objective.p
 import math
 
 import pytest
+import torch
 
 from bigtrain.config import load_config
 from bigtrain.train.loop import Trainer
@@ -37,6 +38,11 @@ TECHNIQUES = {
     "historical_averaging": (
         "historical averaging of D",
         ["regularize.historical_averaging.g=0.01", "regularize.historical_averaging.d=0.01"],
+    ),
+    "feature_matching": ("feature matching", ["regularize.feature_matching.weight=0.1"]),
+    "feature_matching_alone": (
+        "feature matching",
+        ["regularize.feature_matching.weight=1", "regularize.feature_matching.replace=true"],
     ),
 }
 RECIPES = ["biggan/digits32.yaml", "stylegan2/digits32.yaml", "progan/digits32.yaml"]
@@ -81,3 +87,29 @@ def test_stateful_techniques_resume_exactly(demo_shards, tmp_path):
             [r for r in t.objective.on(network) if r.title.startswith("historical")] for t in (whole, resumed)
         )
         assert a.count == b.count == 5 and all(x.equal(b.average[n]) for n, x in a.average.items()), network
+
+
+def _after_one_g_step(data, run_dir, *overrides) -> dict:
+    """G's weights after one G step of a fresh BigGAN digits trainer (same seed: same G, D, data, z)."""
+    trainer = Trainer(_cfg(RECIPES[0], data, run_dir, 1, *overrides))
+    trainer.D.requires_grad_(False)
+    trainer._g_step([trainer._real()])
+    return {name: p.detach().clone() for name, p in trainer.G.named_parameters()}
+
+
+def _same(a: dict, b: dict) -> bool:
+    return all(torch.equal(a[name], b[name]) for name in a)
+
+
+def test_feature_matching_alone_trains_g_on_its_term_only(demo_shards, tmp_path):
+    """Feature matching alone (the paper's form): G's step is the same whatever the adversarial loss,
+    which it then does not train on; added to the loss, it is not."""
+    fm, alone = ["regularize.feature_matching.weight=1"], ["regularize.feature_matching.replace=true"]
+    steps = {}
+    for loss in ("hinge", "nonsat"):
+        for replace in (False, True):
+            overrides = [f"loss.name={loss}", *fm, *(alone if replace else [])]
+            steps[loss, replace] = _after_one_g_step(demo_shards, tmp_path / f"{loss}{replace}", *overrides)
+    assert _same(steps["hinge", True], steps["nonsat", True]), "feature matching alone depends on loss.name"
+    assert not _same(steps["hinge", False], steps["nonsat", False]), "G's step ignores the adversarial loss"
+    assert not _same(steps["hinge", False], steps["hinge", True]), "replace=true changed nothing"

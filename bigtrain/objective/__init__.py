@@ -16,6 +16,7 @@ from torch import nn
 from ..config import Config, ConfigError
 from .adversarial import ADVERSARIAL_LOSSES, SMOOTHABLE, AdversarialLoss, build_loss
 from .consistency import Consistency
+from .feature_matching import FeatureMatching
 from .gradient_penalty import GradientPenalty
 from .historical_average import HistoricalAverage
 from .lecam import LeCam
@@ -44,6 +45,7 @@ REGULARIZERS: dict[str, type[Regularizer]] = {
     "consistency": Consistency,
     "weight_clip": WeightClip,
     "historical_averaging": HistoricalAverage,
+    "feature_matching": FeatureMatching,
 }
 
 
@@ -169,6 +171,8 @@ def check_config(cfg: Config) -> None:
         key, section = f"regularize.{name}", getattr(cfg.regularize, name)
         for f in dataclasses.fields(section):
             value = getattr(section, f.name)
+            if isinstance(value, bool):
+                continue  # a switch (bool is an int to Python)
             if isinstance(value, int) and value < 1:
                 raise ConfigError(f"{key}.{f.name}={value} must be >= 1")
             if isinstance(value, float) and not value >= 0:  # NaN too
