@@ -32,6 +32,7 @@ from bigtrain.objective.adversarial import (
     wgan_d,
     wgan_g,
 )
+from bigtrain.objective.aux_classifier import AuxClassifier, class_loss
 from bigtrain.objective.consistency import Consistency, consistency_transform
 from bigtrain.objective.feature_matching import FeatureMatching, feature_matching_loss
 from bigtrain.objective.gradient_penalty import GradientPenalty, wgan_gp_terms
@@ -213,8 +214,11 @@ def test_r1_equals_the_hand_computed_penalty_on_a_tiny_d():
     assert x.grad is not None and x.grad.abs().sum() > 0
 
 
-def test_r1s_lazy_pass_reaches_every_d_parameter_through_the_zero_term():
-    _, D = _small_stylegan2()
+@pytest.mark.parametrize("aux_classes", [0, 10])
+def test_r1s_lazy_pass_reaches_every_d_parameter_through_the_zero_term(aux_classes):
+    """Also AC-GAN's class head, which R1's penalty does not reach."""
+    torch.manual_seed(0)
+    D = StyleDiscriminator(16, 10, channel_base=512, channel_max=32, aux_classes=aux_classes)
     r1 = R1(gamma=1.0, interval=4)
     assert r1.lazy and r1.due(0) and r1.due(8) and not r1.due(3)
     x = torch.randn(4, 3, 16, 16)
@@ -574,3 +578,62 @@ def test_feature_matching_on_fixed_features():
     with pytest.raises(ConfigError, match="regularize.feature_matching.replace=true .* needs "
                                           "regularize.feature_matching.weight > 0"):  # fmt: skip
         _cfg("biggan/digits32.yaml", "regularize.feature_matching.replace=true")
+
+
+def test_aux_classifier_cross_entropies_on_fixed_logits():
+    """AC-GAN's L_C by hand: reals' class logits (2, 0, 0) and (0, 1, 0) for classes 0 and 1 give
+    -log(e^2 / (e^2 + 2)) = log(1 + 2 e^-2) and log(1 + 2 e^-1); uniform fakes give log 3 each. D's loss
+    adds weight x (CE(reals) + CE(fakes)), G's weight x CE(fakes) / accum."""
+    real = _scored(
+        None, labels=torch.tensor([0, 1]), classes=torch.tensor([[2.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    )
+    fake = _scored(None, labels=torch.tensor([2, 0]), classes=torch.zeros(2, 3, requires_grad=True))
+    ce_real = (math.log(1 + 2 * math.exp(-2)) + math.log(1 + 2 * math.exp(-1))) / 2
+    assert class_loss(real.classes, real.labels).item() == pytest.approx(ce_real, rel=1e-6)
+    section = _cfg(
+        "biggan/digits32.yaml", "model.aux_classifier=true", "regularize.aux_classifier.weight=0.5"
+    )
+    networks = Networks(None, None, True, torch.device("cpu"), num_classes=3, accum=2)
+    on_d, on_g = AuxClassifier.build(section.regularize.aux_classifier, networks)
+    assert (on_d.network, on_g.network) == ("d", "g") and on_d.d_outputs and on_g.d_outputs
+    got_d, want_d = on_d.d_penalty(real, fake, None).item(), 0.5 * (ce_real + math.log(3))
+    assert got_d == pytest.approx(want_d, rel=1e-6), f"D's term {got_d} != {want_d}"
+    got_g = on_g.g_penalty(fake, None, last_micro_batch=True)
+    assert got_g.item() == pytest.approx(0.5 * math.log(3) / 2, rel=1e-6), f"G's term {got_g.item()}"
+    got_g.backward()  # dCE/dlogits = (softmax - onehot) / B, times weight / accum = 0.25
+    want = 0.25 * (torch.full((2, 3), 1 / 3) - torch.eye(3)[[2, 0]]) / 2
+    assert torch.allclose(fake.classes.grad, want), f"{fake.classes.grad} != {want}"
+
+
+def test_aux_classifier_needs_the_head_and_a_conditional_dataset():
+    recipe = "biggan/digits32.yaml"
+    with pytest.raises(ConfigError, match=r"regularize.aux_classifier.weight=1.0 trains D's class head, which "
+                                          r"model.aux_classifier=true adds"):  # fmt: skip
+        _cfg(recipe, "regularize.aux_classifier.weight=1")
+    with pytest.raises(ConfigError, match="model.aux_classifier=true adds a class head to D that only "
+                                          "regularize.aux_classifier.weight trains"):  # fmt: skip
+        _cfg(recipe, "model.aux_classifier=true")
+    with pytest.raises(ConfigError, match="model.num_classes=1 makes the run unconditional"):
+        _cfg(recipe, "model.aux_classifier=true", "regularize.aux_classifier.weight=1", "model.num_classes=1")
+    # model.num_classes 0 takes the dataset's: an unconditional one is refused when the objective is built
+    cfg = _cfg(recipe, "model.aux_classifier=true", "regularize.aux_classifier.weight=1")
+    G = Generator(32, ch=8, z_dim=64, shared_dim=32, num_classes=1, attn_res=(16,))
+    with pytest.raises(ConfigError, match=r"regularize.aux_classifier.weight=1.0 .* this run has 1 class"):
+        build_objective(cfg, G, True, torch.device("cpu"), num_classes=1)
+
+
+def test_the_objective_asks_d_for_its_outputs_only_where_a_part_reads_them():
+    G = Generator(32, ch=8, z_dim=64, shared_dim=32, num_classes=10, attn_res=(16,))
+    build = lambda *overrides: build_objective(_cfg("biggan/digits32.yaml", *overrides), G, True,  # noqa: E731
+                                               torch.device("cpu"), num_classes=10)  # fmt: skip
+    # (D's outputs in the D step, in the G step, the G step scores reals, G trains on the adversarial loss)
+    asks = lambda o: (o.d_outputs("d"), o.d_outputs("g"), o.needs_reals, o.adversarial_g)  # noqa: E731
+    assert asks(build()) == (False, False, False, True), asks(build())
+    fm = build("regularize.feature_matching.weight=1")
+    assert asks(fm) == (False, True, True, True), asks(fm)
+    alone = build("regularize.feature_matching.weight=1", "regularize.feature_matching.replace=true")
+    assert asks(alone) == (False, True, True, False), asks(alone)
+    ac = build("model.aux_classifier=true", "regularize.aux_classifier.weight=1")
+    assert asks(ac) == (True, True, False, True), asks(ac)
+    titles = [r.title for r in ac.regularizers]
+    assert titles == ["orthogonal", "auxiliary classifier (D)", "auxiliary classifier (G)"], titles

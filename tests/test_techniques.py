@@ -44,6 +44,11 @@ TECHNIQUES = {
         "feature matching",
         ["regularize.feature_matching.weight=1", "regularize.feature_matching.replace=true"],
     ),
+    # The digits are conditional (10 classes); ProGAN's G then takes the label, as its paper's code.
+    "aux_classifier": (
+        "auxiliary classifier (D)",
+        ["model.aux_classifier=true", "regularize.aux_classifier.weight=1"],
+    ),
 }
 RECIPES = ["biggan/digits32.yaml", "stylegan2/digits32.yaml", "progan/digits32.yaml"]
 BATCH = 16
@@ -113,3 +118,13 @@ def test_feature_matching_alone_trains_g_on_its_term_only(demo_shards, tmp_path)
     assert _same(steps["hinge", True], steps["nonsat", True]), "feature matching alone depends on loss.name"
     assert not _same(steps["hinge", False], steps["nonsat", False]), "G's step ignores the adversarial loss"
     assert not _same(steps["hinge", False], steps["hinge", True]), "replace=true changed nothing"
+
+
+def test_aux_classifier_term_reaches_g_s_step(demo_shards, tmp_path):
+    """AC-GAN's cross-entropy on the fakes is part of G's loss: its weight changes G's step."""
+    ac = "model.aux_classifier=true"
+    weights = [
+        _after_one_g_step(demo_shards, tmp_path / f"ac{w}", ac, f"regularize.aux_classifier.weight={w}")
+        for w in (1, 2)
+    ]
+    assert not _same(*weights), "AC-GAN's weight does not reach G's step"

@@ -15,6 +15,7 @@ from torch import nn
 
 from ..config import Config, ConfigError
 from .adversarial import ADVERSARIAL_LOSSES, SMOOTHABLE, AdversarialLoss, build_loss
+from .aux_classifier import AuxClassifier
 from .consistency import Consistency
 from .feature_matching import FeatureMatching
 from .gradient_penalty import GradientPenalty
@@ -46,6 +47,7 @@ REGULARIZERS: dict[str, type[Regularizer]] = {
     "weight_clip": WeightClip,
     "historical_averaging": HistoricalAverage,
     "feature_matching": FeatureMatching,
+    "aux_classifier": AuxClassifier,
 }
 
 
