@@ -69,6 +69,9 @@ class ModelConfig:
     # the paper: 100 of 5), any family.
     minibatch_kernels: int = 0
     minibatch_kernel_dims: int = 5
+    # AC-GAN's auxiliary classifier (Odena et al. 2017): a class head on D's penultimate features, any
+    # family, trained by regularize.aux_classifier.weight (ProGAN's G then takes the label too).
+    aux_classifier: bool = False
     conv_clamp: float = (
         256.0  # stylegan2: clamp conv outputs to +-this (stylegan2-ada's recipes: 256; 0: off)
     )
@@ -151,6 +154,20 @@ class UnrolledConfig:
 
 
 @dataclass
+class FeatureMatchingConfig:
+    # Salimans et al. 2016: weight x ||E f(x) - E f(G(z))||^2 on D's penultimate features, added to G's loss
+    weight: float = 0.0
+    replace: bool = False  # G's loss is feature matching alone (the paper's form): no adversarial G loss
+
+
+@dataclass
+class AuxClassifierConfig:
+    # AC-GAN (Odena et al. 2017): weight x cross-entropy of D's class head (model.aux_classifier) on reals
+    # and fakes in D's loss, on fakes in G's (the paper: 1)
+    weight: float = 0.0
+
+
+@dataclass
 class RegularizeConfig:
     ortho: OrthoConfig = field(default_factory=OrthoConfig)
     gradient_penalty: GradientPenaltyConfig = field(default_factory=GradientPenaltyConfig)
@@ -162,6 +179,8 @@ class RegularizeConfig:
     weight_clip: WeightClipConfig = field(default_factory=WeightClipConfig)
     historical_averaging: HistoricalAveragingConfig = field(default_factory=HistoricalAveragingConfig)
     unrolled: UnrolledConfig = field(default_factory=UnrolledConfig)
+    feature_matching: FeatureMatchingConfig = field(default_factory=FeatureMatchingConfig)
+    aux_classifier: AuxClassifierConfig = field(default_factory=AuxClassifierConfig)
 
 
 @dataclass

@@ -67,13 +67,16 @@ def test_two_ranks_are_identical_and_equal_one_process_with_the_same_global_batc
 STYLEGAN2 = ["model.name=stylegan2", "model.fmap_base=256", "model.fmap_max=16", "model.w_dim=32",
              "model.mapping_layers=2", "loss.name=nonsat", "regularize.ortho.strength=0", "regularize.r1.gamma=0.2",
              "regularize.r1.interval=2", "regularize.path_length.weight=2", "regularize.path_length.interval=2", "regularize.style_mixing.prob=0.9",
-             "augment.diffaugment=color,translation,cutout", "regularize.lecam.weight=0.3"]  # fmt: skip
+             "augment.diffaugment=color,translation,cutout", "regularize.lecam.weight=0.3",
+             "model.aux_classifier=true", "regularize.aux_classifier.weight=1",
+             "regularize.feature_matching.weight=0.1"]  # fmt: skip
 
 
 def test_two_ranks_stay_identical_through_stylegan2s_double_backward_regularizers(tmp_path):
     """R1 and path length take gradients of gradients inside DDP's forward/backward; with mixing,
     noise and augmentation drawn per slot, and LeCam's anchors averaged over ranks, both ranks must end
-    with the same weights."""
+    with the same weights. D declares its features and AC-GAN's class logits through DDP, and R1's pass,
+    which does not use the class head, keeps it in DDP's graph."""
     _torchrun(SCRIPTS / "train_rank.py", tmp_path, 1, 4, *STYLEGAN2)
     r0, r1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
     checked = 0

@@ -69,8 +69,8 @@ def _config(family: str, data, run_dir, *extra):
                                        "train.log_every=1000", *overrides, *extra])  # fmt: skip
 
 
-def _networks(family: str) -> tuple[torch.nn.Module, torch.nn.Module, int]:
-    cfg = _config(family, "unused", "unused")
+def _networks(family: str, *extra: str) -> tuple[torch.nn.Module, torch.nn.Module, int]:
+    cfg = _config(family, "unused", "unused", *extra)
     torch.manual_seed(0)
     G, D = build_models(cfg.model, 10)
     if family == "progan":
@@ -99,8 +99,13 @@ def test_networks_trace_without_graph_breaks(family):
     if family == "stylegan2":  # style mixing at a random layer, and the path-length pass's ws
         calls.append(("G mixing", G, (z, y), {**_g_kwargs(G, 8), "mix_z": torch.randn(8, z_dim), "mix_cutoff": 2,
                                               "return_ws": True}))  # fmt: skip
-    # reals and fakes in one batch, as the D step passes them
+    # reals and fakes in one batch, as the D step passes them; and with its declared outputs, for
+    # feature matching and AC-GAN's class head
     calls.append(("D", D, (x, torch.randint(0, 10, (16,))), {"parts": 2}))
+    G_ac, D_ac, _ = _networks(family, "model.aux_classifier=true", "regularize.aux_classifier.weight=1")
+    calls.append(("D all outputs", D_ac, (x, torch.randint(0, 10, (16,))), {"parts": 2, "all_outputs": True}))
+    if family == "progan":  # AC-GAN's ProGAN G reads the one-hot label
+        calls.append(("G conditional", G_ac, (z, y), {}))
     for what, net, args, kwargs in calls:
         explanation = torch._dynamo.explain(net)(*args, **kwargs)
         reasons = [str(r.reason).splitlines()[0] for r in explanation.break_reasons]

@@ -169,3 +169,54 @@ def test_minibatch_discrimination_joins_every_family_s_d(family):
     assert extra == width * 20 * 5 + 20 * (D.cmap_dim if family == "stylegan2" else 1), (family, extra)
     x, y = torch.randn(4, 3, cfg.model.resolution, cfg.model.resolution), torch.zeros(4, dtype=torch.long)
     assert D(x, y, parts=2).shape == (4,)
+
+
+RECIPES = {
+    "biggan": "biggan/digits32.yaml",
+    "progan": "progan/digits32.yaml",
+    "stylegan2": "stylegan2/digits32.yaml",
+}
+
+
+@pytest.mark.parametrize("family", RECIPES)
+def test_every_family_s_d_declares_its_features_and_an_optional_class_head(family):
+    """`all_outputs=True` returns the logits of the plain call, the features its output layer reads
+    (before minibatch discrimination: F wide, not F + B) and, with model.aux_classifier, C class logits
+    from a linear head of F x C weights and C biases. Off by default: no head, no parameter added."""
+    from conftest import REPO
+
+    plain_cfg = load_config(REPO / "configs" / RECIPES[family], ["model.minibatch_kernels=4"])
+    cfg = load_config(REPO / "configs" / RECIPES[family], ["model.minibatch_kernels=4", "model.aux_classifier=true",
+                                                           "regularize.aux_classifier.weight=1"])  # fmt: skip
+    torch.manual_seed(0)
+    plain_G, plain = build_models(plain_cfg.model, num_classes=10)
+    torch.manual_seed(0)
+    G, D = build_models(cfg.model, num_classes=10)
+    assert plain.classifier is None and D.classifier is not None
+    width = D.minibatch.T.shape[0]  # F: what minibatch discrimination reads
+    extra = sum(p.numel() for p in D.parameters()) - sum(p.numel() for p in plain.parameters())
+    assert extra == width * 10 + 10, f"{family}: the head adds {extra} parameters, not {width} x 10 + 10"
+    x, y = torch.randn(4, 3, cfg.model.resolution, cfg.model.resolution), torch.tensor([0, 3, 5, 9])
+    D.eval(), plain.eval()  # no SN power iteration between the calls compared
+    out = D(x, y, parts=2, all_outputs=True)
+    assert torch.equal(out.logits, D(x, y, parts=2)), f"{family}: the declared logits are not D's logits"
+    shapes = (tuple(out.features.shape), tuple(out.classes.shape))
+    assert shapes == ((4, width), (4, 10)), f"{family}: features and class logits {shapes}"
+    assert plain(x, y, all_outputs=True).classes is None
+    # ProGAN's G takes the label only with the head (AC-GAN, its paper's code's conditional form)
+    g_extra = sum(p.numel() for p in G.parameters()) - sum(p.numel() for p in plain_G.parameters())
+    assert g_extra == (10 * G.input.weight.shape[0] if family == "progan" else 0), (family, g_extra)
+
+
+def test_progan_conditional_generator_reads_the_one_hot_label_beside_z():
+    """As G_paper with label_size: pixel norm of [z, onehot(y)], so a label changes the image."""
+    from bigtrain.models.progan import Generator as ProGenerator
+
+    torch.manual_seed(0)
+    G = ProGenerator(8, z_dim=16, fmap_base=32, fmap_max=16, num_classes=10)
+    z = torch.randn(2, 16)
+    assert G.input.weight.shape[1] == 16 + 10
+    a, b = G(z, torch.tensor([1, 1])), G(z, torch.tensor([2, 2]))
+    assert (a - b).abs().max() > 1e-4, "the conditional ProGAN G ignores its label"
+    unconditional = ProGenerator(8, z_dim=16, fmap_base=32, fmap_max=16)
+    assert unconditional.input.weight.shape[1] == 16, "the paper's G changed"

@@ -11,9 +11,10 @@ from bigtrain.augment import color, cutout, diff_augment, parse_policy, translat
 from bigtrain.config import ConfigError, load_config
 from bigtrain.models.biggan import Generator
 from bigtrain.models.layers import frozen_state
+from bigtrain.models.roles import DOutput
 from bigtrain.models.stylegan2 import Discriminator as StyleDiscriminator
 from bigtrain.models.stylegan2 import Generator as StyleGenerator
-from bigtrain.objective import DView, GInputs, PassTools, build_objective
+from bigtrain.objective import DScores, DView, GInputs, PassTools, build_objective, split_scores
 from bigtrain.objective.adversarial import (
     build_loss,
     hinge_d,
@@ -32,7 +33,9 @@ from bigtrain.objective.adversarial import (
     wgan_d,
     wgan_g,
 )
+from bigtrain.objective.aux_classifier import AuxClassifier, class_loss
 from bigtrain.objective.consistency import Consistency, consistency_transform
+from bigtrain.objective.feature_matching import FeatureMatching, feature_matching_loss
 from bigtrain.objective.gradient_penalty import GradientPenalty, wgan_gp_terms
 from bigtrain.objective.historical_average import HistoricalAverage
 from bigtrain.objective.lecam import LeCam, lecam_penalty
@@ -63,13 +66,18 @@ def _tools(G=None, D=None, generator=None, micro_batch=8) -> PassTools:
     generator = generator or torch.Generator().manual_seed(5)
     inputs = GInputs(G, 0, 32, 1, 0, 1, torch.device("cpu")) if G is not None else None
     return PassTools(
-        d=lambda x, y, parts=1, double_backward=False: D(x, y, parts=parts).float(),
+        d=DView(D, D, D, [], generator) if D is not None else None,
         g=G,
         g_inputs=lambda batch: inputs(batch, training_g=True),
         generator=generator,
         all_mean=lambda t: t,
         micro_batch=micro_batch,
     )
+
+
+def _scored(logits, images=None, labels=None, features=None, classes=None) -> DScores:
+    """D's view of a set, as the trainer hands it to the penalty hooks."""
+    return DScores(images, labels, logits, features, classes)
 
 
 def test_hinge_and_nonsaturating_values():
@@ -188,7 +196,7 @@ def test_wgan_losses_and_the_gradient_penalty_on_a_linear_d():
     assert torch.allclose(between, between[:, :1, :1, :1].expand_as(between), atol=1e-4)
     assert ((between[:, 0, 0, 0] >= 0) & (between[:, 0, 0, 0] <= 1)).all()
     real_logits = (a * reals).sum(dim=(1, 2, 3))
-    got = gp.d_penalty(real_logits, None, interp, (a * interp).sum(dim=(1, 2, 3)))
+    got = gp.d_penalty(_scored(real_logits), None, _scored((a * interp).sum(dim=(1, 2, 3)), interp))
     want = 10.0 * (a.norm() - 1) ** 2 + 0.001 * real_logits.square().mean()
     assert got.item() == pytest.approx(want.item(), rel=1e-5), (got.item(), want.item())
     assert torch.equal(got, wgan_gp_terms((a * interp).sum(dim=(1, 2, 3)), interp, real_logits, 10.0, 0.001))
@@ -208,8 +216,11 @@ def test_r1_equals_the_hand_computed_penalty_on_a_tiny_d():
     assert x.grad is not None and x.grad.abs().sum() > 0
 
 
-def test_r1s_lazy_pass_reaches_every_d_parameter_through_the_zero_term():
-    _, D = _small_stylegan2()
+@pytest.mark.parametrize("aux_classes", [0, 10])
+def test_r1s_lazy_pass_reaches_every_d_parameter_through_the_zero_term(aux_classes):
+    """Also AC-GAN's class head, which R1's penalty does not reach."""
+    torch.manual_seed(0)
+    D = StyleDiscriminator(16, 10, channel_base=512, channel_max=32, aux_classes=aux_classes)
     r1 = R1(gamma=1.0, interval=4)
     assert r1.lazy and r1.due(0) and r1.due(8) and not r1.due(3)
     x = torch.randn(4, 3, 16, 16)
@@ -280,15 +291,15 @@ def test_lecam_anchors_are_the_debiased_average_of_whole_steps():
     ]  # fmt: skip
     # (real, fake) mean of each step over its micro-batches, plus 0.5 for the second rank
     step_means = [torch.tensor([2.5, -0.5]), torch.tensor([2.5, -1.5]), torch.tensor([1.5, 1.5])]
-    assert lecam.d_penalty(*steps[0][0], None, None) is None, "a penalty before any anchor exists"
-    lecam.d_penalty(*steps[0][1], None, None)
+    assert lecam.d_penalty(*map(_scored, steps[0][0]), None) is None, "a penalty before any anchor exists"
+    lecam.d_penalty(*map(_scored, steps[0][1]), None)
     lecam.after_backward()
     for n, step in enumerate(steps[1:], start=2):
         weights = [decay ** (n - 1 - k) for k in range(n - 1)]
         anchors = sum(w * m for w, m in zip(weights, step_means)) / sum(weights)
         assert torch.allclose(lecam.anchors(), anchors), (lecam.anchors(), anchors)
         for real, fake in step:
-            got = lecam.d_penalty(real, fake, None, None)
+            got = lecam.d_penalty(_scored(real), _scored(fake), None)
             want = 2.0 * lecam_penalty(real, fake, anchors[0], anchors[1])
             assert torch.allclose(got, want), (got, want)
         lecam.after_backward()
@@ -329,8 +340,8 @@ def test_consistency_penalties_cr_and_bcr():
     augmented = torch.tensor([0.0, 2.0, -1.0, 3.0])  # D(T(x)) for the 2 reals, then D(T(G(z))) for the fakes
     cr, bcr = Consistency(real=10.0, fake=0.0), Consistency(real=10.0, fake=5.0)
     # CR: 10 ((1 - 0)^2 + 0^2) / 2 = 5; bCR adds 5 (0^2 + (0 - 3)^2) / 2 = 22.5
-    assert cr.d_penalty(real, fake, None, augmented[:2]).item() == 5.0
-    assert bcr.d_penalty(real, fake, None, augmented).item() == 27.5
+    assert cr.d_penalty(_scored(real), _scored(fake), _scored(augmented[:2])).item() == 5.0
+    assert bcr.d_penalty(_scored(real), _scored(fake), _scored(augmented)).item() == 27.5
     reals, fakes = torch.rand(2, 3, 8, 8), torch.rand(2, 3, 8, 8)
     real_labels, fake_labels = torch.tensor([3, 4]), torch.tensor([5, 6])
     images, labels = cr.extra_d_set(reals, real_labels, fakes, fake_labels, torch.Generator().manual_seed(0))
@@ -377,8 +388,8 @@ def test_historical_averaging_penalty_after_three_updates():
             net.weight.fill_(value)
         average.after_step()
     assert average.average["weight"].item() == 2.75 and average.count == 4
-    assert average.g_penalty(last_micro_batch=False) is None, "G's penalty twice in an accumulated step"
-    penalty = average.g_penalty(last_micro_batch=True)
+    assert average.g_penalty(None, None, last_micro_batch=False) is None, "G's penalty twice in a step"
+    penalty = average.g_penalty(None, None, last_micro_batch=True)
     assert penalty.item() == 0.5 * 0.75**2
     (grad,) = torch.autograd.grad(penalty, net.weight)
     assert grad.item() == -0.75, "d/dtheta lambda (theta - avg)^2 = 2 lambda (theta - avg)"
@@ -389,7 +400,7 @@ def test_historical_averaging_penalty_after_three_updates():
         "biggan/digits32.yaml", "regularize.historical_averaging.d=1"
     ).regularize.historical_averaging
     only_d = HistoricalAverage.build(section, Networks(net, torch.nn.Linear(1, 1), True, torch.device("cpu")))
-    assert [r.network for r in only_d] == ["d"] and only_d[0].d_penalty(None, None, None, None).item() == 0.0
+    assert [r.network for r in only_d] == ["d"] and only_d[0].d_penalty(None, None, None).item() == 0.0
 
 
 def test_path_lengths_lazy_pass_uses_the_shrunk_batch_and_reaches_every_g_parameter():
@@ -471,8 +482,8 @@ def test_orthogonal_regularizer_adds_the_closed_form_or_the_penalty_by_backend()
     gets the penalty in the last micro-batch's loss instead. Both give the same gradient."""
     G = Generator(32, ch=8, z_dim=120, shared_dim=16, num_classes=10, attn_res=(16,))
     hooks, engine = Orthogonal(1e-2, G, grad_hooks=True), Orthogonal(1e-2, G, grad_hooks=False)
-    assert hooks.g_penalty(last_micro_batch=True) is None and engine.g_penalty(last_micro_batch=False) is None
-    engine.g_penalty(last_micro_batch=True).backward()
+    assert hooks.g_penalty(None, None, True) is None and engine.g_penalty(None, None, False) is None
+    engine.g_penalty(None, None, last_micro_batch=True).backward()
     by_penalty = [p.grad.clone() for p in engine.params]
     for p in hooks.params:
         p.grad = torch.zeros_like(p)
@@ -626,3 +637,93 @@ def test_gs_gradient_through_the_unroll_matches_finite_differences():
     fd = torch.stack([(loss_g(theta + e, 3) - loss_g(theta - e, 3)).detach() / (2 * eps) for e in steps])
     assert torch.allclose(grad, fd, rtol=1e-6, atol=1e-9), (grad, fd)
     assert (grad - grad0).abs().max() > 1e-3, ("the unroll did not change G's gradient", grad, grad0)
+
+
+def test_split_scores_gives_each_set_its_rows_of_every_declared_output():
+    sets = [(torch.zeros(2, 1), torch.tensor([0, 1])), (torch.ones(3, 1), torch.tensor([2, 3, 4]))]
+    out = DOutput(torch.arange(5.0), torch.arange(10.0).reshape(5, 2), None)
+    first, second = split_scores(sets, out)
+    assert torch.equal(first.logits, torch.arange(2.0)) and torch.equal(second.features, out.features[2:])
+    assert second.labels.tolist() == [2, 3, 4] and torch.equal(second.images, sets[1][0])
+    assert first.classes is None and second.classes is None
+    logits_only = split_scores(sets, torch.arange(5.0))
+    assert torch.equal(logits_only[1].logits, torch.arange(2.0, 5.0)) and logits_only[1].features is None
+
+
+def test_feature_matching_on_fixed_features():
+    """Means over the batch: reals (2, 3), fakes (1, 1); ||(1, 2)||^2 = 5, times weight 0.5, over accum 2.
+    The gradient reaches the fakes' features only: d/df_i = -2 (weight / accum) (mean_r - mean_f) / B."""
+    real = torch.tensor([[1.0, 2.0], [3.0, 4.0]], requires_grad=True)
+    fake = torch.tensor([[0.0, 0.0], [2.0, 2.0]], requires_grad=True)
+    assert feature_matching_loss(real, fake).item() == 5.0
+    fm = FeatureMatching(weight=0.5, replace=False, accum=2)
+    assert fm.network == "g" and fm.d_outputs and fm.needs_reals and not fm.replaces_g_loss
+    got = fm.g_penalty(_scored(None, features=fake), _scored(None, features=real), last_micro_batch=False)
+    assert got.item() == 1.25, f"{got.item()} != 1.25"
+    got.backward()
+    assert real.grad is None, "feature matching trained D's view of the reals"
+    want = torch.tensor([[-0.25, -0.5], [-0.25, -0.5]])
+    assert torch.equal(fake.grad, want), f"{fake.grad} != {want}"
+    assert FeatureMatching(1.0, replace=True).replaces_g_loss
+    with pytest.raises(ConfigError, match="regularize.feature_matching.replace=true .* needs "
+                                          "regularize.feature_matching.weight > 0"):  # fmt: skip
+        _cfg("biggan/digits32.yaml", "regularize.feature_matching.replace=true")
+
+
+def test_aux_classifier_cross_entropies_on_fixed_logits():
+    """AC-GAN's L_C by hand: reals' class logits (2, 0, 0) and (0, 1, 0) for classes 0 and 1 give
+    -log(e^2 / (e^2 + 2)) = log(1 + 2 e^-2) and log(1 + 2 e^-1); uniform fakes give log 3 each. D's loss
+    adds weight x (CE(reals) + CE(fakes)), G's weight x CE(fakes) / accum."""
+    real = _scored(
+        None, labels=torch.tensor([0, 1]), classes=torch.tensor([[2.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    )
+    fake = _scored(None, labels=torch.tensor([2, 0]), classes=torch.zeros(2, 3, requires_grad=True))
+    ce_real = (math.log(1 + 2 * math.exp(-2)) + math.log(1 + 2 * math.exp(-1))) / 2
+    assert class_loss(real.classes, real.labels).item() == pytest.approx(ce_real, rel=1e-6)
+    section = _cfg(
+        "biggan/digits32.yaml", "model.aux_classifier=true", "regularize.aux_classifier.weight=0.5"
+    )
+    networks = Networks(None, None, True, torch.device("cpu"), num_classes=3, accum=2)
+    on_d, on_g = AuxClassifier.build(section.regularize.aux_classifier, networks)
+    assert (on_d.network, on_g.network) == ("d", "g") and on_d.d_outputs and on_g.d_outputs
+    got_d, want_d = on_d.d_penalty(real, fake, None).item(), 0.5 * (ce_real + math.log(3))
+    assert got_d == pytest.approx(want_d, rel=1e-6), f"D's term {got_d} != {want_d}"
+    got_g = on_g.g_penalty(fake, None, last_micro_batch=True)
+    assert got_g.item() == pytest.approx(0.5 * math.log(3) / 2, rel=1e-6), f"G's term {got_g.item()}"
+    got_g.backward()  # dCE/dlogits = (softmax - onehot) / B, times weight / accum = 0.25
+    want = 0.25 * (torch.full((2, 3), 1 / 3) - torch.eye(3)[[2, 0]]) / 2
+    assert torch.allclose(fake.classes.grad, want), f"{fake.classes.grad} != {want}"
+
+
+def test_aux_classifier_needs_the_head_and_a_conditional_dataset():
+    recipe = "biggan/digits32.yaml"
+    with pytest.raises(ConfigError, match=r"regularize.aux_classifier.weight=1.0 trains D's class head, which "
+                                          r"model.aux_classifier=true adds"):  # fmt: skip
+        _cfg(recipe, "regularize.aux_classifier.weight=1")
+    with pytest.raises(ConfigError, match="model.aux_classifier=true adds a class head to D that only "
+                                          "regularize.aux_classifier.weight trains"):  # fmt: skip
+        _cfg(recipe, "model.aux_classifier=true")
+    with pytest.raises(ConfigError, match="model.num_classes=1 makes the run unconditional"):
+        _cfg(recipe, "model.aux_classifier=true", "regularize.aux_classifier.weight=1", "model.num_classes=1")
+    # model.num_classes 0 takes the dataset's: an unconditional one is refused when the objective is built
+    cfg = _cfg(recipe, "model.aux_classifier=true", "regularize.aux_classifier.weight=1")
+    G = Generator(32, ch=8, z_dim=64, shared_dim=32, num_classes=1, attn_res=(16,))
+    with pytest.raises(ConfigError, match=r"regularize.aux_classifier.weight=1.0 .* this run has 1 class"):
+        build_objective(cfg, G, True, torch.device("cpu"), num_classes=1)
+
+
+def test_the_objective_asks_d_for_its_outputs_only_where_a_part_reads_them():
+    G = Generator(32, ch=8, z_dim=64, shared_dim=32, num_classes=10, attn_res=(16,))
+    build = lambda *overrides: build_objective(_cfg("biggan/digits32.yaml", *overrides), G, True,  # noqa: E731
+                                               torch.device("cpu"), num_classes=10)  # fmt: skip
+    # (D's outputs in the D step, in the G step, the G step scores reals, G trains on the adversarial loss)
+    asks = lambda o: (o.d_outputs("d"), o.d_outputs("g"), o.needs_reals, o.adversarial_g)  # noqa: E731
+    assert asks(build()) == (False, False, False, True), asks(build())
+    fm = build("regularize.feature_matching.weight=1")
+    assert asks(fm) == (False, True, True, True), asks(fm)
+    alone = build("regularize.feature_matching.weight=1", "regularize.feature_matching.replace=true")
+    assert asks(alone) == (False, True, True, False), asks(alone)
+    ac = build("model.aux_classifier=true", "regularize.aux_classifier.weight=1")
+    assert asks(ac) == (True, True, False, True), asks(ac)
+    titles = [r.title for r in ac.regularizers]
+    assert titles == ["orthogonal", "auxiliary classifier (D)", "auxiliary classifier (G)"], titles

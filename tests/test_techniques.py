@@ -4,6 +4,7 @@ resumes exactly. A technique's equation is tested on its own in test_objective.p
 import math
 
 import pytest
+import torch
 
 from bigtrain.config import load_config
 from bigtrain.train.loop import Trainer
@@ -40,6 +41,16 @@ TECHNIQUES = {
     ),
     "ada": ("ADA", ["augment.ada=bgc", "augment.ada_kimg=100"]),  # StyleGAN2's R1 runs through the pipeline
     "unrolled": ("unrolled D", ["regularize.unrolled.steps=2"]),
+    "feature_matching": ("feature matching", ["regularize.feature_matching.weight=0.1"]),
+    "feature_matching_alone": (
+        "feature matching",
+        ["regularize.feature_matching.weight=1", "regularize.feature_matching.replace=true"],
+    ),
+    # The digits are conditional (10 classes); ProGAN's G then takes the label, as its paper's code.
+    "aux_classifier": (
+        "auxiliary classifier (D)",
+        ["model.aux_classifier=true", "regularize.aux_classifier.weight=1"],
+    ),
 }
 # ADA's p moved every D step, 0.016 at a time, from 0.5: a short run sees it move both ways (sweeps keep
 # the technique's own settings above).
@@ -94,3 +105,39 @@ def test_stateful_techniques_resume_exactly(demo_shards, tmp_path):
         whole.ada.p,
         resumed.ada.p,
     )
+
+
+def _after_one_g_step(data, run_dir, *overrides) -> dict:
+    """G's weights after one G step of a fresh BigGAN digits trainer (same seed: same G, D, data, z)."""
+    trainer = Trainer(_cfg(RECIPES[0], data, run_dir, 1, *overrides))
+    trainer.D.requires_grad_(False)
+    trainer._g_step([trainer._real()])
+    return {name: p.detach().clone() for name, p in trainer.G.named_parameters()}
+
+
+def _same(a: dict, b: dict) -> bool:
+    return all(torch.equal(a[name], b[name]) for name in a)
+
+
+def test_feature_matching_alone_trains_g_on_its_term_only(demo_shards, tmp_path):
+    """Feature matching alone (the paper's form): G's step is the same whatever the adversarial loss,
+    which it then does not train on; added to the loss, it is not."""
+    fm, alone = ["regularize.feature_matching.weight=1"], ["regularize.feature_matching.replace=true"]
+    steps = {}
+    for loss in ("hinge", "nonsat"):
+        for replace in (False, True):
+            overrides = [f"loss.name={loss}", *fm, *(alone if replace else [])]
+            steps[loss, replace] = _after_one_g_step(demo_shards, tmp_path / f"{loss}{replace}", *overrides)
+    assert _same(steps["hinge", True], steps["nonsat", True]), "feature matching alone depends on loss.name"
+    assert not _same(steps["hinge", False], steps["nonsat", False]), "G's step ignores the adversarial loss"
+    assert not _same(steps["hinge", False], steps["hinge", True]), "replace=true changed nothing"
+
+
+def test_aux_classifier_term_reaches_g_s_step(demo_shards, tmp_path):
+    """AC-GAN's cross-entropy on the fakes is part of G's loss: its weight changes G's step."""
+    ac = "model.aux_classifier=true"
+    weights = [
+        _after_one_g_step(demo_shards, tmp_path / f"ac{w}", ac, f"regularize.aux_classifier.weight={w}")
+        for w in (1, 2)
+    ]
+    assert not _same(*weights), "AC-GAN's weight does not reach G's step"

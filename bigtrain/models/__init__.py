@@ -16,20 +16,33 @@ def _build_biggan(m: ModelConfig, num_classes: int) -> tuple[nn.Module, nn.Modul
         m.init,
     )  # fmt: skip
     d = biggan.Discriminator(
-        m.resolution, m.d_ch, tuple(m.attn_res), num_classes, m.sn_eps, m.init, **_minibatch(m)
+        m.resolution, m.d_ch, tuple(m.attn_res), num_classes, m.sn_eps, m.init, **_d_heads(m, num_classes)
     )
     return g, d
 
 
-def _minibatch(m: ModelConfig) -> dict[str, int]:
-    """Minibatch discrimination's kernels B and their dimension C (0 kernels: off), every family's D."""
-    return {"minibatch_kernels": m.minibatch_kernels, "minibatch_kernel_dims": m.minibatch_kernel_dims}
+def _d_heads(m: ModelConfig, num_classes: int) -> dict[str, int]:
+    """What every family's D may add before or beside its output layer: minibatch discrimination's
+    kernels B and their dimension C (0 kernels: off), and AC-GAN's auxiliary classifier over the
+    dataset's classes (0: none)."""
+    return {
+        "minibatch_kernels": m.minibatch_kernels,
+        "minibatch_kernel_dims": m.minibatch_kernel_dims,
+        "aux_classes": _aux_classes(m, num_classes),
+    }
+
+
+def _aux_classes(m: ModelConfig, num_classes: int) -> int:
+    """The classes of the auxiliary classifier: none without the head or without classes to tell apart
+    (the objective then refuses regularize.aux_classifier, naming the keys)."""
+    return num_classes if m.aux_classifier and num_classes > 1 else 0
 
 
 def _build_progan(m: ModelConfig, num_classes: int) -> tuple[nn.Module, nn.Module]:
-    """Unconditional, as in the paper: class labels are ignored."""
-    g = progan.Generator(m.resolution, m.z_dim, m.fmap_base, m.fmap_max)
-    return g, progan.Discriminator(m.resolution, m.fmap_base, m.fmap_max, **_minibatch(m))
+    """Unconditional, as in the paper: class labels are ignored. With the auxiliary classifier, G takes
+    the label as the paper's code does for AC-GAN (its only conditional form)."""
+    g = progan.Generator(m.resolution, m.z_dim, m.fmap_base, m.fmap_max, _aux_classes(m, num_classes))
+    return g, progan.Discriminator(m.resolution, m.fmap_base, m.fmap_max, **_d_heads(m, num_classes))
 
 
 def _build_stylegan2(m: ModelConfig, num_classes: int) -> tuple[nn.Module, nn.Module]:
@@ -40,7 +53,7 @@ def _build_stylegan2(m: ModelConfig, num_classes: int) -> tuple[nn.Module, nn.Mo
     )
     d = stylegan2.Discriminator(
         m.resolution, classes, m.fmap_base, m.fmap_max, m.mbstd_group,
-        architecture=m.d_architecture, conv_clamp=m.conv_clamp, **_minibatch(m),
+        architecture=m.d_architecture, conv_clamp=m.conv_clamp, **_d_heads(m, classes),
     )  # fmt: skip
     return g, d
 

@@ -23,7 +23,7 @@ from .layers import (
     sn_embedding,
     sn_linear,
 )
-from .roles import DiscriminatorRole, GeneratorRole
+from .roles import DiscriminatorRole, DOutput, GeneratorRole
 
 # Generator: channel multipliers of the 4x4 input, then the output of each up-block (x2 each).
 G_WIDTHS = {
@@ -185,7 +185,9 @@ class DBlock(nn.Module):
 
 class Discriminator(DiscriminatorRole):
     """D(x, y) -> one logit per image, (B,). Projection discriminator (Miyato & Koyama 2018):
-    D = w^T phi(x) + <embed(y), phi(x)>, with phi the sum-pooled ReLU features."""
+    D = w^T phi(x) + <embed(y), phi(x)>, with phi the sum-pooled ReLU features. `aux_classes` > 0 adds
+    AC-GAN's auxiliary classifier beside the projection: a spectrally normalized linear layer from
+    phi(x) to that many class logits."""
 
     def __init__(
         self,
@@ -197,6 +199,7 @@ class Discriminator(DiscriminatorRole):
         init: str = "ortho",
         minibatch_kernels: int = 0,
         minibatch_kernel_dims: int = 5,
+        aux_classes: int = 0,
     ):
         super().__init__()
         _check_resolution(resolution)
@@ -221,8 +224,11 @@ class Discriminator(DiscriminatorRole):
         )
         self.linear = sn_linear(widths[-1] + minibatch_kernels, 1, eps=sn_eps, init=init)
         self.embed = sn_embedding(num_classes, widths[-1], eps=sn_eps, init=init) if num_classes > 1 else None
+        self.classifier = sn_linear(widths[-1], aux_classes, eps=sn_eps, init=init) if aux_classes else None
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor, parts: int = 1) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, y: torch.Tensor, parts: int = 1, all_outputs: bool = False
+    ) -> torch.Tensor | DOutput:
         assert_shape(x, (None, 3, self.resolution, self.resolution), "BigGAN D input")
         h = x
         for i, block in enumerate(self.blocks):
@@ -233,7 +239,9 @@ class Discriminator(DiscriminatorRole):
         out = self.linear(features if self.minibatch is None else self.minibatch(features, parts)).squeeze(1)
         if self.embed is not None:
             out = out + (self.embed(y) * features).sum(dim=1)
-        return out
+        if not all_outputs:
+            return out
+        return DOutput(out, features, None if self.classifier is None else self.classifier(features))
 
 
 # --------------------------------------------------------------------------- reference weights

@@ -139,6 +139,11 @@ def doubling_resolutions(final: int, family: str) -> list[int]:
     return [2**k for k in range(2, int(math.log2(final)) + 1)]
 
 
+def one_hot(y: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Float one-hot rows by scatter: nothing is read back to the host, on any device."""
+    return torch.zeros(y.shape[0], num_classes, device=y.device).scatter_(1, y[:, None], 1.0)
+
+
 class EqualizedLinear(nn.Module):
     """Equalized learning rate (ProGAN 4.1): weights drawn from N(0, 1) and scaled at run time by
     gain / sqrt(fan_in), so Adam's per-parameter step is the same for every layer. `lr_multiplier`

@@ -30,8 +30,9 @@ from .layers import (
     MinibatchDiscrimination,
     doubling_resolutions,
     feature_maps,
+    one_hot,
 )
-from .roles import DiscriminatorRole, GeneratorRole
+from .roles import DiscriminatorRole, DOutput, GeneratorRole
 
 
 def pixel_norm(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -77,12 +78,20 @@ class PhaseMixin:
 
 
 class Generator(PhaseMixin, GeneratorRole):
-    def __init__(self, resolution: int, z_dim: int = 512, fmap_base: int = 8192, fmap_max: int = 512):
+    """Unconditional as in the paper, unless `num_classes` > 0: then, as the paper's code conditions it
+    (tkarras/progressive_growing_of_gans, G_paper's `label_size`, trained with AC-GAN's loss), the
+    one-hot label joins z before the latent's pixel normalization."""
+
+    def __init__(
+        self, resolution: int, z_dim: int = 512, fmap_base: int = 8192, fmap_max: int = 512,
+        num_classes: int = 0,
+    ):  # fmt: skip
         super().__init__()
         self.resolutions = doubling_resolutions(resolution, "ProGAN")
-        self.z_dim = z_dim
+        self.z_dim, self.num_classes = z_dim, num_classes
         ch = {r: feature_maps(r, 2 * fmap_base, fmap_max) for r in self.resolutions}
-        self.input = EqualizedLinear(z_dim, ch[4] * 16, gain=SQRT2 / 4)  # latent -> 4x4 (paper's dense)
+        # latent (and label) -> 4x4 (the paper's dense)
+        self.input = EqualizedLinear(z_dim + num_classes, ch[4] * 16, gain=SQRT2 / 4)
         self.input_conv = EqualizedConv2d(ch[4], ch[4], 3, gain=SQRT2)
         self.blocks = nn.ModuleDict()
         for r in self.resolutions[1:]:
@@ -96,7 +105,9 @@ class Generator(PhaseMixin, GeneratorRole):
         self.set_phase(resolution)
 
     def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, z_dim) -> (B, 3, R, R) at the active resolution R. ProGAN is unconditional: y is ignored."""
+        """(B, z_dim) -> (B, 3, R, R) at the active resolution R; y (B,) is read only by a conditional G."""
+        if self.num_classes:
+            z = torch.cat([z, one_hot(y, self.num_classes).to(z.dtype)], dim=1)
         x = pixel_norm(z)
         x = self.input(x).view(z.shape[0], -1, 4, 4)
         x = pixel_norm(F.leaky_relu(x, 0.2))
@@ -117,9 +128,12 @@ class Generator(PhaseMixin, GeneratorRole):
 
 
 class Discriminator(PhaseMixin, DiscriminatorRole):
+    """Images -> scores; labels are ignored. `aux_classes` > 0 adds AC-GAN's auxiliary classifier on the
+    last dense layer's features, as the paper's code widens D's output to 1 + label_size (gain 1)."""
+
     def __init__(
         self, resolution: int, fmap_base: int = 8192, fmap_max: int = 512, mbstd_group: int = 4,
-        minibatch_kernels: int = 0, minibatch_kernel_dims: int = 5,
+        minibatch_kernels: int = 0, minibatch_kernel_dims: int = 5, aux_classes: int = 0,
     ):  # fmt: skip
         super().__init__()
         self.resolutions = doubling_resolutions(resolution, "ProGAN")
@@ -144,6 +158,7 @@ class Discriminator(PhaseMixin, DiscriminatorRole):
             else None
         )
         self.output = EqualizedLinear(ch[4] + minibatch_kernels, 1)
+        self.classifier = EqualizedLinear(ch[4], aux_classes) if aux_classes else None
         self.set_phase(resolution)
 
     def _block(self, r: int, x: torch.Tensor) -> torch.Tensor:
@@ -151,8 +166,10 @@ class Discriminator(PhaseMixin, DiscriminatorRole):
             x = F.leaky_relu(conv(x), 0.2)
         return F.avg_pool2d(x, 2)
 
-    def forward(self, images: torch.Tensor, y: torch.Tensor | None = None, parts: int = 1) -> torch.Tensor:
-        """(B, 3, R, R) at the active resolution -> (B,) scores. Call it on reals and fakes separately:
+    def forward(
+        self, images: torch.Tensor, y: torch.Tensor | None = None, parts: int = 1, all_outputs: bool = False
+    ) -> torch.Tensor | DOutput:
+        """(B, 3, R, R) at the active resolution -> (B,) scores. Reals and fakes are separate `parts`:
         the minibatch standard deviation must not mix them."""
         r = self.resolution
         if images.shape[-1] != r:
@@ -168,7 +185,9 @@ class Discriminator(PhaseMixin, DiscriminatorRole):
                     x = self._block(lower, x)
         x = minibatch_stddev(x, self.mbstd_group, parts)
         x = F.leaky_relu(self.final_conv(x), 0.2)
-        x = F.leaky_relu(self.final_dense(x.flatten(1)), 0.2)
-        if self.minibatch is not None:
-            x = self.minibatch(x, parts)
-        return self.output(x).squeeze(1)
+        features = F.leaky_relu(self.final_dense(x.flatten(1)), 0.2)
+        x = features if self.minibatch is None else self.minibatch(features, parts)
+        logits = self.output(x).squeeze(1)
+        if not all_outputs:
+            return logits
+        return DOutput(logits, features, None if self.classifier is None else self.classifier(features))

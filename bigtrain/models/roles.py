@@ -6,6 +6,8 @@ for attributes or sets attributes on it around a call.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import nn
 
@@ -32,9 +34,21 @@ class GeneratorRole(nn.Module):
         )
 
 
+class DOutput(NamedTuple):
+    """What a discriminator declares beside its logits when asked (`all_outputs=True`), for the parts of
+    the objective that read more of D than its score (feature matching, AC-GAN's classifier)."""
+
+    logits: torch.Tensor  # (B,)
+    # (B, F): the penultimate activation, the per-image features D's output layer reads (taken before
+    # minibatch discrimination, which mixes in the other images of the set)
+    features: torch.Tensor
+    classes: torch.Tensor | None  # (B, C): the auxiliary classifier's logits (AC-GAN); None without it
+
+
 class DiscriminatorRole(nn.Module):
     """images (B, 3, R, R), labels (B,), parts -> logits (B,). `parts`: the batch is that many
-    contiguous sets (reals, fakes, ...) that D's minibatch statistics must keep apart."""
+    contiguous sets (reals, fakes, ...) that D's minibatch statistics must keep apart. With
+    `all_outputs=True` it returns a `DOutput` instead: the logits, the features and the class logits."""
 
     def set_phase(self, resolution: int, alpha: float = 1.0) -> None:
         raise NotImplementedError(

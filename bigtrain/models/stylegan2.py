@@ -41,14 +41,10 @@ from .layers import (
     MinibatchDiscrimination,
     doubling_resolutions,
     feature_maps,
+    one_hot,
 )
 from .progan import minibatch_stddev
-from .roles import DiscriminatorRole, GeneratorRole
-
-
-def one_hot(y: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Float one-hot rows by scatter: nothing is read back to the host, on any device."""
-    return torch.zeros(y.shape[0], num_classes, device=y.device).scatter_(1, y[:, None], 1.0)
+from .roles import DiscriminatorRole, DOutput, GeneratorRole
 
 
 def normalize_2nd_moment(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -405,12 +401,14 @@ class DiscriminatorBlock(nn.Module):
 class Discriminator(DiscriminatorRole):
     """images (B, 3, R, R) [, y] -> (B,) logits: fromRGB, blocks down to 4x4, then minibatch standard
     deviation, a 3x3 conv, a dense layer and the output. Conditional: the output is projected onto the
-    label mapped by an 8-layer mapping network (lr multiplier 0.01), scaled by 1/sqrt(cmap_dim)."""
+    label mapped by an 8-layer mapping network (lr multiplier 0.01), scaled by 1/sqrt(cmap_dim).
+    `aux_classes` > 0 adds AC-GAN's auxiliary classifier: an equalized-lr linear layer from the dense
+    layer's features to that many class logits."""
 
     def __init__(
         self, resolution: int, num_classes: int = 0, channel_base: int = 32768, channel_max: int = 512,
         mbstd_group: int = 4, cmap_dim: int = 0, architecture: str = "resnet", conv_clamp: float = 0.0,
-        mapping_layers: int = 8, minibatch_kernels: int = 0, minibatch_kernel_dims: int = 5,
+        mapping_layers: int = 8, minibatch_kernels: int = 0, minibatch_kernel_dims: int = 5, aux_classes: int = 0,
     ):  # fmt: skip
         super().__init__()
         if architecture not in D_ARCHITECTURES:
@@ -445,8 +443,11 @@ class Discriminator(DiscriminatorRole):
             if self.num_classes
             else None
         )
+        self.classifier = EqualizedLinear(ch[4], aux_classes) if aux_classes else None
 
-    def forward(self, images: torch.Tensor, y: torch.Tensor | None = None, parts: int = 1) -> torch.Tensor:
+    def forward(
+        self, images: torch.Tensor, y: torch.Tensor | None = None, parts: int = 1, all_outputs: bool = False
+    ) -> torch.Tensor | DOutput:
         if self.architecture == "skip":
             x, img = None, images
             for from_rgb, block in zip(self.from_rgbs, self.blocks):
@@ -458,14 +459,15 @@ class Discriminator(DiscriminatorRole):
             for block in self.blocks:
                 x = block(x)
         x = minibatch_stddev(x, self.mbstd_group, parts)
-        x = self.fc(self.conv(x).flatten(1).float())
-        if self.minibatch is not None:
-            x = self.minibatch(x, parts)
-        x = self.out(x)
+        features = self.fc(self.conv(x).flatten(1).float())
+        x = self.out(features if self.minibatch is None else self.minibatch(features, parts))
         if self.mapping is None:
-            return x.squeeze(1)
-        cmap = self.mapping(None, y)
-        return (x * cmap).sum(dim=1) / math.sqrt(self.cmap_dim)
+            logits = x.squeeze(1)
+        else:
+            logits = (x * self.mapping(None, y)).sum(dim=1) / math.sqrt(self.cmap_dim)
+        if not all_outputs:
+            return logits
+        return DOutput(logits, features, None if self.classifier is None else self.classifier(features))
 
 
 # --------------------------------------------------------------------------- reference weights

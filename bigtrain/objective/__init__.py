@@ -15,20 +15,25 @@ from torch import nn
 
 from ..config import Config, ConfigError
 from .adversarial import ADVERSARIAL_LOSSES, SMOOTHABLE, AdversarialLoss, build_loss
+from .aux_classifier import AuxClassifier
 from .consistency import Consistency
+from .feature_matching import FeatureMatching
 from .gradient_penalty import GradientPenalty
 from .historical_average import HistoricalAverage
 from .lecam import LeCam
 from .orthogonal import Orthogonal
 from .path_length import PathLength
 from .r1 import R1
-from .regularizer import Networks, PassTools, Regularizer
+from .regularizer import DScores, Networks, PassTools, Regularizer
 from .style_mixing import StyleMixing
 from .unrolled import Unrolled
-from .views import DView, GInputs
+from .views import DView, GInputs, split_scores
 from .weight_clip import WeightClip
 
-__all__ = ["Objective", "PassTools", "Regularizer", "DView", "GInputs", "build_objective", "check_config"]
+__all__ = [
+    "Objective", "PassTools", "Regularizer", "DScores", "DView", "GInputs", "split_scores", "build_objective",
+    "check_config",
+]  # fmt: skip
 
 
 # regularize.<name> -> its class; the order is the order of the hooks' calls.
@@ -43,6 +48,8 @@ REGULARIZERS: dict[str, type[Regularizer]] = {
     "weight_clip": WeightClip,
     "historical_averaging": HistoricalAverage,
     "unrolled": Unrolled,
+    "feature_matching": FeatureMatching,
+    "aux_classifier": AuxClassifier,
 }
 
 
@@ -72,6 +79,20 @@ class Objective:
         """D's main pass differentiates a gradient (the eager D is used)."""
         return any(r.double_backward and not r.lazy for r in self.on("d"))
 
+    def d_outputs(self, network: str) -> bool:
+        """The main pass of `network`'s step asks D for its declared features and class logits."""
+        return any(r.d_outputs and not r.lazy for r in self.on(network))
+
+    @property
+    def needs_reals(self) -> bool:
+        """The G step scores the D step's reals (a relativistic loss, feature matching)."""
+        return self.loss.needs_reals or any(r.needs_reals and not r.lazy for r in self.on("g"))
+
+    @property
+    def adversarial_g(self) -> bool:
+        """G trains on the adversarial loss (unless a regularizer's term replaces it)."""
+        return not any(r.replaces_g_loss and not r.lazy for r in self.on("g"))
+
     def extra_d_sets(
         self, reals, real_labels, fakes, fake_labels, generator
     ) -> list[tuple[Regularizer, tuple]]:
@@ -83,14 +104,14 @@ class Objective:
         )
         return [(r, images_labels) for r, images_labels in extra if images_labels is not None]
 
-    def d_loss(self, real_logits, fake_logits, extra_sets, extra_logits) -> torch.Tensor:
-        """The adversarial D loss plus the main-pass penalties on D."""
-        loss = self.loss.d(real_logits, fake_logits)
-        added = dict(zip((r for r, _ in extra_sets), zip((s[0] for _, s in extra_sets), extra_logits)))
+    def d_loss(self, real: DScores, fake: DScores, extra: list[tuple[Regularizer, DScores]]) -> torch.Tensor:
+        """The adversarial D loss plus the main-pass penalties on D; `extra`: the sets the regularizers
+        added (`extra_d_sets`), as D scored them."""
+        loss = self.loss.d(real.logits, fake.logits)
+        added = dict(extra)
         for r in self.on("d"):
             if not r.lazy:
-                images, logits = added.get(r, (None, None))
-                penalty = r.d_penalty(real_logits, fake_logits, images, logits)
+                penalty = r.d_penalty(real, fake, added.get(r))
                 if penalty is not None:
                     loss = loss + penalty
         return loss
@@ -107,9 +128,9 @@ class Objective:
                 return params
         return None
 
-    def g_penalties(self, last_micro_batch: bool) -> list[torch.Tensor]:
+    def g_penalties(self, fake: DScores, real: DScores | None, last_micro_batch: bool) -> list[torch.Tensor]:
         """The main-pass penalties on G (added to the scaled G loss)."""
-        penalties = (r.g_penalty(last_micro_batch) for r in self.on("g") if not r.lazy)
+        penalties = (r.g_penalty(fake, real, last_micro_batch) for r in self.on("g") if not r.lazy)
         return [p for p in penalties if p is not None]
 
     def after_backward(self, network: str) -> None:
@@ -137,8 +158,11 @@ def build_objective(
     device: torch.device,
     all_mean=lambda t: t,
     D: nn.Module | None = None,
+    num_classes: int | None = None,
 ) -> Objective:
-    networks = Networks(G, D, grad_hooks, device, all_mean)
+    """`num_classes`: the run's (the dataset's when model.num_classes is 0); None: model.num_classes."""
+    classes = cfg.model.num_classes if num_classes is None else num_classes
+    networks = Networks(G, D, grad_hooks, device, all_mean, classes, cfg.train.accum)
     regularizers = []
     for name, cls in REGULARIZERS.items():
         built = cls.build(getattr(cfg.regularize, name), networks)  # None, one, or one per network
@@ -163,6 +187,8 @@ def check_config(cfg: Config) -> None:
         key, section = f"regularize.{name}", getattr(cfg.regularize, name)
         for f in dataclasses.fields(section):
             value = getattr(section, f.name)
+            if isinstance(value, bool):
+                continue  # a switch (bool is an int to Python)
             least = f.metadata.get("min", 1)  # a count that may be 0 (off) says so in its field
             if isinstance(value, int) and value < least:
                 raise ConfigError(f"{key}.{f.name}={value} must be >= {least}")

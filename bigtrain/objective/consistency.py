@@ -43,9 +43,9 @@ class Consistency(Regularizer):
         images = torch.cat([reals.detach(), fakes.detach().to(reals.dtype)])
         return consistency_transform(images, generator), torch.cat([real_labels, fake_labels])
 
-    def d_penalty(self, real_logits, fake_logits, extra_images, extra_logits):
-        n = real_logits.shape[0]
-        penalty = self.real * (real_logits.float() - extra_logits[:n].float()).square().mean()
+    def d_penalty(self, real, fake, extra):
+        n, augmented = real.logits.shape[0], extra.logits.float()
+        penalty = self.real * (real.logits.float() - augmented[:n]).square().mean()
         if self.fake:
-            penalty = penalty + self.fake * (fake_logits.float() - extra_logits[n:].float()).square().mean()
+            penalty = penalty + self.fake * (fake.logits.float() - augmented[n:]).square().mean()
         return penalty

@@ -51,5 +51,5 @@ class GradientPenalty(Regularizer):
         interp = torch.lerp(fakes.detach().to(reals.dtype), reals.detach(), eps).requires_grad_(True)
         return interp, fake_labels
 
-    def d_penalty(self, real_logits, fake_logits, extra_images, extra_logits):
-        return wgan_gp_terms(extra_logits, extra_images, real_logits, self.weight, self.drift)
+    def d_penalty(self, real, fake, extra):
+        return wgan_gp_terms(extra.logits, extra.images, real.logits, self.weight, self.drift)

@@ -36,10 +36,10 @@ class HistoricalAverage(Regularizer):
         ]
         return self.weight * torch.stack(squares).sum()
 
-    def d_penalty(self, real_logits, fake_logits, extra_images, extra_logits):
+    def d_penalty(self, real, fake, extra):
         return self.penalty()  # per micro-batch: D's loss is divided by the accumulation
 
-    def g_penalty(self, last_micro_batch: bool) -> torch.Tensor | None:
+    def g_penalty(self, fake, real, last_micro_batch: bool) -> torch.Tensor | None:
         return self.penalty() if last_micro_batch else None  # G's penalties are added once per step
 
     @torch.no_grad()

@@ -69,8 +69,8 @@ class LeCam(Regularizer):
             return None
         return self.ema / (1.0 - self.decay**self.updates)
 
-    def d_penalty(self, real_logits, fake_logits, extra_images, extra_logits):
-        real, fake = real_logits.float(), fake_logits.float()
+    def d_penalty(self, real, fake, extra):
+        real, fake = real.logits.float(), fake.logits.float()
         self._step_means.append(torch.stack([real.detach().mean(), fake.detach().mean()]))
         anchors = self.anchors()
         if anchors is None:

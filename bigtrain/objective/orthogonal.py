@@ -67,7 +67,7 @@ class Orthogonal(Regularizer):
     def build(cls, section, networks):
         return cls(section.strength, networks.G, networks.grad_hooks) if section.strength > 0 else None
 
-    def g_penalty(self, last_micro_batch: bool) -> torch.Tensor | None:
+    def g_penalty(self, fake, real, last_micro_batch: bool) -> torch.Tensor | None:
         if self.grad_hooks or not last_micro_batch:
             return None
         return torch.stack([orthogonal_penalty(p.float(), self.strength) for p in self.params]).sum()

@@ -39,6 +39,9 @@ class R1(Regularizer):
     def lazy_penalty(self, tools: PassTools, reals) -> tuple[torch.Tensor, torch.Tensor]:
         x, y = reals
         x = x.detach().requires_grad_(True)
-        real_logits = tools.d(x, y, double_backward=True)
-        # R1 does not reach D's last bias: the zero term keeps it in the graph.
-        return r1_penalty(real_logits, x, self.gamma), real_logits.sum() * 0
+        out = tools.d(x, y, double_backward=True, all_outputs=True)
+        # R1 does not reach D's last bias, nor AC-GAN's class head: the zero term keeps them in the graph.
+        zero = out.logits.sum() * 0
+        if out.classes is not None:
+            zero = zero + out.classes.sum() * 0
+        return r1_penalty(out.logits, x, self.gamma), zero

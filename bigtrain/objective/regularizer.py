@@ -4,6 +4,9 @@ A regularizer either joins every main optimizer step of its network (`interval` 
 to the adversarial loss of the same pass, or its gradient after the backward), or is lazy (StyleGAN2
 appendix B): its own optimizer step every `interval` steps, on its own pass, its penalty weighted by the
 interval. The trainer calls the hooks; it never names a regularizer.
+
+The main passes' penalty hooks see D's view of each set of images as `DScores`: the logits, and D's
+declared features and class logits where a regularizer asks for them (`d_outputs`).
 """
 
 from __future__ import annotations
@@ -17,10 +20,25 @@ from torch import nn
 
 
 @dataclass
+class DScores:
+    """D's view of one set of a main pass (reals, fakes, or a set a regularizer added): the images and
+    labels D was given and what it declared of them. `features` (B, F) and `classes` (B, C) are D's
+    penultimate features and auxiliary class logits (see models.roles.DOutput), present where a
+    regularizer on the pass has `d_outputs` (`classes` also needs D's class head); else None."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    logits: torch.Tensor
+    features: torch.Tensor | None = None
+    classes: torch.Tensor | None = None
+
+
+@dataclass
 class PassTools:
     """What a regularizer may call during a pass, bound by the trainer to the current step."""
 
-    d: Callable[..., torch.Tensor]  # (images, labels, parts=1, double_backward=False) -> D's logits
+    # (images, labels, parts=1, double_backward=False, all_outputs=False) -> D's logits (or its DOutput)
+    d: Callable[..., Any]
     g: Callable[..., torch.Tensor]  # the eager G (a pass that differentiates a gradient): (z, y, **kw)
     g_inputs: Callable[..., tuple]  # (batch) -> (z, labels, G's keyword arguments) of a new slot
     generator: torch.Generator  # the slot's random stream (draws follow the slot seed)
@@ -37,6 +55,8 @@ class Networks:
     grad_hooks: bool  # the backend leaves p.grad whole after backward (closed-form gradients)
     device: torch.device
     all_mean: Callable[[torch.Tensor], torch.Tensor] = lambda t: t  # the mean over ranks (one process: t)
+    num_classes: int = 0  # the run's classes (the dataset's, or model.num_classes); <= 1: unconditional
+    accum: int = 1  # train.accum: micro-batches per optimizer step
 
 
 class Regularizer:
@@ -47,6 +67,9 @@ class Regularizer:
     title: str = ""  # for messages ("R1", "path length")
     interval: int = 0  # 0: part of every main step; k: a lazy step of its own every k steps
     double_backward: bool = False  # its main-pass penalty differentiates a gradient (no compiled D)
+    d_outputs: bool = False  # its penalties read D's features or class logits (DScores.features, .classes)
+    needs_reals: bool = False  # its G penalty reads D's view of the D step's reals (g_penalty's `real`)
+    replaces_g_loss: bool = False  # its G penalty replaces the adversarial G loss (which is then not trained)
 
     @classmethod
     def build(cls, section: Any, networks: Networks) -> Regularizer | list[Regularizer] | None:
@@ -84,15 +107,9 @@ class Regularizer:
         statistics in D)."""
         return None
 
-    def d_penalty(
-        self,
-        real_logits: torch.Tensor,
-        fake_logits: torch.Tensor,
-        extra_images: torch.Tensor | None,
-        extra_logits: torch.Tensor | None,
-    ) -> torch.Tensor | None:
-        """Added to D's loss in its main pass (per micro-batch); `extra_*`: the set this regularizer added,
-        with its logits."""
+    def d_penalty(self, real: DScores, fake: DScores, extra: DScores | None) -> torch.Tensor | None:
+        """Added to D's loss of a micro-batch in its main pass, which the trainer divides by the
+        accumulation; `extra`: the set this regularizer added (`extra_d_set`), else None."""
         return None
 
     def d_params_for_g(
@@ -108,8 +125,12 @@ class Regularizer:
         the micro-batch."""
         return None
 
-    def g_penalty(self, last_micro_batch: bool) -> torch.Tensor | None:
-        """Added to G's loss in its main pass."""
+    def g_penalty(self, fake: DScores, real: DScores | None, last_micro_batch: bool) -> torch.Tensor | None:
+        """Added to G's loss of a micro-batch in its main pass as it is: unlike D's, G's penalties are not
+        divided by the accumulation (a penalty of the whole step comes once, on the last micro-batch; a
+        mean over the micro-batch divides by `Networks.accum` itself). `fake`: D's view of this
+        micro-batch's fakes (frozen D, gradients to G); `real`: of the D step's matching reals, without
+        gradient, where a regularizer or the loss `needs_reals`, else None."""
         return None
 
     def after_backward(self) -> None:

@@ -4,6 +4,7 @@ images as D sees them (augmented, with the sets of a batch kept apart)."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import partial
 
 import torch
 from torch import nn
@@ -11,8 +12,9 @@ from torch import nn
 from ..augment import diff_augment
 from ..augment.ada import AdaptiveAugment
 from ..eval.sampling import random_labels
+from ..models.roles import DOutput
 from ..seeds import seed_for
-from .regularizer import Regularizer
+from .regularizer import DScores, Regularizer
 
 
 class GInputs:
@@ -60,14 +62,16 @@ def instance_noise_sigma(sigma: float, anneal_kimg: float, kimg: float) -> float
 
 
 class DView:
-    """D's logits of images as D sees them: through the differentiable augmentation and ADA's pipeline at
-    its current p (`ada`), the same for reals and fakes in D and G steps alike, plus instance noise
-    (Sonderby et al. 2016, "Amortised MAP Inference for Image Super-resolution", section 3.2: N(0, sigma^2)
-    on every image D sees, so that the real and generated distributions overlap; `noise_sigma`, set by the
-    trainer each step), the `parts` sets of a batch (reals, fakes, ...) kept apart by D's minibatch
-    statistics. `train`: the wrapped (maybe compiled) D of the D step, or its eager module where the loss
-    differentiates a gradient (AOTAutograd has no double backward); else the bare D, with `params` (name ->
-    tensor) in place of its parameters where given."""
+    """D's logits of images as D sees them: through the differentiable augmentation (the same for reals
+    and fakes, in D and G steps alike), plus instance noise (Sonderby et al. 2016, "Amortised MAP Inference
+    for Image Super-resolution", section 3.2: N(0, sigma^2) on every image D sees, so that the real and
+    generated distributions overlap; `noise_sigma`, set by the trainer each step), the `parts` sets of a
+    batch (reals, fakes, ...) kept apart by D's minibatch statistics. `train`: the wrapped (maybe
+    compiled) D of the D step, or its eager module where the loss differentiates a gradient
+    (AOTAutograd has no double backward); else the bare D, with `params` (name -> tensor) in place of
+    its parameters where given (unrolled GAN). ADA's pipeline at its current p (`ada`) follows the
+    differentiable augmentation. `all_outputs`: D's declared outputs (a
+    DOutput: logits, features, class logits) instead of its logits alone."""
 
     def __init__(
         self, D: nn.Module, d_train: Callable, d_train_eager: Callable, augment: list[str],
@@ -79,8 +83,9 @@ class DView:
 
     def __call__(
         self, images: torch.Tensor, labels: torch.Tensor, parts: int = 1, train: bool = True,
-        double_backward: bool = False, params: dict[str, torch.Tensor] | None = None,
-    ) -> torch.Tensor:  # fmt: skip
+        double_backward: bool = False, all_outputs: bool = False,
+        params: dict[str, torch.Tensor] | None = None,
+    ) -> torch.Tensor | DOutput:  # fmt: skip
         if self.augment:
             images = diff_augment(images, self.augment, self.generator)
         if self.ada is not None:
@@ -88,7 +93,25 @@ class DView:
         if self.noise_sigma > 0:
             noise = torch.randn(images.shape, generator=self.generator, device=images.device)
             images = images + (self.noise_sigma * noise).to(images.dtype)
-        if params is not None:  # the bare D with these parameters instead of its own (unrolled GAN)
-            return torch.func.functional_call(self.D, params, (images, labels), {"parts": parts}).float()
         d = (self.d_train_eager if double_backward else self.d_train) if train else self.D
-        return d(images, labels, parts=parts).float()
+        if params is not None:  # the bare D with these parameters instead of its own (unrolled GAN)
+            d = partial(_call_with, self.D, params)
+        if not all_outputs:
+            return d(images, labels, parts=parts).float()
+        out = d(images, labels, parts=parts, all_outputs=True)
+        return DOutput(*(t if t is None else t.float() for t in out))
+
+
+def _call_with(module: nn.Module, params: dict[str, torch.Tensor], *args, **kwargs):
+    return torch.func.functional_call(module, params, args, kwargs)
+
+
+def split_scores(sets: list[tuple[torch.Tensor, torch.Tensor]], out: torch.Tensor | DOutput) -> list[DScores]:
+    """D's view of each (images, labels) set of one D call on their concatenation, in order: `out` is
+    its logits, or its DOutput (features and class logits too)."""
+    out = out if isinstance(out, DOutput) else DOutput(out, None, None)
+    if len(sets) == 1:
+        return [DScores(*sets[0], *out)]
+    sizes = [len(images) for images, _ in sets]
+    split = [[None] * len(sets) if t is None else t.split(sizes) for t in out]
+    return [DScores(images, labels, *parts) for (images, labels), *parts in zip(sets, *split)]

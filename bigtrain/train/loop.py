@@ -26,7 +26,7 @@ from ..eval.evaluator import Evaluator, Sampler
 from ..eval.suite import MetricSuite
 from ..models import build_models
 from ..models.layers import frozen_state
-from ..objective import DView, GInputs, PassTools, Regularizer, build_objective
+from ..objective import DView, GInputs, PassTools, Regularizer, build_objective, split_scores
 from ..objective.views import instance_noise_sigma
 from ..seeds import seed_for
 from ..track import make_tracker
@@ -133,7 +133,7 @@ class Trainer:
         self.ema = EMA(self.G)
         # The adversarial loss and the regularizers that are on (bigtrain/objective/).
         self.objective = build_objective(
-            cfg, self.G, backend.supports_grad_hooks, self.device, backend.all_mean, self.D
+            cfg, self.G, backend.supports_grad_hooks, self.device, backend.all_mean, self.D, self.num_classes
         )
         self.lazy_ratio = {which: self.objective.lazy_ratio(which) for which in ("g", "d")}
         self.opt_g, self.opt_d = (
@@ -302,23 +302,25 @@ class Trainer:
                 extra = objective.extra_d_sets(x, y, fake, y_fake, self.g_inputs.generator)
                 sets = [(x, y), (fake, y_fake), *(images_labels for _, images_labels in extra)]
                 all_images = torch.cat([images for images, _ in sets])
-                logits = self.d_view(
+                out = self.d_view(
                     all_images,
                     torch.cat([labels for _, labels in sets]),
                     parts=all_images.shape[0] // self.micro_batch,  # a set may hold several micro-batches
                     double_backward=objective.d_double_backward,
+                    all_outputs=objective.d_outputs("d"),
                 )
-                real_logits, fake_logits, *extra_logits = logits.split([len(images) for images, _ in sets])
+                real, fake_scores, *extra_scores = split_scores(sets, out)
                 if self.ada is not None:  # ADA's overfitting heuristic: the sign of D on (augmented) reals
-                    self.ada.observe(real_logits)
-                loss_d = objective.d_loss(real_logits, fake_logits, extra, extra_logits) / t.accum
+                    self.ada.observe(real.logits)
+                extra_scored = [(r, scores) for (r, _), scores in zip(extra, extra_scores)]
+                loss_d = objective.d_loss(real, fake_scores, extra_scored) / t.accum
                 b.backward(loss_d, "d")
         objective.after_backward("d")
         if self._guarded_step("d", loss_d):
             objective.after_step("d")  # not after a skipped step: the parameters did not move
         if self.ada is not None:
             self.ada.after_d_step(self.batch)
-        return loss_d, real_logits, fake_logits, reals
+        return loss_d, real.logits, fake_scores.logits, reals
 
     def _g_step(self, reals: list) -> torch.Tensor:
         """G's main optimizer step over `accum` micro-batches, with the G regularizers of the main pass.
@@ -336,18 +338,23 @@ class Trainer:
             ):
                 fake = self.g_train(z, y_fake, **g_kwargs)
                 d_params = objective.d_params_for_g(self.d_view, reals[i], (fake, y_fake))  # None: D's own
-                real_logits = None
-                if objective.loss.needs_reals:  # a relativistic loss: D's view of the D step's reals
+                outputs = objective.d_outputs("g")
+                real = None
+                if objective.needs_reals:  # D's view of the D step's reals (relativistic, feature matching)
                     with torch.no_grad() if d_params is None else contextlib.nullcontext():  # unrolled: on G
-                        real_logits = self.d_view(*reals[i], train=False, params=d_params)
-                fake_logits = self.d_view(fake, y_fake, train=False, params=d_params)
-                loss_g = objective.loss.g(fake_logits, real_logits) / t.accum
-                total = loss_g
-                for penalty in objective.g_penalties(last_micro_batch=last):
+                        scored = self.d_view(*reals[i], train=False, all_outputs=outputs, params=d_params)
+                    (real,) = split_scores([reals[i]], scored)
+                scored = self.d_view(fake, y_fake, train=False, all_outputs=outputs, params=d_params)
+                (fake_scores,) = split_scores([(fake, y_fake)], scored)
+                loss_g = objective.loss.g(fake_scores.logits, None if real is None else real.logits) / t.accum
+                # The paper's feature matching trains G on its term alone: the adversarial loss is then
+                # only reported.
+                total = loss_g if objective.adversarial_g else torch.zeros_like(loss_g)
+                for penalty in objective.g_penalties(fake_scores, real, last_micro_batch=last):
                     total = total + penalty
                 b.backward(total, "g")
         objective.after_backward("g")
-        if self._guarded_step("g", loss_g, check_stop=True):
+        if self._guarded_step("g", total, check_stop=True):
             objective.after_step("g")
         return loss_g
 
