@@ -138,6 +138,15 @@ class WeightClipConfig:
 
 
 @dataclass
+class LatentConsistencyConfig:
+    # zCR (Zhao et al. 2021): lambda_dis on D(G(z)) vs D(G(z + dz)), lambda_gen on -||G(z) - G(z + dz)||^2,
+    # dz ~ N(0, sigma^2) (their BigGAN CIFAR-10 runs: 5, 0.5, 0.03)
+    dis: float = 0.0
+    gen: float = 0.0
+    sigma: float = 0.03
+
+
+@dataclass
 class HistoricalAveragingConfig:
     g: float = 0.0  # Salimans et al. 2016: lambda on G's distance from the average of its past parameters
     d: float = 0.0  # and on D's
@@ -178,6 +187,7 @@ class RegularizeConfig:
     consistency: ConsistencyConfig = field(default_factory=ConsistencyConfig)
     weight_clip: WeightClipConfig = field(default_factory=WeightClipConfig)
     historical_averaging: HistoricalAveragingConfig = field(default_factory=HistoricalAveragingConfig)
+    zcr: LatentConsistencyConfig = field(default_factory=LatentConsistencyConfig)
     unrolled: UnrolledConfig = field(default_factory=UnrolledConfig)
     feature_matching: FeatureMatchingConfig = field(default_factory=FeatureMatchingConfig)
     aux_classifier: AuxClassifierConfig = field(default_factory=AuxClassifierConfig)

@@ -53,6 +53,7 @@ from bigtrain.objective.style_mixing import StyleMixing
 from bigtrain.objective.unrolled import d_parameters, unroll
 from bigtrain.objective.views import instance_noise_sigma
 from bigtrain.objective.weight_clip import WeightClip
+from bigtrain.objective.zcr import LatentConsistency
 from conftest import REPO
 
 
@@ -727,3 +728,44 @@ def test_the_objective_asks_d_for_its_outputs_only_where_a_part_reads_them():
     assert asks(ac) == (True, True, False, True), asks(ac)
     titles = [r.title for r in ac.regularizers]
     assert titles == ["orthogonal", "auxiliary classifier (D)", "auxiliary classifier (G)"], titles
+
+
+class _LinearG(torch.nn.Module):
+    """G(z, y) = (z A) as a 1x2x2 image: a latent shift dz moves the image by dz A."""
+
+    def __init__(self):
+        super().__init__()
+        self.A = torch.nn.Parameter(torch.tensor([[1.0, 0.0, 2.0, -1.0], [0.5, 1.0, 0.0, 3.0]]))
+
+    def forward(self, z, y, **kwargs):
+        return (z @ self.A).reshape(-1, 1, 2, 2)
+
+
+def test_latent_consistency_terms_of_d_and_g():
+    """zCR (Zhao et al. 2021, eqs. 4-5), z' = z + sigma eps with eps from the slot's stream:
+    D's term lambda_dis E[(D(G(z)) - D(G(z')))^2] on two fixed logit pairs, G's term
+    -lambda_gen E[(G(z) - G(z'))^2] = -lambda_gen E[(sigma eps A)^2] (over pixels, divided by accum 2)."""
+    G = _LinearG()
+    section = load_config(
+        None, ["regularize.zcr.dis=5", "regularize.zcr.gen=0.5", "regularize.zcr.sigma=0.1"]
+    )
+    on_d, on_g = LatentConsistency.build(
+        section.regularize.zcr, Networks(G, None, True, torch.device("cpu"), accum=2)
+    )
+    assert (on_d.network, on_g.network) == ("d", "g"), (on_d.network, on_g.network)
+    z, y = torch.tensor([[1.0, -1.0], [0.5, 2.0]]), torch.tensor([0, 1])
+    eps = torch.randn(2, 2, generator=torch.Generator().manual_seed(3))
+    on_d.g_kwargs({}, z, 0, torch.Generator().manual_seed(3))
+    images, labels = on_d.extra_d_set(torch.zeros(2, 1, 2, 2), y, G(z, y), y, torch.Generator())
+    torch.testing.assert_close(images, G(z + 0.1 * eps, y).detach(), msg="D's extra set is not G(z')")
+    assert torch.equal(labels, y) and not images.requires_grad
+    got = on_d.d_penalty(None, _scored(torch.tensor([1.0, 2.0])), _scored(torch.tensor([0.0, 4.0])))
+    assert got.item() == 5 * (1 + 4) / 2, f"D's term {got.item()} != 12.5"
+    on_g.g_kwargs({}, z, 0, torch.Generator().manual_seed(3))
+    fake = G(z, y)
+    got = on_g.g_penalty(_scored(None, images=fake, labels=y), None, last_micro_batch=True)
+    want = -0.5 * ((0.1 * eps) @ G.A.detach()).square().mean() / 2
+    torch.testing.assert_close(got, want, msg=f"G's term {got.item()} != {want.item()}")
+    got.backward()  # G is pushed to spread nearby latents: the gradient of -||dz A||^2 in A
+    want_grad = -0.5 * 2 * (0.1 * eps).T @ ((0.1 * eps) @ G.A.detach()) / 8 / 2
+    torch.testing.assert_close(G.A.grad, want_grad, msg=f"{G.A.grad} != {want_grad}")

@@ -41,6 +41,7 @@ TECHNIQUES = {
     ),
     "ada": ("ADA", ["augment.ada=bgc", "augment.ada_kimg=100"]),  # StyleGAN2's R1 runs through the pipeline
     "unrolled": ("unrolled D", ["regularize.unrolled.steps=2"]),
+    "zcr": ("latent consistency of D", ["regularize.zcr.dis=5", "regularize.zcr.gen=0.5"]),
     "feature_matching": ("feature matching", ["regularize.feature_matching.weight=0.1"]),
     "feature_matching_alone": (
         "feature matching",

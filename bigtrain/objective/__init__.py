@@ -29,6 +29,7 @@ from .style_mixing import StyleMixing
 from .unrolled import Unrolled
 from .views import DView, GInputs, split_scores
 from .weight_clip import WeightClip
+from .zcr import LatentConsistency
 
 __all__ = [
     "Objective", "PassTools", "Regularizer", "DScores", "DView", "GInputs", "split_scores", "build_objective",
@@ -48,6 +49,7 @@ REGULARIZERS: dict[str, type[Regularizer]] = {
     "weight_clip": WeightClip,
     "historical_averaging": HistoricalAverage,
     "unrolled": Unrolled,
+    "zcr": LatentConsistency,
     "feature_matching": FeatureMatching,
     "aux_classifier": AuxClassifier,
 }

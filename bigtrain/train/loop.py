@@ -148,7 +148,7 @@ class Trainer:
         self.d_train = torch.compile(backend.d_train) if t.compile else backend.d_train
         self.g_inputs = GInputs(
             self.G, t.seed, cfg.model.z_dim, self.num_classes, self.rank, self.world_size, self.device,
-            hooks=self.objective.on("g"),
+            hooks=self.objective.regularizers,  # zCR's D part also reads the D step's latents
         )  # fmt: skip
         a = cfg.augment
         self.ada = (  # ADA's p and its controller (Karras et al. 2020)
