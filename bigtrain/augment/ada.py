@@ -35,7 +35,6 @@ BLIT = ("xflip", "rotate90", "xint")
 GEOM = ("scale", "rotate", "aniso", "xfrac")
 COLOR = ("brightness", "contrast", "lumaflip", "hue", "saturation")
 PIPELINES = {"b": BLIT, "bg": BLIT + GEOM, "bgc": BLIT + GEOM + COLOR, "c": COLOR}
-TRANSFORMS = BLIT + GEOM + COLOR
 
 # The reference's (stylegan2-ada-pytorch, training/augment.py) parameter spreads.
 XINT_MAX = 0.125  # integer translation: up to 1/8 of the image
@@ -173,16 +172,12 @@ def resample(x: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
     return (top * (1 - wy) + bottom * wy).reshape(n, c, h, w)
 
 
-def _luma_axis(device: torch.device) -> torch.Tensor:
-    return torch.tensor([1.0, 1.0, 1.0, 0.0], device=device) / math.sqrt(3)
-
-
 def color_matrix(transforms: tuple[str, ...], draws: _Draws) -> torch.Tensor | None:
     """The color transform per image (N, 4, 4) on homogeneous RGB (images in [-1, 1], gray at 0). None
     when no color transform is in the pipeline."""
     n, device = draws.n, draws.device
     eye = torch.eye(4, device=device).repeat(n, 1, 1)
-    v = _luma_axis(device)
+    v = torch.tensor([1.0, 1.0, 1.0, 0.0], device=device) / math.sqrt(3)  # the luma axis
     vv = torch.outer(v, v)
     matrix = None
 
