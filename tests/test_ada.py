@@ -1,12 +1,19 @@
 """ADA (Karras et al. 2020): the bgc pipeline's transforms against their definitions on hand-checked cases,
-R1's double backward through them, and p's controller against the paper's update rule."""
+R1's double backward through them, p's controller against the paper's update rule, and p rising on a
+small dataset and not on a large one."""
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from bigtrain.augment.ada import PIPELINES, AdaptiveAugment, _translate, ada_augment, resample
-from bigtrain.config import Config, ConfigError, validate
+from bigtrain.config import Config, ConfigError, load_config, validate
+from bigtrain.data.demo import demo_images
+from bigtrain.models import build_models
+from bigtrain.objective.adversarial import nonsat_d
+from bigtrain.train.loop import make_optimizer
+from conftest import REPO
 
 
 def _images(n=32, size=16, seed=0):
@@ -185,3 +192,60 @@ def test_bad_ada_settings_are_refused_with_the_key_named(key, value, words):
     setattr(cfg.augment, key, value)
     with pytest.raises(ConfigError, match=words.replace("[", r"\[").replace("(", r"\(")):
         validate(cfg)
+
+
+def _d_against_a_perfect_g(real_ids, fake_ids, kimg, stop_above=None, batch=32, seed=0, lr=5e-3):
+    """D of the StyleGAN2 digits recipe (at the digits' own 8x8; its loss, and Adam at twice its learning rate
+    to memorize within a test's budget) trained with ADA against a perfect G: the fakes are real digits that
+    D never sees as reals, so r_t measures memorization alone. Returns p after every D step, stopping once p
+    exceeds `stop_above`."""
+    cfg = load_config(REPO / "configs/stylegan2/digits32.yaml", ["model.resolution=8"])
+    torch.manual_seed(seed)
+    _, D = build_models(cfg.model, num_classes=10)
+    opt = make_optimizer(cfg.optim, D.parameters(), lr, lazy_ratio=1.0)
+    images, labels = _digits()
+    # blit: see the test below for why not bgc; p moves 0 -> 1 in 10 kimg, not the paper's 500
+    ada = AdaptiveAugment("b", p=0.0, target=0.6, interval=4, speed_kimg=10.0, device=torch.device("cpu"))
+    draws, gen = torch.Generator().manual_seed(seed + 1), torch.Generator().manual_seed(seed + 2)
+    trace = []
+    for _ in range(int(kimg * 1000 / batch)):
+        real = real_ids[torch.randint(len(real_ids), (batch,), generator=draws)]
+        fake = fake_ids[torch.randint(len(fake_ids), (batch,), generator=draws)]
+        real_logits = D(ada(images[real], gen), labels[real])
+        loss = nonsat_d(real_logits, D(ada(images[fake], gen), labels[fake]))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        ada.observe(real_logits)
+        ada.after_d_step(batch)
+        trace.append(ada.p.item())
+        if stop_above is not None and trace[-1] > stop_above:
+            break
+    return trace
+
+
+def _digits():
+    images, labels, _ = demo_images(resolution=8)
+    x = torch.tensor(np.stack([np.asarray(image) for image in images])).permute(0, 3, 1, 2)
+    return x.float() / 127.5 - 1, torch.tensor(labels)
+
+
+def test_p_rises_above_a_tenth_on_a_64_image_subset_while_the_full_set_keeps_it_lower():
+    """ADA's overfitting heuristic (sec. 3): on 64 reals D memorizes them, r_t rises past 0.6 and p follows;
+    on the 899 digits of a full half D cannot yet, and p stays low. The pipeline is blit: a D that memorized
+    images but has not learned the pipeline's invariances calls an augmented real a coin flip, so r_t is
+    about the share of reals left untouched and p settles where that share is 0.6. With bgc's twelve
+    transforms that is p ~ 0.04; the paper's higher p needs thousands of kimg of a D learning invariance."""
+    order = torch.randperm(1797, generator=torch.Generator().manual_seed(0))
+    fakes, reals = order[:898], order[898:]  # disjoint halves: the perfect G's images and D's training set
+    subset = _d_against_a_perfect_g(reals[:64], fakes, kimg=12, stop_above=0.1)
+    kimg = len(subset) * 32 / 1000
+    assert subset[-1] > 0.1, (
+        f"p reached only {max(subset):.3f} (> 0.1 expected) in {kimg:.1f} kimg on 64 images"
+    )
+    # Measured: 0.1 crossed at 6.7 to 8.6 kimg (4 seeds, ATEN default and avx2, 1 and 2 threads); the full
+    # set's p stayed 0 up to 12 kimg in every one.
+    full = _d_against_a_perfect_g(reals, fakes, kimg=kimg)
+    assert max(full) < 0.1, (
+        f"p rose to {max(full):.3f} on {len(reals)} images (64 images: 0.1 at {kimg:.1f} kimg)"
+    )
