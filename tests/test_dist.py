@@ -69,14 +69,17 @@ STYLEGAN2 = ["model.name=stylegan2", "model.fmap_base=256", "model.fmap_max=16",
              "regularize.r1.interval=2", "regularize.path_length.weight=2", "regularize.path_length.interval=2", "regularize.style_mixing.prob=0.9",
              "augment.diffaugment=color,translation,cutout", "regularize.lecam.weight=0.3",
              "model.aux_classifier=true", "regularize.aux_classifier.weight=1",
-             "regularize.feature_matching.weight=0.1"]  # fmt: skip
+             "regularize.feature_matching.weight=0.1", "regularize.zcr.dis=5", "regularize.zcr.gen=0.5",
+             "regularize.unrolled.steps=1"]  # fmt: skip
 
 
 def test_two_ranks_stay_identical_through_stylegan2s_double_backward_regularizers(tmp_path):
     """R1 and path length take gradients of gradients inside DDP's forward/backward; with mixing,
     noise and augmentation drawn per slot, and LeCam's anchors averaged over ranks, both ranks must end
     with the same weights. D declares its features and AC-GAN's class logits through DDP, and R1's pass,
-    which does not use the class head, keeps it in DDP's graph."""
+    which does not use the class head, keeps it in DDP's graph. zCR's G part runs the bare G (outside
+    DDP's forward) in the G step, and the unrolled GAN scores G's images with D's functional copy there;
+    their gradients join the DDP ones before the all-reduce."""
     _torchrun(SCRIPTS / "train_rank.py", tmp_path, 1, 4, *STYLEGAN2)
     r0, r1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
     checked = 0
