@@ -48,8 +48,10 @@ CPU_SETTINGS ?= "ATEN_CPU_CAPABILITY=default OMP_NUM_THREADS=1" "ATEN_CPU_CAPABI
 test-cpus: $(STAMP)
 	@set -eo pipefail; for setting in $(CPU_SETTINGS); do \
 	    echo "=== $$setting"; \
-	    env $$setting $(VENV)/bin/python -m pytest -q -rP -p no:cacheprovider $(NUMERIC_TESTS) \
+	    cache=$$(mktemp -d); \
+	    env $$setting TORCHINDUCTOR_CACHE_DIR=$$cache $(VENV)/bin/python -m pytest -q -rP -p no:cacheprovider $(NUMERIC_TESTS) \
 	        | grep -E "fd_digits at|passed|failed|error" ; \
+	    rm -rf $$cache; \
 	done
 
 lint: $(STAMP)
