@@ -5,9 +5,19 @@ the networks or the update rule on purpose regenerates them in its own commit, s
 
     python tests/test_golden.py --write
 
-To compare equal on any x86 CPU, the runs pin the CPU kernels (ATen's default ISA, oneDNN at SSE4.1,
+To compare equal across x86 CPUs, the runs pin the CPU kernels (ATen's default ISA, oneDNN at SSE4.1,
 MKL's conditional reproducibility, one thread), in a subprocess. The native kernels give values
-within a stated tolerance of the pinned ones (tested), not the same bits."""
+within a stated tolerance of the pinned ones (tested), not the same bits.
+
+Pinning is not complete on every CPU: on a Sapphire Rapids Xeon (AMX, AVX512-FP16) the pinned StyleGAN2
+and ProGAN runs differ from the AVX-512 machine's by rounding (BigGAN's are equal). Changing MKL_CBWR or
+ONEDNN_MAX_CPU_ISA there changes the bits, but none restores the recorded ones, so the op is not found
+yet. Such a CPU's bits are kept as an alternative set beside the first, and a run must equal one set
+exactly. Record one only after a change to the code has been ruled out (the first set still passes
+where it was recorded, and test_native_kernels_stay_within_tolerance_of_the_pinned_ones passes here):
+
+    python tests/test_golden.py --write-alternative TAG    (tests/data/golden/<family>_digits32.TAG.json)
+"""
 
 from __future__ import annotations
 
@@ -56,14 +66,26 @@ def pinned_runs(demo_shards, tmp_path_factory) -> dict:
     return {family: run_recipe(family, demo_shards, folder / f"{family}.pt") for family in RECIPES}
 
 
+def recorded_sets(family: str) -> list[dict]:
+    """The first recorded set, then the alternatives of CPUs whose pinned kernels round differently."""
+    first = GOLDEN / f"{family}_digits32.json"
+    return [
+        json.loads(path.read_text()) for path in [first, *sorted(GOLDEN.glob(f"{family}_digits32.*.json"))]
+    ]
+
+
 @pytest.mark.parametrize("family", RECIPES)
 def test_three_iterations_equal_the_recorded_values(family, pinned_runs):
     got = digest(pinned_runs[family])
-    want = json.loads((GOLDEN / f"{family}_digits32.json").read_text())
+    sets = recorded_sets(family)
+    if any(got == recorded for recorded in sets):
+        return
+    want = sets[0]  # none matched: show the differences from the first
     assert sorted(got) == sorted(want), f"keys differ: {sorted(set(got) ^ set(want))[:10]}"
     differ = [k for k in want if got[k]["sha256"] != want[k]["sha256"]]
-    assert not differ, f"{len(differ)} of {len(want)} tensors differ, e.g. " + ", ".join(
-        f"{k} (sum {got[k]['sum']:.9g}, recorded {want[k]['sum']:.9g})" for k in differ[:5]
+    assert not differ, (
+        f"{len(differ)} of {len(want)} tensors differ from the first of {len(sets)} sets, e.g. "
+        + ", ".join(f"{k} (sum {got[k]['sum']:.9g}, recorded {want[k]['sum']:.9g})" for k in differ[:5])
     )
 
 
@@ -88,7 +110,7 @@ def test_native_kernels_stay_within_tolerance_of_the_pinned_ones(pinned_runs, de
 RELATIVE = 1e-3
 
 
-if __name__ == "__main__" and sys.argv[1:] == ["--write"]:
+if __name__ == "__main__" and (sys.argv[1:] == ["--write"] or sys.argv[1:2] == ["--write-alternative"]):
     import tempfile
 
     sys.path.insert(0, str(REPO / "tests"))
@@ -98,6 +120,13 @@ if __name__ == "__main__" and sys.argv[1:] == ["--write"]:
         data = Path(tmp) / "digits"
         prepare("demo", data, resolution=32, shard_size=200)  # as the demo_shards fixture
         for family in RECIPES:
-            flat = run_recipe(family, data, Path(tmp) / f"{family}.pt")
-            (GOLDEN / f"{family}_digits32.json").write_text(json.dumps(digest(flat), indent=1) + "\n")
-            print(f"wrote {GOLDEN / f'{family}_digits32.json'} ({len(flat)} tensors)")
+            got = digest(run_recipe(family, data, Path(tmp) / f"{family}.pt"))
+            if sys.argv[1] == "--write":
+                path = GOLDEN / f"{family}_digits32.json"
+            elif any(got == recorded for recorded in recorded_sets(family)):
+                print(f"{family}: equal to a recorded set, nothing written")
+                continue
+            else:
+                path = GOLDEN / f"{family}_digits32.{sys.argv[2]}.json"
+            path.write_text(json.dumps(got, indent=1) + "\n")
+            print(f"wrote {path} ({len(got)} tensors)")
