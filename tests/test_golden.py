@@ -17,6 +17,8 @@ exactly. Record one only after a change to the code has been ruled out (the firs
 where it was recorded, and test_native_kernels_stay_within_tolerance_of_the_pinned_ones passes here):
 
     python tests/test_golden.py --write-alternative TAG    (tests/data/golden/<family>_digits32.TAG.json)
+
+`--write` removes a family's alternatives: new values on purpose must be recorded again on those CPUs.
 """
 
 from __future__ import annotations
@@ -113,6 +115,9 @@ RELATIVE = 1e-3
 if __name__ == "__main__" and (sys.argv[1:] == ["--write"] or sys.argv[1:2] == ["--write-alternative"]):
     import tempfile
 
+    if sys.argv[1] == "--write-alternative" and len(sys.argv) != 3:
+        sys.exit("usage: python tests/test_golden.py --write-alternative TAG (a name for this CPU class)")
+
     sys.path.insert(0, str(REPO / "tests"))
     from bigtrain.data.writer import prepare
 
@@ -121,7 +126,10 @@ if __name__ == "__main__" and (sys.argv[1:] == ["--write"] or sys.argv[1:2] == [
         prepare("demo", data, resolution=32, shard_size=200)  # as the demo_shards fixture
         for family in RECIPES:
             got = digest(run_recipe(family, data, Path(tmp) / f"{family}.pt"))
-            if sys.argv[1] == "--write":
+            if sys.argv[1] == "--write":  # new values on purpose: the old alternatives no longer apply
+                for stale in GOLDEN.glob(f"{family}_digits32.*.json"):
+                    stale.unlink()
+                    print(f"removed {stale}: record it again on its CPU")
                 path = GOLDEN / f"{family}_digits32.json"
             elif any(got == recorded for recorded in recorded_sets(family)):
                 print(f"{family}: equal to a recorded set, nothing written")
