@@ -1,4 +1,4 @@
-"""`bigtrain` command line: prepare | index | train | sample | eval."""
+"""`bigtrain` command line: prepare | index | train | sample | eval | tune | k8s render | import | export."""
 
 from __future__ import annotations
 
@@ -167,6 +167,30 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _import(args: argparse.Namespace) -> int:
+    from .interop import import_weights
+
+    out = import_weights(args.src, args.out, args.recipe, args.overrides)
+    recipe = (out / "recipe.yaml").read_text()
+    print(recipe.split("\n# Everything else")[0])
+    print(f"imported {args.src} -> {out}")
+    print(f"  recipe:     {out / 'recipe.yaml'}")
+    print(f"  checkpoint: {out / 'checkpoints' / 'imported'}")
+    print(f"  sample it:  bigtrain sample {out}")
+    print(f"  fine-tune:  bigtrain train RECIPE train.init_from={out} data.path=NEW_DATA [model.freeze_d=N]")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from .interop import export_checkpoint
+    from .train.checkpoint import resolve_checkpoint
+
+    ckpt = resolve_checkpoint(args.checkpoint)
+    out = export_checkpoint(str(ckpt), args.to, args.out)
+    print(f"exported {ckpt} as {args.to} -> {out}: {', '.join(sorted(p.name for p in out.iterdir()))}")
+    return 0
+
+
 def _fid_stats(args: argparse.Namespace) -> int:
     from .eval.reference import inception_reference, reference_path
     from .train.loop import pick_device
@@ -317,6 +341,27 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all)")
     s.add_argument("--resume", action="store_true", help="continue an interrupted sweep of the same name")
     s.set_defaults(fn=_tune)
+
+    s = sub.add_parser("import", help="read BigGAN-PyTorch or NVlabs weights into a bigtrain run folder",
+                       description="Read SRC without executing anything from it: an NVlabs network pickle "
+                       "(stylegan2-ada-pytorch, or stylegan3 with a StyleGAN2 generator), a BigGAN-PyTorch weights "
+                       "folder (G.pth, G_ema.pth, D.pth, state_dict.pth), a folder `bigtrain export` wrote, or one "
+                       "G_ema.pth/G.pth with --recipe. A local path or a URL. Writes OUT/recipe.yaml (what was read, "
+                       "and from where) and OUT/checkpoints/imported, which sample, eval and train.init_from accept.")  # fmt: skip
+    s.add_argument("src", help="a .pkl, a .pth with --recipe, or a weights folder (path or URL)")
+    s.add_argument("out", help="new run folder")
+    s.add_argument("--recipe", help="a recipe whose settings complete (or, for a bare .pth, give) the architecture")
+    s.add_argument("overrides", nargs="*", help="section.key=value, applied last")
+    s.set_defaults(fn=_import)
+
+    s = sub.add_parser("export", help="write a checkpoint in BigGAN-PyTorch's or stylegan2-ada's format",
+                       description="State dicts under the reference's names (G.pth, G_ema.pth, D.pth) plus a JSON of "
+                       "the reference's constructor arguments; the reference's classes load them with load_state_dict. "
+                       "bigtrain import reads the folder back exactly.")  # fmt: skip
+    s.add_argument("checkpoint", help="checkpoint directory or run directory (its latest checkpoint)")
+    s.add_argument("--to", required=True, choices=("biggan-pytorch", "stylegan2-ada"))
+    s.add_argument("out", help="new folder")
+    s.set_defaults(fn=_export)
 
     k8s = sub.add_parser("k8s", help="Kubernetes manifests for training, sweeps and MLflow")
     k8s_sub = k8s.add_subparsers(dest="k8s_command", required=True, metavar="SUBCOMMAND")
