@@ -350,7 +350,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "and from where) and OUT/checkpoints/imported, which sample, eval and train.init_from accept.")  # fmt: skip
     s.add_argument("src", help="a .pkl, a .pth with --recipe, or a weights folder (path or URL)")
     s.add_argument("out", help="new run folder")
-    s.add_argument("--recipe", help="a recipe whose settings complete (or, for a bare .pth, give) the architecture")
+    s.add_argument(
+        "--recipe", help="a recipe whose settings complete (or, for a bare .pth, give) the architecture"
+    )
     s.add_argument("overrides", nargs="*", help="section.key=value, applied last")
     s.set_defaults(fn=_import)
 

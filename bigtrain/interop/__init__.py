@@ -136,6 +136,10 @@ def _read_stylegan2_export(folder: str) -> Imported:
     top = stylegan2_ada.export_records(kwargs, tensors)
     imported = stylegan2_ada.from_pickle(top, folder, data)
     imported.format = "stylegan2-ada state dicts (bigtrain export)"
+    progress = kwargs.get("progress") or {}
+    imported.kimg, imported.iteration = float(progress.get("kimg", 0)), int(progress.get("iteration", 0))
+    if "augment_p" in kwargs:
+        imported.ada_p = float(kwargs["augment_p"])
     _restore_extra(imported, folder)
     return imported
 
@@ -168,6 +172,10 @@ def _build_config(imported: Imported, recipe: dict | None, overrides: list[str])
         ) from None
 
 
+def _copy(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in state.items()}  # the network's G is loaded next, in place
+
+
 def import_weights(
     src: str, out: str | Path, recipe: str | None = None, overrides: list[str] | None = None
 ) -> Path:
@@ -182,13 +190,13 @@ def import_weights(
     G, D = build_models(cfg.model, num_classes)
     what = basename(imported.source)
     load_checked(G, imported.G_ema, f"{what} (G_ema)", optional=("num_batches_tracked",))
-    imported.G_ema = G.state_dict()
+    imported.G_ema = _copy(G.state_dict())
     if imported.G is not None:
         load_checked(G, imported.G, f"{what} (G)", optional=("num_batches_tracked",))
-        imported.G = G.state_dict()
+        imported.G = _copy(G.state_dict())
     if imported.D is not None:
         load_checked(D, imported.D, f"{what} (D)", optional=("num_batches_tracked",))
-        imported.D = D.state_dict()
+        imported.D = _copy(D.state_dict())
     imported.provenance = {"source": str(src), **imported.provenance, "reader": "bigtrain.interop"}
     return write_run_folder(out, cfg, imported, num_classes)
 
@@ -230,6 +238,10 @@ def export_checkpoint(checkpoint: str, to: str, out: str | Path) -> Path:
         arguments, kwargs_file = config, BIGGAN_KWARGS
     else:
         arguments, kwargs_file = stylegan2_ada.export_kwargs(cfg, num_classes), SG2_KWARGS
+        # Beside the constructor arguments: the progress and ADA's p, which its pickles keep elsewhere.
+        arguments["progress"] = {"kimg": int(state.get("images", 0)) / 1000, "iteration": itr}
+        if "ada_p" in state:
+            arguments["augment_p"] = float(state["ada_p"])
     staging = out.with_name(f".{out.name}.exporting")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)

@@ -1,0 +1,321 @@
+"""`bigtrain import` / `bigtrain export` (bigtrain/interop): round trips, the references' names, and
+files that must be refused without anything being run or written."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+
+from bigtrain.config import from_dict, to_dict
+from bigtrain.interop import WeightsError, export_checkpoint, import_weights
+from bigtrain.models import build_models
+from bigtrain.train.checkpoint import begin_checkpoint, load_checkpoint, save_checkpoint
+from conftest import BIGTRAIN, REPO, cli_env
+
+SMALL = {
+    "biggan-shared-hier": ["model.name=biggan", "model.ch=4", "model.d_ch=4", "model.z_dim=20", "model.attn_res=[16]"],
+    "biggan-cifar": ["model.name=biggan", "model.ch=4", "model.d_ch=4", "model.z_dim=16", "model.shared_dim=0",
+                     "model.hier=false", "model.init=N02"],
+    "stylegan2-resnet": ["model.name=stylegan2", "model.fmap_base=256", "model.fmap_max=16", "model.z_dim=16",
+                         "model.w_dim=16", "model.mapping_layers=2"],
+    "stylegan2-skip": ["model.name=stylegan2", "model.fmap_base=256", "model.fmap_max=16", "model.z_dim=16",
+                       "model.w_dim=16", "model.mapping_layers=2", "model.d_architecture=skip", "model.conv_clamp=0"],
+}  # fmt: skip
+
+
+def bigtrain_checkpoint(run: Path, overrides: list[str], num_classes: int) -> dict:
+    """A checkpoint as training writes it, with G, G_ema and D all different and SN vectors advanced."""
+    cfg = from_dict({}, [*overrides, f"model.num_classes={num_classes}"])
+    torch.manual_seed(0)
+    G, D = build_models(cfg.model, num_classes)
+    G_ema, _ = build_models(cfg.model, num_classes)
+    with torch.no_grad():
+        for _ in range(2):  # BN statistics and power iterations move
+            G(torch.randn(4, cfg.model.z_dim), torch.randint(0, num_classes, (4,)))
+            D(torch.randn(4, 3, 32, 32), torch.randint(0, num_classes, (4,)))
+        for p in G_ema.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    state = {"G": G.state_dict(), "G_ema": G_ema.state_dict(), "D": D.state_dict(), "num_classes": num_classes,
+             "images": 4000, "iteration": 12, "config": to_dict(cfg)}  # fmt: skip
+    begin_checkpoint(run, "step-00000012")
+    save_checkpoint(run, "step-00000012", state, to_dict(cfg))
+    return state
+
+
+@pytest.mark.parametrize("case", sorted(SMALL))
+@pytest.mark.parametrize("num_classes", [10, 1])
+def test_export_then_import_gives_bit_identical_tensors(tmp_path, case, num_classes):
+    state = bigtrain_checkpoint(tmp_path / "run", SMALL[case], num_classes)
+    to = "biggan-pytorch" if case.startswith("biggan") else "stylegan2-ada"
+    export_checkpoint(str(tmp_path / "run"), to, tmp_path / "export")
+    import_weights(str(tmp_path / "export"), tmp_path / "imported")
+    back = load_checkpoint(tmp_path / "imported")
+    assert back["num_classes"] == num_classes and back["iteration"] == 12
+    for net in ("G", "G_ema", "D"):
+        assert back[net].keys() == state[net].keys(), set(back[net]) ^ set(state[net])
+        differ = [k for k in state[net] if not torch.equal(back[net][k], state[net][k])]
+        assert not differ, f"{net}: {differ[:4]} differ after export and import"
+
+
+def test_exports_carry_exactly_the_references_tensor_names_and_shapes(tmp_path):
+    """The names and shapes recorded from the references' own networks (tests/data/*_state_dict_keys.json):
+    their load_state_dict(strict=True) needs exactly these."""
+    import json
+
+    from bigtrain.interop.biggan_pytorch import to_biggan_pytorch
+    from bigtrain.interop.stylegan2_ada import to_stylegan2_ada
+    from bigtrain.models import biggan, stylegan2
+
+    rec = json.loads((REPO / "tests/data/stylegan2_ada_state_dict_keys.json").read_text())
+    c = rec["config"]
+    G = stylegan2.Generator(
+        32, c["z_dim"], c["w_dim"], c["c_dim"], c["channel_base"], c["channel_max"], c["mapping_layers"]
+    )
+    nets = [(G, rec["G"], to_stylegan2_ada)]
+    for arch in ("resnet", "orig", "skip"):
+        D = stylegan2.Discriminator(32, c["c_dim"], c["channel_base"], c["channel_max"], architecture=arch)
+        nets.append((D, rec[f"D_{arch}"], to_stylegan2_ada))
+    for r in json.loads((REPO / "tests/data/biggan_pytorch_state_dict_keys.json").read_text())[
+        "configs"
+    ].values():
+        kw = r["kwargs"]
+        attn = tuple(int(a) for a in kw["G_attn"].split("_") if a != "0")
+        shared = kw["shared_dim"] if kw["G_shared"] else 0
+        G = biggan.Generator(
+            kw["resolution"], kw["G_ch"], kw["dim_z"], shared, kw["hier"], attn, kw["n_classes"]
+        )
+        D = biggan.Discriminator(kw["resolution"], kw["D_ch"], attn, kw["n_classes"])
+        nets += [(G, r["G"], to_biggan_pytorch), (D, r["D"], to_biggan_pytorch)]
+    for net, names, export in nets:
+        args = (net.state_dict(), 32) if export is to_stylegan2_ada else (net.state_dict(),)
+        got = {k: list(v.shape) for k, v in export(*args)[0].items()}
+        assert got == names, (type(net).__name__, sorted(set(got) ^ set(names))[:6])
+
+
+# --------------------------------------------------------------------------- files that are refused
+
+
+class _Payload:
+    """Pickles as a call to os.system: what a hostile "checkpoint" does to a plain pickle.load."""
+
+    def __init__(self, command: str):
+        self.command = command
+
+    def __reduce__(self):
+        return (os.system, (self.command,))
+
+
+def _fake_persistence_module():
+    """A stand-in `torch_utils.persistence` so a test can write the NVlabs format with its own classes."""
+    module = types.ModuleType("torch_utils.persistence")
+
+    def _reconstruct_persistent_obj(meta):  # only pickled here, never called: bigtrain's reader has its own
+        raise AssertionError("not used")
+
+    _reconstruct_persistent_obj.__module__ = module.__name__
+    _reconstruct_persistent_obj.__qualname__ = "_reconstruct_persistent_obj"
+    module._reconstruct_persistent_obj = _reconstruct_persistent_obj
+    return module
+
+
+class _Persistent:
+    """Pickles the way NVlabs' persistence does: the module source, the class name and the state."""
+
+    def __init__(self, source: str, class_name: str, state: dict):
+        self.meta = {
+            "type": "class",
+            "version": 6,
+            "module_src": source,
+            "class_name": class_name,
+            "state": state,
+        }
+
+    def __reduce__(self):
+        return (sys.modules["torch_utils.persistence"]._reconstruct_persistent_obj, (self.meta,))
+
+
+@pytest.fixture
+def nvlabs_format(monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch_utils", types.ModuleType("torch_utils"))
+    monkeypatch.setitem(sys.modules, "torch_utils.persistence", _fake_persistence_module())
+
+
+def _as_persistent(net: torch.nn.Module, source: str, class_name: str, kwargs: dict) -> _Persistent:
+    """A bigtrain network's tensors under the reference's names, as one flat persistent object."""
+    from bigtrain.interop.stylegan2_ada import to_stylegan2_ada
+
+    tensors = to_stylegan2_ada(net.state_dict(), 32)[0]
+    return _Persistent(source, class_name, {"_parameters": tensors, "_modules": {}, "_init_kwargs": kwargs})
+
+
+def test_a_pickle_that_runs_a_command_is_refused_and_the_command_never_runs(tmp_path):
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "network-snapshot-000001.pkl"
+    evil.write_bytes(pickle.dumps({"G_ema": _Payload(f"touch {marker}")}))
+    out = tmp_path / "out"
+    with pytest.raises(WeightsError, match=r"names posix\.system, which bigtrain refuses to load") as e:
+        import_weights(str(evil), out)
+    assert "\n" not in str(e.value)
+    assert not marker.exists(), "the pickle's command ran"
+    assert not out.exists() and not list(tmp_path.glob(".out*")), "something was written"
+    # The same through the command line: one sentence, exit 2, no traceback.
+    result = subprocess.run(
+        [BIGTRAIN, "import", str(evil), str(out)], capture_output=True, text=True, env=cli_env()
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert "names posix.system" in result.stderr and not marker.exists()
+    for name in ("builtins.eval", "builtins.exec", "subprocess.Popen"):
+        module, attr = name.rsplit(".", 1)
+        data = f"c{module}\n{attr}\n(S'1'\ntR.".encode()  # protocol 0: GLOBAL, MARK, STRING, TUPLE, REDUCE
+        evil.write_bytes(data)
+        with pytest.raises(WeightsError, match=rf"names {name},"):
+            import_weights(str(evil), out)
+
+
+def test_embedded_source_is_never_executed(tmp_path, nvlabs_format):
+    """NVlabs' loader execs each network's module source; a file whose source writes a file loads here
+    (its tensors are plain data) and the file never appears. The source's sha256 is recorded."""
+    import hashlib
+
+    marker = tmp_path / "ran"
+    source = f"open({str(marker)!r}, 'w').write('source executed')\nclass Generator: pass\n"
+    cfg = from_dict({}, [*SMALL["stylegan2-resnet"], "model.num_classes=1"])
+    G, D = build_models(cfg.model, 1)
+    g_kwargs = {"z_dim": 16, "c_dim": 0, "w_dim": 16, "img_resolution": 32, "img_channels": 3,
+                "mapping_kwargs": {"num_layers": 2}, "synthesis_kwargs": {"channel_base": 256, "channel_max": 16,
+                "conv_clamp": 256}}  # fmt: skip
+    d_kwargs = {"c_dim": 0, "img_resolution": 32, "img_channels": 3, "channel_base": 256, "channel_max": 16,
+                "conv_clamp": 256}  # fmt: skip
+    top = {
+        "G_ema": _as_persistent(G, source, "Generator", g_kwargs),
+        "D": _as_persistent(D, source, "Discriminator", d_kwargs),
+    }
+    path = tmp_path / "crafted.pkl"
+    path.write_bytes(pickle.dumps(top, protocol=4))
+    out = import_weights(str(path), tmp_path / "out")
+    assert not marker.exists(), "the embedded source ran"
+    state = load_checkpoint(out)
+    assert hashlib.sha256(source.encode()).hexdigest() in state["imported"]["module_sources_sha256"]
+    for k, v in G.state_dict().items():
+        assert torch.equal(state["G_ema"][k], v), k
+
+
+def test_truncated_pickle_and_folder_without_G_are_one_sentence_each(tmp_path, nvlabs_format):
+    cfg = from_dict({}, [*SMALL["stylegan2-resnet"], "model.num_classes=1"])
+    G, _ = build_models(cfg.model, 1)
+    kwargs = {"z_dim": 16, "c_dim": 0, "w_dim": 16, "img_resolution": 32, "mapping_kwargs": {"num_layers": 2},
+              "synthesis_kwargs": {"channel_base": 256, "channel_max": 16, "conv_clamp": 256}}  # fmt: skip
+    data = pickle.dumps(
+        {"G_ema": _as_persistent(G, "class Generator: pass", "Generator", kwargs)}, protocol=4
+    )
+    whole = tmp_path / "whole.pkl"
+    whole.write_bytes(data)
+    import_weights(str(whole), tmp_path / "ok")  # the whole file imports
+    truncated = tmp_path / "network-snapshot-000010.pkl"
+    truncated.write_bytes(data[: len(data) // 2])
+    with pytest.raises(WeightsError, match=r"is not a readable network pickle \(truncated or damaged") as e:
+        import_weights(str(truncated), tmp_path / "out")
+    assert "\n" not in str(e.value) and not (tmp_path / "out").exists()
+
+    folder = tmp_path / "biggan_weights"
+    folder.mkdir()
+    torch.save({"itr": 5, "config": {}}, folder / "state_dict.pth")
+    torch.save({}, folder / "D.pth")
+    with pytest.raises(
+        WeightsError, match=r"has neither G\.pth nor G_ema\.pth: not a BigGAN-PyTorch weights folder"
+    ):
+        import_weights(str(folder), tmp_path / "out")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(WeightsError, match="holds none of G.pth"):
+        import_weights(str(empty), tmp_path / "out")
+    with pytest.raises(WeightsError, match="does not exist"):
+        import_weights(str(tmp_path / "missing.pkl"), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_missing_or_extra_tensor_or_another_shape_is_one_sentence_naming_it(tmp_path):
+    bigtrain_checkpoint(tmp_path / "run", SMALL["biggan-cifar"], 10)
+    export_checkpoint(str(tmp_path / "run"), "biggan-pytorch", tmp_path / "export")
+    G = torch.load(tmp_path / "export/G_ema.pth", weights_only=True)
+    broken = {k: v for k, v in G.items() if k != "linear.bias"}
+    torch.save(broken, tmp_path / "export/G_ema.pth")
+    with pytest.raises(WeightsError, match=r"has no tensor for linear\.bias, which the network needs"):
+        import_weights(str(tmp_path / "export"), tmp_path / "out")
+    torch.save({**G, "linear.extra": torch.zeros(1)}, tmp_path / "export/G_ema.pth")
+    with pytest.raises(
+        WeightsError, match=r"has a tensor linear\.extra that the network built from it does not have"
+    ):
+        import_weights(str(tmp_path / "export"), tmp_path / "out")
+    torch.save({**G, "linear.bias": torch.zeros(7)}, tmp_path / "export/G_ema.pth")
+    with pytest.raises(
+        WeightsError, match=r"tensor linear\.bias has shape \[7\], the network built from it needs \[\d+\]"
+    ):
+        import_weights(str(tmp_path / "export"), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_bare_state_dict_needs_a_recipe_and_imports_with_one(tmp_path):
+    state = bigtrain_checkpoint(tmp_path / "run", SMALL["biggan-cifar"], 10)
+    export_checkpoint(str(tmp_path / "run"), "biggan-pytorch", tmp_path / "export")
+    with pytest.raises(WeightsError, match="does not say its architecture: pass --recipe"):
+        import_weights(str(tmp_path / "export/G_ema.pth"), tmp_path / "out")
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        "model: {name: biggan, ch: 4, d_ch: 4, z_dim: 16, shared_dim: 0, hier: false, num_classes: 10}\n"
+    )
+    out = import_weights(str(tmp_path / "export/G_ema.pth"), tmp_path / "out", str(recipe))
+    back = load_checkpoint(out)
+    assert "D" not in back
+    for k, v in state["G_ema"].items():
+        if "._v" not in k and "num_batches_tracked" not in k:  # not in the reference's file: rebuilt
+            assert torch.equal(back["G_ema"][k], v), k
+
+
+def test_import_and_export_on_the_command_line(tmp_path):
+    bigtrain_checkpoint(tmp_path / "run", SMALL["stylegan2-resnet"], 10)
+    env = cli_env()
+    result = subprocess.run([BIGTRAIN, "export", str(tmp_path / "run"), "--to", "stylegan2-ada", str(tmp_path / "x")],
+                            capture_output=True, text=True, env=env)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in (tmp_path / "x").iterdir()) == [
+        "D.pth",
+        "G.pth",
+        "G_ema.pth",
+        "stylegan2_ada_kwargs.json",
+    ]
+    result = subprocess.run([BIGTRAIN, "import", str(tmp_path / "x"), str(tmp_path / "imp")], capture_output=True,
+                            text=True, env=env)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "model.num_classes    = 10" in result.stdout, result.stdout
+    recipe = (tmp_path / "imp/recipe.yaml").read_text()
+    assert recipe.startswith("# Imported by `bigtrain import`") and "<- D.init_kwargs.architecture" in recipe
+    result = subprocess.run([BIGTRAIN, "sample", str(tmp_path / "imp"), "--n", "4", "--classes", "3"],
+                            capture_output=True, text=True, env=env)  # fmt: skip
+    assert result.returncode == 0 and (tmp_path / "imp/samples/imported-trunc0.png").is_file(), result.stderr
+    result = subprocess.run([BIGTRAIN, "export", str(tmp_path / "imp"), "--to", "biggan-pytorch", str(tmp_path / "y")],
+                            capture_output=True, text=True, env=env)  # fmt: skip
+    assert (
+        result.returncode == 2
+        and "holds a stylegan2 model; --to biggan-pytorch exports biggan only" in result.stderr
+    )
+
+
+def test_reader_allows_only_the_formats_names():
+    """The list a reviewer must check: nothing in it runs code or touches files."""
+    from bigtrain.interop.nvlabs_pickle import ALLOWED_GLOBALS
+
+    assert sorted(f"{m}.{n}" for m, n in ALLOWED_GLOBALS) == [
+        "builtins.frozenset", "builtins.set", "collections.OrderedDict", "dnnlib.util.EasyDict",
+        "numpy._core.multiarray.scalar", "numpy.core.multiarray.scalar", "numpy.dtype",
+        "torch._utils._rebuild_parameter", "torch._utils._rebuild_parameter_with_state",
+        "torch._utils._rebuild_tensor_v2", "torch.storage._load_from_bytes",
+        "torch_utils.persistence._reconstruct_persistent_obj",
+    ]  # fmt: skip
