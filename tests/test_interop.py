@@ -20,7 +20,8 @@ from bigtrain.train.checkpoint import begin_checkpoint, load_checkpoint, save_ch
 from conftest import BIGTRAIN, REPO, cli_env
 
 SMALL = {
-    "biggan-shared-hier": ["model.name=biggan", "model.ch=4", "model.d_ch=4", "model.z_dim=20", "model.attn_res=[16]"],
+    "biggan-shared-hier": ["model.name=biggan", "model.resolution=64", "model.ch=2", "model.d_ch=4", "model.z_dim=20",
+                           "model.attn_res=[16]"],
     "biggan-cifar": ["model.name=biggan", "model.ch=4", "model.d_ch=4", "model.z_dim=16", "model.shared_dim=0",
                      "model.hier=false", "model.init=N02"],
     "stylegan2-resnet": ["model.name=stylegan2", "model.fmap_base=256", "model.fmap_max=16", "model.z_dim=16",
@@ -39,7 +40,10 @@ def bigtrain_checkpoint(run: Path, overrides: list[str], num_classes: int) -> di
     with torch.no_grad():
         for _ in range(2):  # BN statistics and power iterations move
             G(torch.randn(4, cfg.model.z_dim), torch.randint(0, num_classes, (4,)))
-            D(torch.randn(4, 3, 32, 32), torch.randint(0, num_classes, (4,)))
+            D(
+                torch.randn(4, 3, cfg.model.resolution, cfg.model.resolution),
+                torch.randint(0, num_classes, (4,)),
+            )
         for p in G_ema.parameters():
             p.add_(0.01 * torch.randn_like(p))
     state = {"G": G.state_dict(), "G_ema": G_ema.state_dict(), "D": D.state_dict(), "num_classes": num_classes,
@@ -319,3 +323,152 @@ def test_reader_allows_only_the_formats_names():
         "torch._utils._rebuild_tensor_v2", "torch.storage._load_from_bytes",
         "torch_utils.persistence._reconstruct_persistent_obj",
     ]  # fmt: skip
+
+
+# --------------------------------------------------------------------------- the references' own files
+
+REFS = REPO / "tests/data/reference_formats"  # written by the references' code: see its README.md
+STYLEGAN2_FILES = {
+    "sg2ada-uncond32": "network-snapshot-000040.pkl",
+    "sg2ada-cond32": "network-snapshot-000012.pkl",
+    "sg2ada-published-style": "sg2ada-published-style.pkl",
+    "sg3-stylegan2-G": "sg3-stylegan2-G.pkl",
+}
+# The networks' outputs are computed in float32 by both codes along different (equal) formulas:
+# measured relative errors 2e-7 to 1.1e-6 of the largest value.
+RTOL = 1e-5
+
+
+def _rel(got: torch.Tensor, want: torch.Tensor) -> float:
+    return ((got - want).abs().max() / want.abs().max()).item()
+
+
+def _imported_networks(out: Path):
+    from bigtrain.eval.generate import load_generator
+
+    state = load_checkpoint(out)
+    cfg = from_dict(state["config"])
+    G, D = build_models(cfg.model, state["num_classes"])
+    G.load_state_dict(state["G"])
+    D.load_state_dict(state["D"])
+    return state, load_generator(str(out)).G, G.eval(), D.eval()
+
+
+@pytest.mark.parametrize("case", sorted(STYLEGAN2_FILES))
+def test_imported_stylegan2_equals_the_references_outputs(tmp_path, case):
+    """G_ema at psi 1 and 0.7 with const noise, G, and D's logits, for the same z, class and images."""
+    ref = torch.load(REFS / case / "outputs.pt", weights_only=True)
+    out = import_weights(str(REFS / case / STYLEGAN2_FILES[case]), tmp_path / "imported")
+    state, G_ema, G, D = _imported_networks(out)
+    conditional = ref["c"].shape[1] > 0
+    y = ref["labels"] if conditional else None
+    with torch.no_grad():
+        checks = {
+            "G_ema psi 1": _rel(G_ema(ref["z"], y, psi=1.0, noise_mode="const"), ref["G_ema_psi1"]),
+            "G_ema psi 0.7": _rel(G_ema(ref["z"], y, psi=0.7, noise_mode="const"), ref["G_ema_psi07"]),
+            "G psi 1": _rel(G(ref["z"], y, noise_mode="const"), ref["G_psi1"]),
+            "D logits": _rel(D(ref["images"], y), ref["D_logits"].reshape(-1)),
+        }
+    assert all(err < RTOL for err in checks.values()), f"relative errors {checks} (bound {RTOL})"
+    assert state["num_classes"] == (10 if conditional else 1)
+    expected_p = {"sg2ada-uncond32": 0.237, "sg2ada-cond32": 0.5, "sg3-stylegan2-G": 0.1}.get(case)
+    if expected_p is None:  # the published pickles carry no augment_pipe
+        assert "ada_p" not in state
+    else:
+        assert float(state["ada_p"]) == pytest.approx(expected_p), "ADA's p was not carried over"
+    kimg = {"sg2ada-uncond32": 40, "sg2ada-cond32": 12}.get(case, 0)
+    assert state["images"] == kimg * 1000, "kimg from the snapshot's file name"
+
+
+def test_imported_recipe_names_each_value_and_where_it_was_read(tmp_path):
+    out = import_weights(str(REFS / "sg2ada-cond32/network-snapshot-000012.pkl"), tmp_path / "imported")
+    recipe = (out / "recipe.yaml").read_text()
+    assert "network-snapshot-000012.pkl" in recipe.splitlines()[1]
+    for line in ("model.fmap_base      = 128          <- G_ema.init_kwargs.synthesis_kwargs.channel_base",
+                 "model.num_classes    = 10           <- G_ema.init_kwargs.c_dim",
+                 "augment.ada          = 'bgc'", "ADA's p was 0.5"):  # fmt: skip
+        assert line in recipe, f"{line!r} not in the header:\n{recipe[:2000]}"
+    from bigtrain.config import load_config
+
+    cfg = load_config(out / "recipe.yaml")  # the recipe is a valid one
+    assert (cfg.model.fmap_base, cfg.model.fmap_max, cfg.model.z_dim, cfg.model.mapping_layers) == (
+        128,
+        16,
+        32,
+        2,
+    )
+    provenance = load_checkpoint(out)["imported"]
+    assert len(provenance["file_sha256"]) == 64 and provenance["module_sources_sha256"]
+
+
+def test_stylegan3_generator_is_refused_in_one_sentence(tmp_path):
+    with pytest.raises(
+        WeightsError, match=r"holds a StyleGAN3 \(alias-free\) generator, which bigtrain does not"
+    ) as e:
+        import_weights(str(REFS / "sg3-stylegan3-G/sg3-stylegan3-G.pkl"), tmp_path / "out")
+    assert "\n" not in str(e.value) and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("case", ["biggan-shared-hier", "biggan-cifar"])
+def test_imported_biggan_equals_the_references_outputs(tmp_path, case):
+    """BigGAN-PyTorch's folder (its state_dict.pth holds nn.ReLU objects, read as stand-ins): G_ema, G
+    and D for the same z, classes and images. Its u0 vectors are exact singular vectors, so the sigma
+    estimates of the two spectral norms agree (see models.biggan.from_biggan_pytorch)."""
+    ref = torch.load(REFS / case / "outputs.pt", weights_only=True)
+    out = import_weights(str(REFS / case), tmp_path / "imported")
+    state, G_ema, G, D = _imported_networks(out)
+    y = ref["labels"]
+    with torch.no_grad():
+        checks = {
+            "G_ema": _rel(G_ema(ref["z"], y), ref["G_ema_out"]),
+            "G": _rel(G(ref["z"], y), ref["G_out"]),
+            "D logits": _rel(D(ref["images"], y), ref["D_logits"].reshape(-1)),
+        }
+    assert all(err < RTOL for err in checks.values()), f"relative errors {checks} (bound {RTOL})"
+    assert state["iteration"] == 1234 and state["num_classes"] == 10
+    cfg = from_dict(state["config"])
+    if case == "biggan-shared-hier":
+        assert (cfg.model.resolution, cfg.model.shared_dim, cfg.model.hier, cfg.model.attn_res) == (
+            64,
+            8,
+            True,
+            [16],
+        )
+    else:
+        assert (cfg.model.shared_dim, cfg.model.hier, cfg.model.init, cfg.train.n_disc_steps) == (
+            0,
+            False,
+            "N02",
+            4,
+        )
+
+
+def test_biggan_folder_values_that_bigtrain_cannot_build_are_refused(tmp_path):
+    import numpy as np
+
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    for name in ("G.pth", "G_ema.pth", "D.pth"):
+        (folder / name).write_bytes((REFS / "biggan-cifar" / name).read_bytes())
+    run = torch.load(REFS / "biggan-cifar/state_dict.pth", weights_only=False)  # our own file, trusted
+    run["best_IS"] = np.float64(3.5)  # what BigGAN-PyTorch stores after an evaluation: read as a number
+    torch.save(run, folder / "state_dict.pth")
+    out = import_weights(str(folder), tmp_path / "ok")
+    assert load_checkpoint(out)["imported"]["best_IS"] == 3.5
+    for key, value, message in [
+        ("D_attn", "16", r"D_attn='16' at 32x32: BigGAN-PyTorch's D_arch labels every block"),
+        ("G_param", "SVD", r"G_param='SVD' has no bigtrain equivalent"),
+        ("G_attn", "16", r"G_attn='16' and D_attn='0'; bigtrain puts self-attention"),
+    ]:
+        changed = {key: value, "G_attn": value} if key == "D_attn" else {key: value}
+        torch.save({**run, "config": {**run["config"], **changed}}, folder / "state_dict.pth")
+        with pytest.raises(WeightsError, match=message):
+            import_weights(str(folder), tmp_path / "out")
+    torch.save(
+        {**run, "config": {**run["config"], "G_activation": torch.nn.Linear(1, 1)}}, folder / "state_dict.pth"
+    )
+    with pytest.raises(
+        WeightsError, match=r"names torch\.nn\.modules\.linear\.Linear, which bigtrain refuses"
+    ):
+        import_weights(str(folder), tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from ..models.biggan import from_biggan_pytorch
 from ..models.stylegan2 import from_stylegan2_ada
 from . import biggan_pytorch, stylegan2_ada
 from .common import Imported, WeightsError, load_checked, sha256, write_run_folder
-from .nvlabs_pickle import read_network_pickle
+from .nvlabs_pickle import NumpyDtype, numpy_scalar, read_network_pickle
 
 log = logging.getLogger(__name__)
 
@@ -59,13 +60,36 @@ def _exists(path: str | Path) -> bool:
     return Path(path).is_file()
 
 
+class _Activation:
+    """Stands for the nn.ReLU object BigGAN-PyTorch's train.py leaves in its saved config
+    (G_activation, D_activation): a name, never a module built from the file."""
+
+
+# Names a weights-only load may meet in the references' files, each resolved to inert data.
+STAND_INS = [
+    (_Activation, "torch.nn.modules.activation.ReLU"),
+    (NumpyDtype, "numpy.dtype"),  # numpy scalars, e.g. BigGAN-PyTorch's best_IS after an evaluation
+    (numpy_scalar, "numpy.core.multiarray.scalar"),
+    (numpy_scalar, "numpy._core.multiarray.scalar"),
+]
+
+
 def _load_pth(data: bytes, where: str) -> Any:
     """A .pth file, weights-only: tensors and plain values, never arbitrary objects."""
     try:
-        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(STAND_INS):
+            return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as e:  # a truncated file, or one that names classes weights-only refuses
+        named = re.search(r"GLOBAL ([\w.]+)", str(e))
+        if named:
+            raise WeightsError(
+                f"{where} names {named.group(1)}, which bigtrain refuses to load (it reads tensors and plain "
+                "values only; nothing was written)"
+            ) from None
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise WeightsError(f"{where} cannot be read weights-only ({first[:300]})") from None
+        raise WeightsError(
+            f"{where} cannot be read weights-only (truncated or damaged: {first[:200]})"
+        ) from None
 
 
 def _is_folder(src: str) -> bool:
@@ -233,6 +257,9 @@ def export_checkpoint(checkpoint: str, to: str, out: str | Path) -> Path:
     itr = int(state.get("iteration", 0))
     if family == "biggan":
         config = biggan_pytorch.export_config(cfg, num_classes, itr)
+        biggan_pytorch.settings_from_config(
+            config, f"{checkpoint}'s model, as BigGAN-PyTorch's"
+        )  # it can build it
         files["state_dict.pth"] = {"itr": itr, "epoch": 0, "save_num": 0, "save_best_num": 0,
                                    "best_IS": 0.0, "best_FID": 999999.0, "config": config}  # fmt: skip
         arguments, kwargs_file = config, BIGGAN_KWARGS

@@ -54,6 +54,14 @@ def settings_from_config(config: dict[str, Any], where: str) -> tuple[dict, dict
             f"{where} config has G_attn={config.get('G_attn')!r} and D_attn={config.get('D_attn')!r}; bigtrain "
             "puts self-attention at the same resolutions in G and D (model.attn_res)"
         )
+    d_attention = _attention(config.get("D_attn", "64"))
+    if (config["resolution"] == 32 and d_attention) or 4 in d_attention:
+        raise WeightsError(
+            f"{where} config has D_attn={config.get('D_attn')!r} at {config['resolution']}x{config['resolution']}: "
+            "BigGAN-PyTorch's D_arch labels every block of its 32x32 D (and both 4x4 blocks of the others) with one "
+            "resolution and attends after each of them, which bigtrain's D (one attention layer per resolution) "
+            "does not build"
+        )
     shared = config.get("G_shared", True)
     # BigGAN-PyTorch: `shared_dim if shared_dim > 0 else dim_z` when G_shared.
     shared_dim = (config.get("shared_dim", 0) or config["dim_z"]) if shared else 0

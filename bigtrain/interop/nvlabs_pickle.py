@@ -24,6 +24,7 @@ import collections
 import hashlib
 import io
 import pickle
+import pickletools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -124,18 +125,26 @@ def _rebuild_parameter(data, requires_grad=False, hooks=None, state=None):
 _NUMERIC_KINDS = "biuf"
 
 
-def _numpy_dtype(name, align=False, copy=False):
-    dtype = np.dtype(name) if isinstance(name, str) else None
-    if dtype is None or dtype.kind not in _NUMERIC_KINDS:
-        raise WeightsError(f"the pickle asks for numpy dtype {name!r}; only numeric scalars are read")
-    return dtype
+class NumpyDtype:
+    """Stands for a numeric numpy dtype named in a pickle (`numpy.dtype('f8', False, True)` and its
+    byte-order state), so that the scalars built with it are plain numbers; other dtypes are refused."""
+
+    def __init__(self, name=None, align=False, copy=False):
+        dtype = np.dtype(name) if isinstance(name, str) and name[:1].isalpha() else None
+        if dtype is None or dtype.kind not in _NUMERIC_KINDS:
+            raise WeightsError(f"the file asks for numpy dtype {name!r}; only numeric scalars are read")
+        self.dtype = dtype
+
+    def __setstate__(self, state):
+        if isinstance(state, tuple) and len(state) > 1 and state[1] in ("<", ">"):
+            self.dtype = self.dtype.newbyteorder(state[1])
 
 
-def _numpy_scalar(dtype, data=None):
-    """A numpy number in a constructor argument (stylegan3 keeps some): its value as a Python number."""
-    if not isinstance(dtype, np.dtype) or dtype.kind not in _NUMERIC_KINDS or not isinstance(data, bytes):
-        raise WeightsError("a numpy scalar in the pickle is not a plain number")
-    return np.frombuffer(data, dtype=dtype, count=1)[0].item()
+def numpy_scalar(dtype, data=None):
+    """A numpy number (stylegan3's constructor arguments, BigGAN-PyTorch's best_IS): a Python number."""
+    if not isinstance(dtype, NumpyDtype) or not isinstance(data, bytes):
+        raise WeightsError("a numpy scalar in the file is not a plain number")
+    return np.frombuffer(data, dtype=dtype.dtype, count=1)[0].item()
 
 
 ALLOWED_GLOBALS = {
@@ -148,9 +157,9 @@ ALLOWED_GLOBALS = {
     ("builtins", "set"): set,
     ("builtins", "frozenset"): frozenset,
     ("dnnlib.util", "EasyDict"): EasyDict,
-    ("numpy", "dtype"): _numpy_dtype,
-    ("numpy.core.multiarray", "scalar"): _numpy_scalar,
-    ("numpy._core.multiarray", "scalar"): _numpy_scalar,
+    ("numpy", "dtype"): NumpyDtype,
+    ("numpy.core.multiarray", "scalar"): numpy_scalar,
+    ("numpy._core.multiarray", "scalar"): numpy_scalar,
 }
 
 
@@ -171,8 +180,26 @@ class _RestrictedUnpickler(pickle.Unpickler):
         )
 
 
+# Classes only StyleGAN3's alias-free generator has (stylegan3, training/networks_stylegan3.py).
+STYLEGAN3_CLASSES = ("SynthesisInput",)
+
+
+def _names_a_stylegan3_generator(data: bytes) -> bool:
+    """Whether the pickle's strings name a StyleGAN3 synthesis class: read from the opcodes alone, so
+    that file is refused as what it is, before the reader meets its numpy arrays."""
+    try:
+        return any(arg in STYLEGAN3_CLASSES for _, arg, _ in pickletools.genops(data) if isinstance(arg, str))
+    except Exception:  # a damaged file: the unpickler below says so
+        return False
+
+
 def read_network_pickle(data: bytes, source: str) -> dict[str, Any]:
     """The top-level dict of an NVlabs network pickle, its networks as `PersistentObject`s."""
+    if _names_a_stylegan3_generator(data):
+        raise WeightsError(
+            f"{source} holds a StyleGAN3 (alias-free) generator, which bigtrain does not implement; it imports "
+            "StyleGAN2 generators (stylegan2-ada-pytorch, or stylegan3's --cfg=stylegan2)"
+        )
     try:
         top = _RestrictedUnpickler(io.BytesIO(data)).load()
     except RefusedGlobal as e:

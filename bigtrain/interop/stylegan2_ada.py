@@ -58,8 +58,15 @@ D_DEFAULTS = {
     "epilogue_kwargs.mbstd_num_channels": 1,
     "epilogue_kwargs.activation": "lrelu",
 }
+# stylegan3's training/networks_stylegan2.py: the same networks, whose Generator takes the synthesis
+# arguments flat (**synthesis_kwargs) and whose defaults turn on fp16 and clamping (its train.py unsets
+# them only with --fp32).
+SG3_DEFAULTS = {"synthesis_kwargs.num_fp16_res": 4, "synthesis_kwargs.conv_clamp": 256}
+SG3_D_DEFAULTS = {"num_fp16_res": 4, "conv_clamp": 256}
+G_TOP = ("z_dim", "c_dim", "w_dim", "img_resolution", "img_channels", "mapping_kwargs", "synthesis_kwargs")
 # Arguments that change only speed or memory in the reference, never the function: read, not used.
-SPEED_ONLY = ("num_fp16_res", "fp16_channels_last", "conv_clamp_fp16", "fused_modconv_default")
+SPEED_ONLY = ("fp16_channels_last", "fused_modconv_default", "channels_last")
+REQUIRED = ("z_dim", "c_dim", "w_dim", "img_resolution")
 # Reference arguments that bigtrain implements with one value only.
 FIXED = {
     "img_channels": (3,),
@@ -134,7 +141,15 @@ def from_pickle(top: dict, source: str, data: bytes) -> Imported:
     if G_ema is None:
         raise WeightsError(f"{source} has neither G_ema nor G: not a network pickle")
     check_stylegan2_generator(G_ema, "G_ema" if "G_ema" in top else "G")
-    g = _arguments(G_ema, G_DEFAULTS, "G_ema")
+    stylegan3_repo = "synthesis_kwargs" not in G_ema.init_kwargs
+    if stylegan3_repo:  # its Generator takes the synthesis arguments flat
+        flat = G_ema.init_kwargs
+        nested = {k: v for k, v in flat.items() if k in G_TOP}
+        nested["synthesis_kwargs"] = {k: v for k, v in flat.items() if k not in G_TOP}
+        G_ema = PersistentObject(
+            G_ema.class_name, G_ema.source_sha256, {**G_ema.state, "_init_kwargs": nested}
+        )
+    g = _arguments(G_ema, {**G_DEFAULTS, **(SG3_DEFAULTS if stylegan3_repo else {})}, "G_ema")
     settings = {
         "model.name": "stylegan2",
         "model.resolution": g["img_resolution"],
@@ -167,10 +182,11 @@ def from_pickle(top: dict, source: str, data: bytes) -> Imported:
     ]
     D = top.get("D")
     if D is not None:
-        _read_discriminator(D, g, settings, origins)
+        _read_discriminator(D, g, settings, origins, SG3_D_DEFAULTS if stylegan3_repo else {})
     else:
         notes.append("the file has no D: a fine-tuning run starts D from scratch")
-    imported = Imported(source, "stylegan2-ada", settings, origins, None, {}, None, notes=notes)
+    fmt = "stylegan3 (training/networks_stylegan2.py)" if stylegan3_repo else "stylegan2-ada-pytorch"
+    imported = Imported(source, fmt, settings, origins, None, {}, None, notes=notes)
     resolution = g["img_resolution"]
     imported.G_ema = from_stylegan2_ada(G_ema.state_dict(), resolution)
     if isinstance(top.get("G"), PersistentObject) and "G_ema" in top:
@@ -219,10 +235,10 @@ def from_pickle(top: dict, source: str, data: bytes) -> Imported:
     return imported
 
 
-def _read_discriminator(D: PersistentObject, g: dict, settings: dict, origins: dict) -> None:
+def _read_discriminator(D: PersistentObject, g: dict, settings: dict, origins: dict, defaults: dict) -> None:
     if D.class_name != "Discriminator":
         raise WeightsError(f"D is a {D.class_name}, not the reference's Discriminator")
-    d = _arguments(D, D_DEFAULTS, "D")
+    d = _arguments(D, {**D_DEFAULTS, **defaults}, "D")
     for key, g_key in (("channel_base", "synthesis_kwargs.channel_base"), ("channel_max", "synthesis_kwargs.channel_max"),
                        ("conv_clamp", "synthesis_kwargs.conv_clamp"), ("c_dim", "c_dim"), ("img_resolution", "img_resolution")):  # fmt: skip
         if d[key] != g[g_key]:
