@@ -76,6 +76,11 @@ class ModelConfig:
         256.0  # stylegan2: clamp conv outputs to +-this (stylegan2-ada's recipes: 256; 0: off)
     )
     d_architecture: str = "resnet"  # stylegan2 D: resnet (paper's Fig. 7c) | orig | skip
+    # FreezeD (Mo et al. 2020, "Freeze the Discriminator: a Simple Baseline for Fine-Tuning GANs"): D's
+    # first this many blocks, counted from the input side, keep their weights and buffers (spectral
+    # norm's vectors included) for the whole run; 0: all of D trains. What a block is, per family:
+    # DiscriminatorRole.input_blocks (stylegan2-ada's --freezed counts layers instead: see stylegan2.py).
+    freeze_d: int = 0
 
 
 @dataclass
@@ -224,6 +229,12 @@ class OptimConfig:
     beta2: float = 0.999
     eps: float = 1e-6
     fused: bool = True  # fused Adam kernels (CUDA and CPU)
+    # The lazy-regularization scaling (lr x k/(k+1), betas ^ k/(k+1); StyleGAN2 appendix B) of G's or D's
+    # optimizer for interval k, also when no lazy regularizer of that network is on: stylegan2-ada's
+    # G_reg_interval / D_reg_interval, which scale the optimizer whether or not the penalty is on (its
+    # cifar config: pl_weight 0 but G_reg_interval 4). 0: the scaling follows the lazy regularizers only.
+    g_reg_interval: int = 0
+    d_reg_interval: int = 0
 
 
 @dataclass
@@ -261,6 +272,13 @@ class TrainConfig:
     # Progressive growing: resolution, fade-in, batch and learning rates per phase (empty: one phase
     # at model.resolution with train.batch and optim's learning rates).
     phases: list[PhaseConfig] = field(default_factory=list)
+    # Fine-tuning: a new run whose G, D and G_ema start from these weights (a checkpoint folder, its
+    # state.pt, or a run folder: its latest checkpoint). Everything else starts fresh, as stylegan2-ada's
+    # --resume: optimizers, kimg 0, RNG and data position, ADA's p (augment.ada_p); EMA ramp-up off
+    # (ema.rampup is treated as 0). Every tensor must match this run's model, except the
+    # class-conditioning ones when the class count differs (kept as built, with a warning). `--resume`
+    # with a checkpoint in train.run_dir wins over it. "": a run from scratch.
+    init_from: str = ""
 
 
 @dataclass
@@ -574,6 +592,7 @@ def validate(cfg: Config, world_size: int = 1) -> None:
     positive("model.shared_dim", m.shared_dim, allow_zero=True)
     positive("model.num_classes", m.num_classes, allow_zero=True)
     positive("model.conv_clamp", m.conv_clamp, allow_zero=True)
+    positive("model.freeze_d", m.freeze_d, allow_zero=True)
     positive("data.retries", cfg.data.retries, allow_zero=True)
     positive("data.retry_backoff_s", cfg.data.retry_backoff_s, allow_zero=True)
     positive("data.cache_gb", cfg.data.cache_gb)
@@ -583,6 +602,8 @@ def validate(cfg: Config, world_size: int = 1) -> None:
         )
     for key in ("lr_g", "lr_d", "eps"):
         positive(f"optim.{key}", getattr(cfg.optim, key))
+    for key in ("g_reg_interval", "d_reg_interval"):
+        positive(f"optim.{key}", getattr(cfg.optim, key), allow_zero=True)
     for key in ("beta1", "beta2"):
         v = getattr(cfg.optim, key)
         if not 0 <= v < 1:

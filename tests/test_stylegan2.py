@@ -216,6 +216,27 @@ def test_lazy_regularization_steps_follow_stylegan2_adas_phases(demo_shards, tmp
         )
 
 
+def test_cifar_recipe_scales_g_like_stylegan2_adas_g_reg_interval_without_path_length(demo_shards, tmp_path):
+    """stylegan2-ada's cifar config turns path length off but keeps G_reg_interval 4, so its G optimizer
+    has lr x 4/5 and betas ^ 4/5 (training_loop.py's mb_ratio); D's follow R1's interval 16."""
+    from bigtrain.config import ConfigError, load_config
+    from bigtrain.train.loop import Trainer
+
+    recipe = REPO / "configs" / "stylegan2" / "cifar10_32.yaml"
+    small = [f"data.path={demo_shards}", f"train.run_dir={tmp_path}", "track.enabled=false", "eval.every_kimg=0",
+             "data.num_workers=0", "model.fmap_base=256", "model.fmap_max=16", "model.w_dim=32", "model.z_dim=32"]  # fmt: skip
+    trainer = Trainer(load_config(recipe, small))
+    assert not trainer.objective.lazy("g")
+    for opt, lr, k in ((trainer.opt_g, 0.0025, 4), (trainer.opt_d, 0.0025, 16)):
+        (group,) = opt.param_groups
+        assert group["lr"] == pytest.approx(lr * k / (k + 1))
+        assert group["betas"] == pytest.approx((0.0, 0.99 ** (k / (k + 1))))
+    with pytest.raises(
+        ConfigError, match="optim.g_reg_interval=2 but the lazy path length of G steps every 4"
+    ):
+        Trainer(load_config(recipe, [*small, "regularize.path_length.weight=2", "optim.g_reg_interval=2"]))
+
+
 def test_conv_clamp_bounds_every_convolution_output():
     torch.manual_seed(8)
     G = Generator(16, 16, 16, 0, channel_base=256, channel_max=16, mapping_layers=1, conv_clamp=0.5)

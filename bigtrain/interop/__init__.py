@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from ..config import ConfigError, from_dict, read_yaml_mapping
-from ..data.remote import basename, is_url, join, read_bytes
+from ..data.remote import ShardUnreadable, basename, is_url, join, read_bytes
 from ..models import build_models
 from ..models.biggan import from_biggan_pytorch
 from ..models.stylegan2 import from_stylegan2_ada
@@ -44,10 +44,14 @@ BIGGAN_FILES = ("G.pth", "G_ema.pth", "D.pth", "state_dict.pth")
 
 
 def _read(path: str | Path) -> bytes:
+    if is_url(path) and not _exists(path):
+        raise WeightsError(f"{path} does not exist")
     try:
         return read_bytes(path)
     except FileNotFoundError:
         raise WeightsError(f"{path} does not exist") from None
+    except ShardUnreadable as e:  # a URL still unreadable after the retries
+        raise WeightsError(str(e)) from None
     except IsADirectoryError:
         raise WeightsError(f"{path} is a folder, not a file") from None
 

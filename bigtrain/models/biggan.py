@@ -83,6 +83,15 @@ class Generator(GeneratorRole):
     of its own (BigGAN-PyTorch without G_shared, as its CIFAR script), and z is not split.
     """
 
+    # The shared class embedding; every conditional BN's gain and bias (per-class embeddings with
+    # shared_dim 0, else linear maps whose input holds the shared embedding), and the plain affine
+    # parameters a BN has in an unconditional G without hier: all follow the class count or presence.
+    class_tensors = (
+        r"shared\.",
+        r"blocks\.\d+\.bn\d+\.(gain|bias)\.",
+        r"blocks\.\d+\.bn\d+\.bn\.(weight|bias)$",
+    )
+
     def __init__(
         self,
         resolution: int = 128,
@@ -189,6 +198,8 @@ class Discriminator(DiscriminatorRole):
     AC-GAN's auxiliary classifier beside the projection: a spectrally normalized linear layer from
     phi(x) to that many class logits."""
 
+    class_tensors = (r"embed\.", r"classifier\.")  # the projection's class embedding, AC-GAN's head
+
     def __init__(
         self,
         resolution: int = 128,
@@ -225,6 +236,13 @@ class Discriminator(DiscriminatorRole):
         self.linear = sn_linear(widths[-1] + minibatch_kernels, 1, eps=sn_eps, init=init)
         self.embed = sn_embedding(num_classes, widths[-1], eps=sn_eps, init=init) if num_classes > 1 else None
         self.classifier = sn_linear(widths[-1], aux_classes, eps=sn_eps, init=init) if aux_classes else None
+
+    def input_blocks(self) -> list[nn.Module]:
+        """Each residual block with the self-attention that follows it, if any."""
+        return [
+            nn.ModuleList([block, self.attention[str(i)]]) if str(i) in self.attention else block
+            for i, block in enumerate(self.blocks)
+        ]
 
     def forward(
         self, x: torch.Tensor, y: torch.Tensor, parts: int = 1, all_outputs: bool = False

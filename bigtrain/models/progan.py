@@ -82,6 +82,8 @@ class Generator(PhaseMixin, GeneratorRole):
     (tkarras/progressive_growing_of_gans, G_paper's `label_size`, trained with AC-GAN's loss), the
     one-hot label joins z before the latent's pixel normalization."""
 
+    class_tensors = (r"input\.weight$",)  # the input layer's weight reads the one-hot label (AC-GAN)
+
     def __init__(
         self, resolution: int, z_dim: int = 512, fmap_base: int = 8192, fmap_max: int = 512,
         num_classes: int = 0,
@@ -129,7 +131,13 @@ class Generator(PhaseMixin, GeneratorRole):
 
 class Discriminator(PhaseMixin, DiscriminatorRole):
     """Images -> scores; labels are ignored. `aux_classes` > 0 adds AC-GAN's auxiliary classifier on the
-    last dense layer's features, as the paper's code widens D's output to 1 + label_size (gain 1)."""
+    last dense layer's features, as the paper's code widens D's output to 1 + label_size (gain 1).
+
+    FreezeD's blocks (`input_blocks`) are those of the final resolution R, in input order: fromRGB at R
+    with the R block, then the R/2, ..., 8 blocks; the 4x4 part (minibatch stddev, conv, dense, output)
+    is never frozen. While growing, the lower resolutions' fromRGBs are not frozen."""
+
+    class_tensors = (r"classifier\.",)  # AC-GAN's head
 
     def __init__(
         self, resolution: int, fmap_base: int = 8192, fmap_max: int = 512, mbstd_group: int = 4,
@@ -160,6 +168,11 @@ class Discriminator(PhaseMixin, DiscriminatorRole):
         self.output = EqualizedLinear(ch[4] + minibatch_kernels, 1)
         self.classifier = EqualizedLinear(ch[4], aux_classes) if aux_classes else None
         self.set_phase(resolution)
+
+    def input_blocks(self) -> list[nn.Module]:
+        top = self.resolutions[-1]
+        below = [self.blocks[str(r)] for r in reversed(self.resolutions[1:-1])]
+        return [nn.ModuleList([self.from_rgb[str(top)], self.blocks[str(top)]]), *below] if top > 4 else []
 
     def _block(self, r: int, x: torch.Tensor) -> torch.Tensor:
         for conv in self.blocks[str(r)]:

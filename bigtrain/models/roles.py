@@ -11,6 +11,8 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from ..config import ConfigError
+
 
 class GeneratorRole(nn.Module):
     """z (B, z_dim), labels (B,) [, keyword arguments] -> images (B, 3, R, R) in about [-1, 1]."""
@@ -18,6 +20,10 @@ class GeneratorRole(nn.Module):
     # Style-based: truncation pulls w toward w_avg inside G (psi); else it bounds the z given to G.
     style_based: bool = False
     num_ws: int = 0  # style-based: the number of w inputs of the synthesis network
+    # The class-conditioning tensors: regular expressions matched at the start of state-dict keys. Their
+    # shapes (or presence) may follow the number of classes; fine-tuning from weights trained with
+    # another class count keeps these as built (train.init_from), any other difference is an error.
+    class_tensors: tuple[str, ...] = ()
 
     def pass_kwargs(self, training_g: bool) -> dict:
         """Keyword arguments of a training pass (`training_g`: the G step, which may update running
@@ -48,7 +54,47 @@ class DOutput(NamedTuple):
 class DiscriminatorRole(nn.Module):
     """images (B, 3, R, R), labels (B,), parts -> logits (B,). `parts`: the batch is that many
     contiguous sets (reals, fakes, ...) that D's minibatch statistics must keep apart. With
-    `all_outputs=True` it returns a `DOutput` instead: the logits, the features and the class logits."""
+    `all_outputs=True` it returns a `DOutput` instead: the logits, the features and the class logits.
+
+    FreezeD (`freeze_input_blocks`): the first blocks of `input_blocks()` keep their parameters and
+    buffers. They are out of autograd (requires_grad False) and in eval mode (spectral norm's power
+    iteration paused), and stay so through `train()` and `requires_grad_()` on the whole D: the trainer
+    freezes D as a whole in the G step and unfreezes it after, which then gives back the trainable part
+    only."""
+
+    class_tensors: tuple[str, ...] = ()  # as GeneratorRole.class_tensors
+    _frozen_blocks: tuple[nn.Module, ...] = ()  # set by freeze_input_blocks
+
+    def input_blocks(self) -> list[nn.Module]:
+        """D's blocks in input order (what `model.freeze_d` counts); a block may be several modules
+        grouped (its fromRGB, its attention). Parts after the last block (D's output layers) are no block."""
+        return []
+
+    def freeze_input_blocks(self, count: int) -> list[nn.Module]:
+        """Freeze the first `count` of `input_blocks()` for good (see the class docstring); returns them.
+        Call it before the optimizer and the distributed wrappers are built, which then leave them out."""
+        blocks = self.input_blocks()
+        if count > len(blocks):
+            raise ConfigError(
+                f"model.freeze_d={count} but this D has {len(blocks)} blocks to freeze (counted from the input side)"
+            )
+        self._frozen_blocks = tuple(blocks[:count])
+        for block in self._frozen_blocks:
+            block.requires_grad_(False)
+            block.eval()
+        return list(self._frozen_blocks)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        for block in self._frozen_blocks:
+            block.eval()  # spectral norm's u, v stay as they are
+        return self
+
+    def requires_grad_(self, requires_grad: bool = True):
+        super().requires_grad_(requires_grad)
+        for block in self._frozen_blocks:
+            block.requires_grad_(False)
+        return self
 
     def set_phase(self, resolution: int, alpha: float = 1.0) -> None:
         raise NotImplementedError(

@@ -298,6 +298,8 @@ class Generator(GeneratorRole):
     """z (B, z_dim) [, y (B,)] -> images (B, 3, R, R) in about [-1, 1]."""
 
     style_based = True
+    # The label's embedding, and the first mapping layer's weight, whose input holds it when conditional.
+    class_tensors = (r"mapping\.embed\.", r"mapping\.layers\.0\.weight$")
 
     def __init__(
         self, resolution: int, z_dim: int = 512, w_dim: int = 512, num_classes: int = 0,
@@ -403,7 +405,17 @@ class Discriminator(DiscriminatorRole):
     deviation, a 3x3 conv, a dense layer and the output. Conditional: the output is projected onto the
     label mapped by an 8-layer mapping network (lr multiplier 0.01), scaled by 1/sqrt(cmap_dim).
     `aux_classes` > 0 adds AC-GAN's auxiliary classifier: an equalized-lr linear layer from the dense
-    layer's features to that many class logits."""
+    layer's features to that many class logits.
+
+    FreezeD's blocks (`input_blocks`, counted by model.freeze_d) in input order: the first is the fromRGB
+    and blocks[0] (`skip`: each block with its own fromRGB), then one per block; the epilogue (4x4 conv,
+    dense, output, and the skip layout's last fromRGB) is never frozen, as in stylegan2-ada.
+    stylegan2-ada's --freezed=L counts layers (fromrgb, conv0, conv1 and skip each one), so freeze_d=N
+    is --freezed 3N+1 with resnet, 2N+1 with orig, and 3N with skip; the --freezed values between those
+    freeze part of a block, which a block count cannot express."""
+
+    # The label mapping network, and the output layer, whose width (cmap_dim) follows conditioning.
+    class_tensors = (r"mapping\.", r"out\.", r"classifier\.")
 
     def __init__(
         self, resolution: int, num_classes: int = 0, channel_base: int = 32768, channel_max: int = 512,
@@ -444,6 +456,13 @@ class Discriminator(DiscriminatorRole):
             else None
         )
         self.classifier = EqualizedLinear(ch[4], aux_classes) if aux_classes else None
+
+    def input_blocks(self) -> list[nn.Module]:
+        if not len(self.blocks):  # 4x4: the epilogue alone
+            return []
+        if self.architecture == "skip":
+            return [nn.ModuleList([rgb, block]) for rgb, block in zip(self.from_rgbs, self.blocks)]
+        return [nn.ModuleList([self.from_rgb, self.blocks[0]]), *self.blocks[1:]]
 
     def forward(
         self, images: torch.Tensor, y: torch.Tensor | None = None, parts: int = 1, all_outputs: bool = False

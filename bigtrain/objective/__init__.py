@@ -71,10 +71,19 @@ class Objective:
     def lazy(self, network: str) -> list[Regularizer]:
         return [r for r in self.on(network) if r.lazy]
 
-    def lazy_ratio(self, network: str) -> float:
+    def lazy_ratio(self, network: str, interval: int = 0) -> float:
         """A lazy step every k steps makes the optimizer's effective batch k / (k + 1) of the main steps':
-        lr and betas are scaled to match (StyleGAN2 appendix B)."""
-        return next((r.interval / (r.interval + 1) for r in self.lazy(network)), 1.0)
+        lr and betas are scaled to match (StyleGAN2 appendix B). `interval` (optim.<network>_reg_interval):
+        k where no lazy regularizer of the network is on, as stylegan2-ada scales its optimizers by
+        G_reg_interval / D_reg_interval whether or not the penalty is on (0: no scaling there)."""
+        lazy = self.lazy(network)
+        if lazy and interval and interval != lazy[0].interval:
+            raise ConfigError(
+                f"optim.{network}_reg_interval={interval} but the lazy {lazy[0].title} of {network.upper()} "
+                f"steps every {lazy[0].interval}; leave optim.{network}_reg_interval at 0 (it follows the regularizer)"
+            )
+        k = lazy[0].interval if lazy else interval
+        return k / (k + 1) if k else 1.0
 
     @property
     def d_double_backward(self) -> bool:

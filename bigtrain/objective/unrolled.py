@@ -37,9 +37,13 @@ from .regularizer import Regularizer
 Params = dict[str, torch.Tensor]
 
 
-def d_parameters(D: nn.Module) -> Params:
-    """theta_D^0: D's parameters as leaves of their own that require grad (D's stay untouched)."""
-    return {name: p.detach().requires_grad_(True) for name, p in D.named_parameters()}
+def d_parameters(D: nn.Module, trainable: set[str] | None = None) -> Params:
+    """theta_D^0: D's parameters as leaves of their own (D's stay untouched); those named in `trainable`
+    (None: all) require grad and move in the unroll, the others (FreezeD's blocks) stay as they are."""
+    return {
+        name: p.detach().requires_grad_(trainable is None or name in trainable)
+        for name, p in D.named_parameters()
+    }
 
 
 def unroll(
@@ -56,7 +60,7 @@ def unroll(
     D's logits of images with the given parameters; reals and fakes: (images, labels)."""
     (x, y), (fake, y_fake) = reals, fakes
     images, labels = torch.cat([x, fake.to(x.dtype)]), torch.cat([y, y_fake])
-    names = list(params)
+    names = [n for n, p in params.items() if p.requires_grad]  # not FreezeD's frozen blocks
     for _ in range(steps):
         real_logits, fake_logits = score(images, labels, 2, params).split([len(x), len(fake)])
         grads = torch.autograd.grad(
@@ -73,6 +77,8 @@ class Unrolled(Regularizer):
 
     def __init__(self, D: nn.Module, steps: int, lr: float):
         self.D, self.steps, self.lr = D, steps, lr
+        # What D's optimizer trains, read when built (the G step turns all of D's requires_grad off).
+        self.trainable = {name for name, p in D.named_parameters() if p.requires_grad}
 
     @classmethod
     def build(cls, section, networks):
@@ -84,4 +90,4 @@ class Unrolled(Regularizer):
             raise ConfigError(f"{key}.lr={section.lr} must be > 0 with {key}.steps={section.steps}")
 
     def d_params_for_g(self, score, d_loss, reals, fakes):
-        return unroll(score, d_loss, d_parameters(self.D), reals, fakes, self.steps, self.lr)
+        return unroll(score, d_loss, d_parameters(self.D, self.trainable), reals, fakes, self.steps, self.lr)

@@ -14,8 +14,10 @@ from .regularizer import Regularizer
 
 @torch.no_grad()
 def clip_weights_(module: torch.nn.Module, value: float) -> None:
+    """Clamp the parameters D's optimizer trains (FreezeD's frozen blocks stay as they are)."""
     for p in module.parameters():
-        p.clamp_(-value, value)
+        if p.requires_grad:
+            p.clamp_(-value, value)
 
 
 class WeightClip(Regularizer):

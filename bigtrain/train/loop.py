@@ -42,6 +42,7 @@ from .checkpoint import (
     upload_checkpoint,
 )
 from .ema import EMA, ema_beta
+from .init_from import init_networks
 from .phases import PhaseSchedule, PhaseState
 
 log = logging.getLogger(__name__)
@@ -109,6 +110,7 @@ class Trainer:
         self.channels_last = t.channels_last == "on" or (t.channels_last == "auto" and on_cuda)
         self.run_dir = Path(t.run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        resume_from = self._checkpoint_to_resume() if resume else None
         # Progressive growing: the phase at the current kimg sets resolution, fade-in, batch and lr.
         self.schedule = PhaseSchedule(t.phases) if t.phases else None
         self.phase: PhaseState | None = None
@@ -131,15 +133,34 @@ class Trainer:
         self.G = G.to(self.device, memory_format=memory_format).train()
         self.D = D.to(self.device, memory_format=memory_format).train()
         self.ema = EMA(self.G)
+        # Fine-tuning: the source's weights (its path and sha256 recorded); a checkpoint to resume wins.
+        self.init_from: dict[str, str] | None = None
+        if t.init_from and resume_from is None:
+            networks = {"G": self.G, "D": self.D, "G_ema": self.ema.model}
+            self.init_from = init_networks(t.init_from, networks, self.num_classes, cfg.model.name)
+            if cfg.ema.rampup > 0:
+                log.info("train.init_from: EMA ramp-up off (ema.rampup=%g is not used)", cfg.ema.rampup)
+        # FreezeD: before the optimizer and the distributed wrappers, which then leave the blocks out.
+        frozen = [p for block in self.D.freeze_input_blocks(cfg.model.freeze_d) for p in block.parameters()]
+        if frozen:
+            log.info(
+                "model.freeze_d=%d: D's first blocks are frozen (%d of its %d weights)", cfg.model.freeze_d,
+                sum(p.numel() for p in frozen), sum(p.numel() for p in self.D.parameters()),
+            )  # fmt: skip
         # The adversarial loss and the regularizers that are on (bigtrain/objective/).
         self.objective = build_objective(
             cfg, self.G, backend.supports_grad_hooks, self.device, backend.all_mean, self.D, self.num_classes
         )
-        self.lazy_ratio = {which: self.objective.lazy_ratio(which) for which in ("g", "d")}
+        self.lazy_ratio = {
+            which: self.objective.lazy_ratio(which, getattr(cfg.optim, f"{which}_reg_interval"))
+            for which in ("g", "d")
+        }
         self.opt_g, self.opt_d = (
-            make_optimizer(cfg.optim, net.parameters(), lr, self.lazy_ratio[which])
+            make_optimizer(
+                cfg.optim, [p for p in net.parameters() if p.requires_grad], lr, self.lazy_ratio[which]
+            )
             for which, net, lr in (("g", self.G, cfg.optim.lr_g), ("d", self.D, cfg.optim.lr_d))
-        )
+        )  # FreezeD's frozen blocks are not trained
         backend.wrap(self.G, self.D, self.opt_g, self.opt_d)
         # Passes whose loss takes a gradient of a gradient (R1, WGAN-GP, path length) call the eager
         # modules: AOTAutograd, which torch.compile trains through, has no double backward.
@@ -199,29 +220,10 @@ class Trainer:
         )  # fmt: skip
         # Called on every rank after each recorded evaluation with its metrics (sweeps report from here).
         self.on_evaluate: list = []
-        if resume:
-            if t.checkpoint_store:
-                if int(os.environ.get("LOCAL_RANK", 0)) == 0:  # one download per node
-                    fetched = fetch_from_store(t.checkpoint_store, self.run_dir)
-                    if fetched:
-                        log.info("fetched %s from %s", ", ".join(fetched), t.checkpoint_store)
-                self.backend.barrier()
-            ckpt, passed_over = intact_checkpoint(self.run_dir)
-            for bad, problem in passed_over:
-                log.warning("checkpoint %s is damaged (%s); passing over it", bad, problem)
-            if ckpt is None and passed_over:
-                raise CheckpointError(
-                    f"no intact checkpoint in {self.run_dir}: "
-                    + "; ".join(f"{bad.name}: {problem}" for bad, problem in passed_over)
-                )
-            if ckpt is None:
-                log.info("no checkpoint in %s: starting a new run", self.run_dir)
-            else:
-                if passed_over:
-                    log.warning("resuming from %s instead of %s", ckpt, passed_over[0][0])
-                self.load_state_dict(load_checkpoint(ckpt))
-                self.backend.load_engine_state(ckpt)
-                log.info("resumed from %s at %.3f kimg", ckpt, self.kimg)
+        if resume_from is not None:
+            self.load_state_dict(load_checkpoint(resume_from))
+            self.backend.load_engine_state(resume_from)
+            log.info("resumed from %s at %.3f kimg", resume_from, self.kimg)
         if self.schedule:
             self._enter_phase()
         model = f"{cfg.model.name}{cfg.model.resolution}"
@@ -230,6 +232,34 @@ class Trainer:
         )
         self.tracker = make_tracker(cfg, self.run_dir, self.rank, run_name, run_params)
         self.evaluator.tracker = self.tracker
+        if self.init_from is not None:
+            self.tracker.set_tags({f"bigtrain.init_from.{k}": v for k, v in self.init_from.items()})
+
+    def _checkpoint_to_resume(self) -> Path | None:
+        """`--resume`: the run folder's newest intact checkpoint (fetched from train.checkpoint_store
+        first where set), or None for a new run."""
+        t = self.cfg.train
+        if t.checkpoint_store:
+            if int(os.environ.get("LOCAL_RANK", 0)) == 0:  # one download per node
+                fetched = fetch_from_store(t.checkpoint_store, self.run_dir)
+                if fetched:
+                    log.info("fetched %s from %s", ", ".join(fetched), t.checkpoint_store)
+            self.backend.barrier()
+        ckpt, passed_over = intact_checkpoint(self.run_dir)
+        for bad, problem in passed_over:
+            log.warning("checkpoint %s is damaged (%s); passing over it", bad, problem)
+        if ckpt is None and passed_over:
+            raise CheckpointError(
+                f"no intact checkpoint in {self.run_dir}: "
+                + "; ".join(f"{bad.name}: {problem}" for bad, problem in passed_over)
+            )
+        if ckpt is None:
+            log.info("no checkpoint in %s: starting a new run", self.run_dir)
+        elif passed_over:
+            log.warning("resuming from %s instead of %s", ckpt, passed_over[0][0])
+        if ckpt is not None and t.init_from:
+            log.info("resuming from %s: train.init_from=%s is not used", ckpt, t.init_from)
+        return ckpt
 
     # ------------------------------------------------------------------ the step
 
@@ -268,11 +298,12 @@ class Trainer:
         for regularizer in self.objective.lazy("g"):
             if regularizer.due(self.iteration):
                 self._lazy_step(regularizer, [None] * t.accum)
-        self.D.requires_grad_(True)
+        self.D.requires_grad_(True)  # the trainable part: FreezeD's blocks stay frozen (models/roles.py)
 
         self.images += t.n_disc_steps * self.batch
         e = self.cfg.ema
-        beta = 0.0 if self.kimg < e.start_kimg else ema_beta(self.batch, e.halflife_kimg, self.kimg, e.rampup)
+        rampup = 0.0 if self.init_from is not None else e.rampup  # fine-tuning: no ramp-up (stylegan2-ada)
+        beta = 0.0 if self.kimg < e.start_kimg else ema_beta(self.batch, e.halflife_kimg, self.kimg, rampup)
         self.ema.update(self.G, beta)
         self.iteration += 1
         # Metrics stay on the device until a log point.
@@ -604,6 +635,7 @@ class Trainer:
             **(self.ada.state_dict() if self.ada is not None else {}),
             "rng": {"torch": torch.get_rng_state(), "python": random.getstate()},
             "num_classes": self.num_classes,
+            "init_from": self.init_from,  # fine-tuning: the source checkpoint's path and sha256 (else None)
             "metric_history": self.metric_history,
             "best": self.best,
             "config": to_dict(self.cfg),
@@ -613,6 +645,11 @@ class Trainer:
         return state
 
     def load_state_dict(self, state: dict) -> None:
+        if "imported" in state:
+            raise ConfigError(
+                f"{self.run_dir} holds weights brought in by `bigtrain import`, not a training checkpoint to "
+                f"resume: start a run from them with train.init_from={self.run_dir} and another train.run_dir"
+            )
         if int(state["world_size"]) != self.world_size:
             raise ConfigError(
                 f"the checkpoint was written by {state['world_size']} processes and this run has {self.world_size}; "
@@ -633,6 +670,7 @@ class Trainer:
         if self.ada is not None and "ada_p" in state:  # else ADA was off before: p starts at augment.ada_p
             self.ada.load_state_dict(state)
         self.images, self.iteration = int(state["images"]), int(state["iteration"])
+        self.init_from = state.get("init_from")  # a resumed fine-tuning run stays one (EMA ramp-up off)
         self.skipped_steps = int(state["skipped_steps"])
         self.loader.load_state_dict(state["loader"][self.rank])
         torch.set_rng_state(state["rng"]["torch"])
