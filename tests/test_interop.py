@@ -472,3 +472,39 @@ def test_biggan_folder_values_that_bigtrain_cannot_build_are_refused(tmp_path):
     ):
         import_weights(str(folder), tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_import_from_a_url(tmp_path):
+    """The same fsspec paths as data: a pickle and a BigGAN-PyTorch folder over HTTP (Python's server
+    on 127.0.0.1), equal to the local imports."""
+    from conftest import PYTHON, free_port, served
+
+    port = free_port()
+    cmd = [PYTHON, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", str(REFS)]
+    with served(cmd, f"http://127.0.0.1:{port}/README.md", tmp_path / "http.log"):
+        url = f"http://127.0.0.1:{port}"
+        pickle_out = import_weights(f"{url}/sg2ada-cond32/network-snapshot-000012.pkl", tmp_path / "sg2")
+        folder_out = import_weights(f"{url}/biggan-cifar/", tmp_path / "biggan")
+        with pytest.raises(WeightsError, match="does not exist"):
+            import_weights(f"{url}/missing.pkl", tmp_path / "missing")
+    for out, local in (
+        (pickle_out, REFS / "sg2ada-cond32/network-snapshot-000012.pkl"),
+        (folder_out, REFS / "biggan-cifar"),
+    ):
+        remote_state, local_state = (
+            load_checkpoint(out),
+            load_checkpoint(import_weights(str(local), tmp_path / out.name / "local")),
+        )
+        assert remote_state["imported"]["source"].startswith("http://127.0.0.1")
+        for net in ("G_ema", "D"):
+            assert all(torch.equal(v, local_state[net][k]) for k, v in remote_state[net].items()), net
+
+
+def test_resuming_an_imported_folder_says_to_fine_tune_instead(demo_shards, tmp_path):
+    out = import_weights(str(REFS / "sg2ada-cond32/network-snapshot-000012.pkl"), tmp_path / "imported")
+    result = subprocess.run([BIGTRAIN, "train", str(out / "recipe.yaml"), f"data.path={demo_shards}",
+                             f"train.run_dir={out}", "track.enabled=false", "data.num_workers=0", "--resume"],
+                            capture_output=True, text=True, env=cli_env())  # fmt: skip
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert "holds weights brought in by `bigtrain import`, not a training checkpoint" in result.stderr
+    assert f"train.init_from={out}" in result.stderr
