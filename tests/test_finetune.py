@@ -242,7 +242,7 @@ SNAPSHOT_MODEL = ["model.fmap_base=128", "model.fmap_max=16", "model.z_dim=32", 
                   "model.mapping_layers=2", "model.mbstd_group=4", "model.conv_clamp=256"]  # fmt: skip
 FINE_TUNE_KIMG = 2
 # fd_digits of the imported (random-weight) snapshot and after 2 kimg of fine-tuning, freeze_d=2,
-# measured over train.seed 0-2 x {ATEN default 1 thread, avx2 2 threads} (Sapphire Rapids): from
+# measured over train.seed 0-2 x {ATEN default 1 thread, avx2 2 threads} (AMD EPYC Zen 3): from
 # 65,906-66,206 to 17,367-18,664, end/start 0.26 to 0.28; the test runs seed 0.
 FD_RATIO_BAR = 0.5
 
