@@ -508,3 +508,28 @@ def test_resuming_an_imported_folder_says_to_fine_tune_instead(demo_shards, tmp_
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
     assert "holds weights brought in by `bigtrain import`, not a training checkpoint" in result.stderr
     assert f"train.init_from={out}" in result.stderr
+
+
+def test_reference_settings_bigtrain_does_not_build_are_refused_by_name(tmp_path, nvlabs_format):
+    """The file's networks must be the ones bigtrain builds: another G architecture, a mapping network
+    of other widths, an unknown constructor argument are each one sentence naming the argument."""
+    cfg = from_dict({}, [*SMALL["stylegan2-resnet"], "model.num_classes=1"])
+    G, _ = build_models(cfg.model, 1)
+    base = {"z_dim": 16, "c_dim": 0, "w_dim": 16, "img_resolution": 32, "mapping_kwargs": {"num_layers": 2},
+            "synthesis_kwargs": {"channel_base": 256, "channel_max": 16, "conv_clamp": 256}}  # fmt: skip
+    cases = [
+        ({"synthesis_kwargs": {**base["synthesis_kwargs"], "architecture": "resnet"}},
+         r"G_ema's synthesis_kwargs\.architecture='resnet' has no bigtrain equivalent"),
+        ({"mapping_kwargs": {"num_layers": 2, "layer_features": 8}},
+         r"G_ema's mapping_kwargs\.layer_features=8 differs from w_dim=16"),
+        ({"synthesis_kwargs": {**base["synthesis_kwargs"], "use_blur": True}},
+         r"G_ema has the constructor argument synthesis_kwargs\.use_blur, which bigtrain does not know"),
+        ({"img_channels": 1}, r"G_ema's img_channels=1 has no bigtrain equivalent"),
+    ]  # fmt: skip
+    for change, message in cases:
+        path = tmp_path / "changed.pkl"
+        top = {"G_ema": _as_persistent(G, "class Generator: pass", "Generator", {**base, **change})}
+        path.write_bytes(pickle.dumps(top, protocol=4))
+        with pytest.raises(WeightsError, match=message):
+            import_weights(str(path), tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -110,7 +110,12 @@ def _arguments(net: PersistentObject, defaults: dict, which: str) -> dict[str, A
         raise WeightsError(
             f"{which} was built with positional arguments, which the reference's networks never take"
         )
-    args = {**defaults, **_flat(net.init_kwargs)}
+    given = _flat(net.init_kwargs)
+    known = set(defaults) | set(REQUIRED)
+    unknown = sorted(k for k in given if k not in known and k.rsplit(".", 1)[-1] not in SPEED_ONLY)
+    if unknown:  # a network built otherwise would not be the file's network
+        raise WeightsError(f"{which} has the constructor argument {unknown[0]}, which bigtrain does not know")
+    args = {**defaults, **given}
     for key, allowed in FIXED.items():
         if key in args and args[key] not in allowed:
             raise WeightsError(
@@ -182,7 +187,7 @@ def from_pickle(top: dict, source: str, data: bytes) -> Imported:
     ]
     D = top.get("D")
     if D is not None:
-        _read_discriminator(D, g, settings, origins, SG3_D_DEFAULTS if stylegan3_repo else {})
+        notes += _read_discriminator(D, g, settings, origins, SG3_D_DEFAULTS if stylegan3_repo else {})
     else:
         notes.append("the file has no D: a fine-tuning run starts D from scratch")
     fmt = "stylegan3 (training/networks_stylegan2.py)" if stylegan3_repo else "stylegan2-ada-pytorch"
@@ -235,7 +240,10 @@ def from_pickle(top: dict, source: str, data: bytes) -> Imported:
     return imported
 
 
-def _read_discriminator(D: PersistentObject, g: dict, settings: dict, origins: dict, defaults: dict) -> None:
+def _read_discriminator(
+    D: PersistentObject, g: dict, settings: dict, origins: dict, defaults: dict
+) -> list[str]:
+    """D's settings into `settings` and `origins`; returns notes for the recipe's header."""
     if D.class_name != "Discriminator":
         raise WeightsError(f"D is a {D.class_name}, not the reference's Discriminator")
     d = _arguments(D, {**D_DEFAULTS, **defaults}, "D")
@@ -256,16 +264,16 @@ def _read_discriminator(D: PersistentObject, g: dict, settings: dict, origins: d
         raise WeightsError(
             f"D's mapping_kwargs.num_layers={d['mapping_kwargs.num_layers']}; bigtrain's conditional D maps labels with 8 layers"
         )
-    if d["block_kwargs.freeze_layers"]:
-        origins_note = f"D.init_kwargs.block_kwargs.freeze_layers={d['block_kwargs.freeze_layers']}"
-        origins["model.freeze_d"] = (
-            origins_note + " (layers there; not carried: set model.freeze_d in blocks)"
-        )
     settings["model.d_architecture"] = d["architecture"]
     origins["model.d_architecture"] = "D.init_kwargs.architecture"
     settings["model.mbstd_group"] = d["epilogue_kwargs.mbstd_group_size"]
     origins["model.mbstd_group"] = "D.init_kwargs.epilogue_kwargs.mbstd_group_size"
-    origins.pop("model.freeze_d", None)
+    if d["block_kwargs.freeze_layers"]:
+        return [
+            f"the source froze D's first {d['block_kwargs.freeze_layers']} layers (--freezed); to fine-tune "
+            "likewise set model.freeze_d, which counts blocks (see README)"
+        ]
+    return []
 
 
 def _read_augment_pipe(pipe: PersistentObject, imported: Imported) -> None:
