@@ -533,3 +533,29 @@ def test_reference_settings_bigtrain_does_not_build_are_refused_by_name(tmp_path
         with pytest.raises(WeightsError, match=message):
             import_weights(str(path), tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_published_pickles_converted_from_tensorflow_keep_every_argument_and_import(tmp_path, nvlabs_format):
+    """NVlabs' published pickles (ffhq.pkl, metfaces.pkl) were converted from TF by its legacy.py, which
+    writes every argument, an unconditional D's unused label-mapping settings included (0 layers, lr 0.1)."""
+    cfg = from_dict({}, [*SMALL["stylegan2-resnet"], "model.num_classes=1"])
+    G, D = build_models(cfg.model, 1)
+    g = {"z_dim": 16, "c_dim": 0, "w_dim": 16, "img_resolution": 32, "img_channels": 3,
+         "mapping_kwargs": {"num_layers": 2, "embed_features": None, "layer_features": None, "activation": "lrelu",
+                            "lr_multiplier": 0.01, "w_avg_beta": 0.995},
+         "synthesis_kwargs": {"channel_base": 256, "channel_max": 16, "num_fp16_res": 4, "conv_clamp": 256,
+                              "architecture": "skip", "resample_filter": [1, 3, 3, 1], "use_noise": True,
+                              "activation": "lrelu"}}  # fmt: skip
+    d = {"c_dim": 0, "img_resolution": 32, "img_channels": 3, "architecture": "resnet", "channel_base": 256,
+         "channel_max": 16, "num_fp16_res": 4, "conv_clamp": 256, "cmap_dim": None,
+         "block_kwargs": {"activation": "lrelu", "resample_filter": [1, 3, 3, 1], "freeze_layers": 0},
+         "mapping_kwargs": {"num_layers": 0, "embed_features": None, "layer_features": None, "activation": "lrelu",
+                            "lr_multiplier": 0.1},
+         "epilogue_kwargs": {"mbstd_group_size": 4, "mbstd_num_channels": 1, "activation": "lrelu"}}  # fmt: skip
+    top = {"G": _as_persistent(G, "src", "Generator", g), "D": _as_persistent(D, "src", "Discriminator", d),
+           "G_ema": _as_persistent(G, "src", "Generator", g)}  # fmt: skip
+    path = tmp_path / "ffhq-like.pkl"
+    path.write_bytes(pickle.dumps(top, protocol=4))
+    state = load_checkpoint(import_weights(str(path), tmp_path / "out"))
+    assert all(torch.equal(v, G.state_dict()[k]) for k, v in state["G_ema"].items())
+    assert all(torch.equal(v, D.state_dict()[k]) for k, v in state["D"].items())

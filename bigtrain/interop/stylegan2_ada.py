@@ -54,6 +54,7 @@ D_DEFAULTS = {
     "mapping_kwargs.embed_features": None,
     "mapping_kwargs.layer_features": None,
     "mapping_kwargs.lr_multiplier": 0.01,
+    "mapping_kwargs.activation": "lrelu",  # written by legacy.py's conversion of NVlabs' TF pickles
     "epilogue_kwargs.mbstd_group_size": 4,
     "epilogue_kwargs.mbstd_num_channels": 1,
     "epilogue_kwargs.activation": "lrelu",
@@ -104,20 +105,21 @@ def _flat(kwargs: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _arguments(net: PersistentObject, defaults: dict, which: str) -> dict[str, Any]:
-    """The network's constructor arguments, flattened, with the reference's defaults filled in."""
+def _arguments(net: PersistentObject, defaults: dict, which: str, unused: str = "") -> dict[str, Any]:
+    """The network's constructor arguments, flattened, with the reference's defaults filled in. Those
+    under `unused` (an unconditional D's label mapping, which it never builds) are not checked."""
     if net.init_args:
         raise WeightsError(
             f"{which} was built with positional arguments, which the reference's networks never take"
         )
-    given = _flat(net.init_kwargs)
+    given = {k: v for k, v in _flat(net.init_kwargs).items() if not (unused and k.startswith(unused))}
     known = set(defaults) | set(REQUIRED)
     unknown = sorted(k for k in given if k not in known and k.rsplit(".", 1)[-1] not in SPEED_ONLY)
     if unknown:  # a network built otherwise would not be the file's network
         raise WeightsError(f"{which} has the constructor argument {unknown[0]}, which bigtrain does not know")
     args = {**defaults, **given}
     for key, allowed in FIXED.items():
-        if key in args and args[key] not in allowed:
+        if key in args and args[key] not in allowed and not (unused and key.startswith(unused)):
             raise WeightsError(
                 f"{which}'s {key}={args[key]!r} has no bigtrain equivalent (its StyleGAN2 implements "
                 f"{' or '.join(repr(a) for a in allowed)})"
@@ -246,7 +248,8 @@ def _read_discriminator(
     """D's settings into `settings` and `origins`; returns notes for the recipe's header."""
     if D.class_name != "Discriminator":
         raise WeightsError(f"D is a {D.class_name}, not the reference's Discriminator")
-    d = _arguments(D, {**D_DEFAULTS, **defaults}, "D")
+    conditional = bool(D.init_kwargs.get("c_dim"))
+    d = _arguments(D, {**D_DEFAULTS, **defaults}, "D", unused="" if conditional else "mapping_kwargs.")
     for key, g_key in (("channel_base", "synthesis_kwargs.channel_base"), ("channel_max", "synthesis_kwargs.channel_max"),
                        ("conv_clamp", "synthesis_kwargs.conv_clamp"), ("c_dim", "c_dim"), ("img_resolution", "img_resolution")):  # fmt: skip
         if d[key] != g[g_key]:
