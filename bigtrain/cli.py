@@ -1,4 +1,4 @@
-"""`bigtrain` command line: prepare | index | train | sample | eval | tune | k8s render | import | export."""
+"""`bigtrain` command line: prepare | index | train | sample | eval | tune | k8s render | import | export | plan."""
 
 from __future__ import annotations
 
@@ -223,6 +223,18 @@ def _tune(args: argparse.Namespace) -> int:
     return 0 if summary["best"] else 1
 
 
+def _plan(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .plan.planner import make_plan
+    from .plan.report import json_line, table
+
+    cfg = load_config(args.config, args.overrides)
+    plan = make_plan(cfg, args.gpu, args.nodes * args.gpus_per_node)
+    print(table(plan))
+    print(json_line(plan))
+    return 0
+
+
 def _k8s_render(args: argparse.Namespace) -> int:
     from .k8s.render import RenderOptions, render, to_yaml
 
@@ -364,6 +376,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--to", required=True, choices=("biggan-pytorch", "stylegan2-ada"))
     s.add_argument("out", help="new folder")
     s.set_defaults(fn=_export)
+
+    s = sub.add_parser("plan", help="predict per-GPU peak memory and step time of a recipe, without a GPU",
+                       description="Trace one training iteration of the recipe with fake tensors (no allocation) "
+                       "and print, per rank: weights, gradients, optimizer state, each phase's activation peak, "
+                       "fixed terms, the predicted peak against the GPU's memory, the largest micro-batch that "
+                       "fits, and time per iteration from a roofline (modelled). One JSON line follows the table.")  # fmt: skip
+    s.add_argument("config", help="recipe YAML")
+    s.add_argument("overrides", nargs="*", help="section.key=value")
+    s.add_argument("--gpu", default="h100", help="h100 | h200 | a100 | cpu (default h100)")
+    s.add_argument("--nodes", type=int, default=1, help="nodes (default 1)")
+    s.add_argument("--gpus-per-node", type=int, default=1, help="GPUs (ranks) per node (default 1)")
+    s.set_defaults(fn=_plan)
 
     k8s = sub.add_parser("k8s", help="Kubernetes manifests for training, sweeps and MLflow")
     k8s_sub = k8s.add_subparsers(dest="k8s_command", required=True, metavar="SUBCOMMAND")

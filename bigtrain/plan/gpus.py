@@ -1,0 +1,69 @@
+"""The GPU kinds a plan is made for: memory, peak rates, fixed memory terms, and the efficiency factors
+of the roofline. Every efficiency is "modelled" (fitted to the anchors in the README's "Plan before
+you launch") until a measurement on that kind replaces it; `measured` names that measurement."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..config import ConfigError
+
+GiB = 2**30
+MiB = 2**20
+
+
+@dataclass(frozen=True)
+class GPU:
+    name: str
+    memory: int  # bytes torch reports as the device's total memory
+    bf16_flops: float  # dense tensor-core peak, FLOP/s
+    tf32_flops: float  # fp32 convolutions (cuDNN allows TF32 by default)
+    fp32_flops: float  # fp32 matmuls (torch keeps TF32 off for them by default)
+    bandwidth: float  # memory bytes/s
+    cuda_context: int  # bytes outside the caching allocator: CUDA context, cuBLAS/cuDNN handles
+    workspace: int  # cuDNN/cuBLAS workspaces inside the allocator (counted by max_memory_allocated)
+    measured: str = ""  # the measurement the efficiencies come from; "" = modelled
+
+
+GPUS = {
+    "h100": GPU("H100 SXM 80GB", int(79.1 * GiB), 989e12, 494e12, 67e12, 3.35e12, 600 * MiB, 512 * MiB),
+    "h200": GPU("H200 SXM 141GB", int(139.8 * GiB), 989e12, 494e12, 67e12, 4.8e12, 600 * MiB, 512 * MiB),
+    "a100": GPU("A100 SXM 80GB", int(79.2 * GiB), 312e12, 156e12, 19.5e12, 2.0e12, 500 * MiB, 512 * MiB),
+    # A CPU run: memory is the host's, no fixed terms; rates of a small server, not fitted.
+    "cpu": GPU("CPU (host memory)", 0, 0.2e12, 0.2e12, 0.2e12, 20e9, 0, 0),
+}
+
+
+@dataclass(frozen=True)
+class Efficiency:
+    """The share of a peak the operators reach, and the fixed cost of one operator (launch, small
+    kernels), fitted to the anchors (README: Plan before you launch)."""
+
+    matmul: float  # share of the tensor-core peak reached by convolutions, matmuls and attention
+    memory: float  # share of the memory bandwidth reached by elementwise ops, norms and copies
+    op_overhead_s: float  # seconds per operator call that no rate explains (launch, tails)
+    allocator_slack: float  # caching-allocator rounding and fragmentation: share of the activation peak
+
+
+# One table for every GPU kind (the anchors are H100 figures); a kind's own measurement would go here.
+EFFICIENCY = {
+    "h100": Efficiency(matmul=0.27, memory=0.55, op_overhead_s=6e-6, allocator_slack=0.10),
+    "h200": Efficiency(matmul=0.27, memory=0.55, op_overhead_s=6e-6, allocator_slack=0.10),
+    "a100": Efficiency(matmul=0.27, memory=0.55, op_overhead_s=6e-6, allocator_slack=0.10),
+    "cpu": Efficiency(matmul=0.5, memory=0.5, op_overhead_s=2e-6, allocator_slack=0.0),
+}
+
+
+def gpu_kind(name: str) -> tuple[str, GPU, Efficiency]:
+    """The kind named `name` (case-insensitive), or one sentence naming the kinds there are."""
+    key = name.lower()
+    if key not in GPUS:
+        raise ConfigError(f"--gpu {name!r} is not a GPU kind the planner knows: {', '.join(GPUS)}")
+    return key, GPUS[key], EFFICIENCY[key]
+
+
+def host_memory() -> int:
+    """This machine's memory in bytes (the `cpu` kind's usable memory)."""
+    import os
+
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
