@@ -244,6 +244,7 @@ def _k8s_render(args: argparse.Namespace) -> int:
         data_pvc=args.data_pvc, runs_pvc=args.runs_pvc, checkpoint_seconds=args.checkpoint_seconds,
         max_restarts=args.max_restarts, mlflow_name=args.mlflow_name, mlflow_backend=args.mlflow_backend,
         storage_class=args.storage_class or "", data_url=args.data_url or "", store_secret=args.store_secret or "",
+        gpu=args.gpu or "", force=args.force,
     )  # fmt: skip
     text = to_yaml(render(options))  # everything is checked before anything is printed
     if args.out:
@@ -424,6 +425,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--mlflow-backend", default="sqlite", help="sqlite (on its claim) | postgres (URI from a Secret)"
     )
     s.add_argument("--out", help="write to this file instead of stdout")
+    s.add_argument("--gpu", help="h100 | h200 | a100: plan per-GPU memory first and refuse a batch that cannot fit")
+    s.add_argument("--force", action="store_true", help="with --gpu: render even what the plan says cannot fit")
     s.add_argument(
         "overrides", nargs="*", help="recipe overrides, section.key=value (e.g. data.path=/data/imagenet)"
     )

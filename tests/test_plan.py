@@ -121,3 +121,22 @@ def test_bad_input_is_one_sentence(args, fragment):
 def test_make_plan_refuses_a_world_size_below_one():
     with pytest.raises(ConfigError, match="world size 0"):
         make_plan(load_config(REPO / "configs/biggan/digits32.yaml"), "h100", world_size=0)
+
+
+def test_k8s_render_refuses_a_per_gpu_batch_that_cannot_fit():
+    from bigtrain.k8s.render import RenderOptions, render
+
+    recipe = str(REPO / "configs/biggan/imagenet128.yaml")
+    common = dict(kind="pytorchjob", config=recipe, image="registry.example/bigtrain:0.1", gpu="h100")
+    over = ["data.path=/data/imagenet128", "train.batch=8192", "train.accum=1"]
+    with pytest.raises(ConfigError) as refused:
+        render(RenderOptions(**common, nodes=1, gpus_per_node=1, overrides=over))
+    message = str(refused.value)
+    assert "does not fit a H100" in message and "predicted peak" in message and "usable 78.5 GiB" in message
+    assert "train.accum=" in message and "\n" not in message, message
+    forced = render(RenderOptions(**common, nodes=1, gpus_per_node=1, overrides=over, force=True))
+    assert '"fits": false' in forced[-1]["metadata"]["annotations"]["bigtrain.io/plan"]
+    shipped = render(
+        RenderOptions(**common, nodes=2, gpus_per_node=8, overrides=["data.path=/data/imagenet128"])
+    )
+    assert '"fits": true' in shipped[-1]["metadata"]["annotations"]["bigtrain.io/plan"]

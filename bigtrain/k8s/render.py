@@ -59,6 +59,9 @@ class RenderOptions:
     data_url: str = ""  # shards streamed from a URL (s3://, gs://, https://): no data claim is mounted
     store_secret: str = ""  # Secret whose keys become the pods' environment (AWS_ACCESS_KEY_ID, ...)
     data_on_claim: bool = True  # set by check(): whether the shards are read from the data claim
+    gpu: str = ""  # a GPU kind (h100, h200, a100): plan the job's per-GPU memory and refuse what cannot fit
+    force: bool = False  # render a job the plan says cannot fit
+    plan: str = ""  # set by check(): the plan's figures (JSON), recorded in an annotation
 
 
 def _name_ok(name: str) -> bool:
@@ -108,8 +111,35 @@ def check(o: RenderOptions) -> str:
             ) from None
         if cfg.train.device == "cuda" and o.gpus_per_node == 0:
             raise ConfigError("the recipe sets train.device=cuda but --gpus-per-node is 0")
+        if o.gpu:
+            _check_plan(o, cfg, world)
         return config_yaml(cfg)
     return ""
+
+
+def _check_plan(o: RenderOptions, cfg, world: int) -> None:
+    """The plan of one rank (bigtrain plan): a per-GPU batch that cannot fit is refused unless --force."""
+    import json
+
+    from ..plan import make_plan
+
+    p = make_plan(cfg, o.gpu, world)
+    gib = 2**30
+    o.plan = json.dumps({"gpu": p.gpu, "micro_batch": p.micro_batch, "accum": p.accum,
+                         "predicted_gib": round(p.predicted / gib, 2), "usable_gib": round(p.usable / gib, 2),
+                         "fits": p.fits, "s_per_iter": round(p.s_per_iter, 3), "img_per_s": round(p.img_per_s, 1),
+                         "efficiency": p.efficiency})  # fmt: skip
+    if not p.fits and not o.force:
+        fit = (
+            f"micro-batch {p.fit_micro_batch} with train.accum={p.fit_accum} would fit"
+            if p.fit_micro_batch
+            else "not even one image per GPU fits"
+        )
+        raise ConfigError(
+            f"micro-batch {p.micro_batch} per GPU (train.batch={p.batch} over {world} GPUs x train.accum={p.accum}) "
+            f"does not fit a {p.gpu_name}: predicted peak {p.predicted / gib:.1f} GiB, usable {p.usable / gib:.1f} GiB; "
+            f"{fit} (bigtrain plan shows the breakdown; --force renders anyway)"
+        )
 
 
 def _check_sweep(o: RenderOptions) -> str:
@@ -370,10 +400,11 @@ def render(o: RenderOptions) -> list[dict]:
     if not o.name:
         o.name = Path(o.config).stem.replace("_", "-").lower() if o.config else "bigtrain"
     text = check(o)
-    if o.kind == "pytorchjob":
-        return render_pytorchjob(o, text)
-    if o.kind == "job":
-        return render_indexed_job(o, text)
+    if o.kind in ("pytorchjob", "job"):
+        docs = (render_pytorchjob if o.kind == "pytorchjob" else render_indexed_job)(o, text)
+        if o.plan:  # the plan's figures beside the job, for whoever reads it in the cluster
+            docs[-1]["metadata"]["annotations"] = {"bigtrain.io/plan": o.plan}
+        return docs
     if o.kind == "rayjob":
         return render_rayjob(o, text)
     if o.kind == "mlflow":
