@@ -269,6 +269,10 @@ class TrainConfig:
     checkpoint_store: str = ""
     check_finite: bool = True  # skip an optimizer step whose loss is not finite on any rank (1 sync/step)
     max_nonfinite_steps: int = 10  # consecutive skipped steps before training stops
+    # Plan the run at start (`bigtrain plan`: a fake-tensor trace, seconds to a minute) and log its
+    # predicted peak memory beside the measured one at the first log point. The measured peak
+    # (max_memory_allocated on CUDA, max RSS on CPU) is logged at every log point either way.
+    plan_check: bool = False
     # Progressive growing: resolution, fade-in, batch and learning rates per phase (empty: one phase
     # at model.resolution with train.batch and optim's learning rates).
     phases: list[PhaseConfig] = field(default_factory=list)

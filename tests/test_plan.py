@@ -140,3 +140,19 @@ def test_k8s_render_refuses_a_per_gpu_batch_that_cannot_fit():
         RenderOptions(**common, nodes=2, gpus_per_node=8, overrides=["data.path=/data/imagenet128"])
     )
     assert '"fits": true' in shipped[-1]["metadata"]["annotations"]["bigtrain.io/plan"]
+
+
+def test_training_logs_the_measured_peak_beside_the_plan(tmp_path, demo_shards, caplog):
+    from bigtrain.train.loop import Trainer
+
+    overrides = [f"data.path={demo_shards}", f"train.run_dir={tmp_path}", "track.enabled=false",
+                 "eval.every_kimg=0", "train.device=cpu", "train.plan_check=true", "train.batch=16"]  # fmt: skip
+    trainer = Trainer(load_config(REPO / "configs/biggan/digits32.yaml", overrides))
+    assert trainer.planned_peak > 0
+    trainer.train_step()
+    with caplog.at_level("INFO", logger="bigtrain.train.loop"):
+        metrics = trainer.log_metrics(1.0, 16)
+    assert metrics["host_rss_peak_gib"] > 0 and metrics["plan_mem_peak_gib"] > 0
+    assert "peak memory: measured" in caplog.text
+    trainer.train_step()
+    assert "plan_mem_peak_gib" not in trainer.log_metrics(1.0, 16)  # the first log point only

@@ -2,6 +2,6 @@
 trace of one real training iteration (trace.py), a roofline over its operators (roofline.py), the GPU
 table with its efficiency factors (gpus.py), and the table and JSON line (report.py)."""
 
-from .planner import Plan, make_plan
+from .planner import Plan, make_plan, planned_peak
 
-__all__ = ["Plan", "make_plan"]
+__all__ = ["Plan", "make_plan", "planned_peak"]

@@ -67,3 +67,8 @@ def host_memory() -> int:
     import os
 
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def kind_of(device_name: str) -> str | None:
+    """The kind of a CUDA device from its name ("NVIDIA H100 80GB HBM3" -> "h100"), or None."""
+    return next((kind for kind in GPUS if kind != "cpu" and kind in device_name.lower()), None)

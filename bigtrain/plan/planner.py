@@ -112,3 +112,22 @@ def make_plan(cfg: Config, gpu: str = "h100", world_size: int = 1, traced: Trace
         phase_seconds={p.name: phase_seconds(p, spec, eff) for p in it.phases},
         efficiency=spec.measured or "modelled",
     )  # fmt: skip
+
+
+def planned_peak(cfg: Config, device, world_size: int) -> int | None:
+    """The plan's predicted peak for a run starting on `device` (train.plan_check): the GPU kind from
+    the device's name; None, with a note, for a GPU the planner has no entry for."""
+    import logging
+
+    import torch
+
+    from .gpus import kind_of
+
+    kind = "cpu" if device.type != "cuda" else kind_of(torch.cuda.get_device_name(device))
+    if kind is None:
+        logging.getLogger(__name__).info(
+            "train.plan_check: no plan for %s", torch.cuda.get_device_name(device)
+        )
+        return None
+    plan = make_plan(cfg, kind, world_size)
+    return plan.traced_peak if kind == "cpu" else plan.predicted

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import os
 import tempfile
 import weakref
 from collections.abc import Iterator
@@ -239,6 +240,7 @@ def trace_config(cfg: Config, gpu: bool, world_size: int) -> Config:
     t.accum = accum
     t.check_finite = False  # its flag is read on the host: no value exists under fake tensors
     t.compile = False
+    t.plan_check = False  # the traced Trainer does not plan itself
     t.init_from = ""
     t.run_dir = tempfile.mkdtemp(prefix="bigtrain-plan-")
     cfg.track.enabled = False
@@ -272,7 +274,7 @@ def trace(
     micro = (first.batch if first else tcfg.train.batch) // tcfg.train.accum
     tracker = LiveBytes()
     context = fake_tensors() if fake else contextlib.nullcontext()
-    with context, torch.random.fork_rng():
+    with context, torch.random.fork_rng(), _one_process():
         loader = RandomLoader(micro, first.resolution if first else cfg.model.resolution, num_classes)
         try:
             trainer = Trainer(tcfg, loader=loader)
@@ -298,6 +300,22 @@ def trace(
         batch=cfg.train.phases[-1].batch if cfg.train.phases else cfg.train.batch,
         n_disc_steps=cfg.train.n_disc_steps,
     )
+
+
+@contextlib.contextmanager
+def _one_process() -> Iterator[None]:
+    """The traced Trainer is one process even inside a launched job (train.plan_check under torchrun)."""
+    names = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+    saved = {n: os.environ.get(n) for n in names}
+    os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+    try:
+        yield
+    finally:
+        for n, v in saved.items():
+            if v is None:
+                os.environ.pop(n, None)
+            else:
+                os.environ[n] = v
 
 
 def _phase_starts(cfg: Config) -> list[int]:

@@ -9,6 +9,7 @@ import contextlib
 import logging
 import os
 import random
+import resource
 import signal
 import threading
 import time
@@ -28,6 +29,7 @@ from ..models import build_models
 from ..models.layers import frozen_state
 from ..objective import DView, GInputs, PassTools, Regularizer, build_objective, split_scores
 from ..objective.views import instance_noise_sigma
+from ..plan import planned_peak
 from ..seeds import seed_for
 from ..track import make_tracker
 from .checkpoint import (
@@ -234,6 +236,7 @@ class Trainer:
         self.evaluator.tracker = self.tracker
         if self.init_from is not None:
             self.tracker.set_tags({f"bigtrain.init_from.{k}": v for k, v in self.init_from.items()})
+        self.planned_peak = planned_peak(cfg, self.device, self.world_size) if t.plan_check else None
 
     def _checkpoint_to_resume(self) -> Path | None:
         """`--resume`: the run folder's newest intact checkpoint (fetched from train.checkpoint_store
@@ -530,6 +533,14 @@ class Trainer:
         metrics["skipped_steps"] = self.skipped_steps
         if self.device.type == "cuda":
             metrics["gpu_mem_peak_gib"] = torch.cuda.max_memory_allocated(self.device) / 2**30
+        else:  # the process's, not only tensors'
+            metrics["host_rss_peak_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+        if self.planned_peak is not None:  # the first log point: the plan beside the measurement
+            metrics["plan_mem_peak_gib"], self.planned_peak = self.planned_peak / 2**30, None
+            measured = metrics.get("gpu_mem_peak_gib", metrics.get("host_rss_peak_gib"))
+            log.info(
+                "peak memory: measured %.2f GiB, planned %.2f GiB", measured, metrics["plan_mem_peak_gib"]
+            )
         self.tracker.log_metrics(metrics, step=self.images)
         self.last_metrics.update(metrics)
         return metrics
