@@ -15,8 +15,11 @@ stage), each with what is left of the budget; a stage that does not fit is recor
   fid_cifar10        FID(CIFAR-10 train, test), expected 3.117 (needs the zips and the Inception weights)
   dali_loader        DALI GPU decode against the PIL workers, img/s (needs DALI)
 
-Writes OUT/results.jsonl (one JSON object per stage: status, seconds, result, command, machine, torch,
-date, anchor) and OUT/RESULTS_rows.md (the rows for bench/RESULTS.md). `--dry-run` runs every stage
+Each stage that trains also gets `bigtrain plan`'s predicted peak memory and time for what it ran
+(on this GPU's kind; the CPU in a dry run), printed and recorded beside the measured figures.
+
+Writes OUT/results.jsonl (one JSON object per stage: status, seconds, result, plan, command, machine,
+torch, date, anchor) and OUT/RESULTS_rows.md (the rows for bench/RESULTS.md). `--dry-run` runs every stage
 with tiny sizes on the CPU (compile is left to tests/test_gpu_paths.py), so CI keeps this script
 working; its figures mean nothing.
 """
@@ -58,6 +61,7 @@ class Stage:
     cap_s: float  # the most this stage may take
     skip_reason: str = ""
     env: dict = field(default_factory=dict)
+    plan: list[str] = field(default_factory=list)  # `bigtrain plan` arguments for what the stage runs
 
 
 def _inception_weights() -> Path | None:
@@ -84,6 +88,8 @@ def stages(out: Path, dry: bool, cifar: Path = CIFAR) -> list[Stage]:
     biggan = [PY, "bench/biggan_step.py", "configs/biggan/imagenet128.yaml"]
     biggan_timing = ["--iters", "10", "--warmup", "3"]
     batch, big_batch, extra = "256", "512", []  # extra: overrides for every BigGAN run
+    biggan_plan = ["configs/biggan/imagenet128.yaml", "model.num_classes=1000", "train.accum=1"]
+    stylegan2_plan = ["configs/stylegan2/auto256.yaml"]
     stylegan2 = [PY, "bench/stylegan2_step.py", "configs/stylegan2/auto256.yaml"]
     real_run_s = 60
     fid_sources = [cifar / "train.zip", cifar / "test.zip"]
@@ -96,6 +102,8 @@ def stages(out: Path, dry: bool, cifar: Path = CIFAR) -> list[Stage]:
                      "regularize.r1.interval=2", "regularize.path_length.interval=2"]  # fmt: skip
         real_run_s = 5
         fid_sources = [data / "fid-a", data / "fid-b"]
+        biggan_plan = ["configs/biggan/digits32.yaml", "model.num_classes=10", "train.accum=1"]
+        stylegan2_plan = ["configs/stylegan2/digits32.yaml", "train.batch=8", "model.fmap_base=256"]
     prepare_digits = [
         PY,
         "-m",
@@ -146,19 +154,26 @@ def stages(out: Path, dry: bool, cifar: Path = CIFAR) -> list[Stage]:
             [[PY, "-m", "pytest", "-m", "cuda", "-q", "-p", "no:cacheprovider", "tests/test_cuda.py"]],
             300,
         ),
-        Stage("biggan128", [[*biggan, "--batch", batch, *biggan_timing, *extra]], 150),
+        Stage(
+            "biggan128",
+            [[*biggan, "--batch", batch, *biggan_timing, *extra]],
+            150,
+            plan=[*biggan_plan, f"train.batch={batch}"],
+        ),  # fmt: skip
         Stage(
             "biggan128_compile",
             [[*biggan, "--batch", batch, "--iters", "10", "--warmup", "5", *extra, "train.compile=true"]],
             240,
             "dry run: compile on the CPU is tests/test_gpu_paths.py's" if dry else "",
+            plan=[*biggan_plan, f"train.batch={batch}"],
         ),
         Stage(
             "biggan128_b512",
             [[*biggan, "--batch", big_batch, "--iters", "2", "--warmup", "1", "--no-flops", *extra]],
             120,
+            plan=[*biggan_plan, f"train.batch={big_batch}"],
         ),
-        Stage("stylegan2_auto256", [stylegan2], 180),
+        Stage("stylegan2_auto256", [stylegan2], 180, plan=stylegan2_plan),
         Stage(
             "digits_real_run",
             [
@@ -237,6 +252,26 @@ def run_stage(stage: Stage, remaining: float, log: Path) -> dict:
     return {"status": "ok", "seconds": round(time.time() - started, 1), "result": result}
 
 
+def plan_figures(args: list[str], dry: bool) -> dict:
+    """`bigtrain plan`'s predicted peak memory and time for what a stage runs, on this machine's GPU
+    kind (the CPU in a dry run); {"error": ...} where the plan cannot be made."""
+    import torch
+
+    sys.path.insert(0, str(REPO))
+    from bigtrain.plan.gpus import kind_of
+
+    kind = "cpu" if dry or not torch.cuda.is_available() else kind_of(torch.cuda.get_device_name(0)) or "h100"
+    proc = subprocess.run([PY, "-m", "bigtrain.cli", "plan", *args, "--gpu", kind], cwd=REPO, capture_output=True,
+                          text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=300)  # fmt: skip
+    found = json_lines(proc.stdout)
+    if proc.returncode != 0 or not isinstance(found, dict):
+        return {"error": (proc.stderr.strip().splitlines() or ["no output"])[-1][-300:]}
+    plan = found["plan"]
+    return {"gpu": kind, "plan_peak_mem_gib": round(plan["predicted"] / 2**30, 2),
+            "plan_s_per_iter": round(plan["s_per_iter"], 4), "plan_img_per_s": round(plan["img_per_s"], 1),
+            "plan_s_per_kimg": round(plan["s_per_kimg"], 2), "plan_fits": plan["fits"], "efficiency": plan["efficiency"]}  # fmt: skip
+
+
 def results_row(record: dict) -> str:
     keys = (
         "summary",
@@ -251,6 +286,9 @@ def results_row(record: dict) -> str:
     results = record.get("result") or []
     results = results if isinstance(results, list) else [results]
     figures = "; ".join(", ".join(f"{k} {r[k]}" for k in keys if k in r) for r in results)
+    plan = record.get("plan") or {}
+    if plan:
+        figures += "; plan: " + ", ".join(f"{k} {v}" for k, v in plan.items())
     return (f"| {record['stage']} | {record['status']} | {figures or record.get('reason', '')} | {record['anchor']} | "
             f"{record['machine']}, torch {record['torch']} | `{record['command']}` | {record['date']} |")  # fmt: skip
 
@@ -334,6 +372,8 @@ def main() -> int:
         for stage in chosen:
             print(f"[gpu_check] {stage.name} ...", flush=True)
             outcome = run_stage(stage, deadline - time.time(), args.out / f"{stage.name}.log")
+            if stage.plan and outcome["status"] != "skipped":  # the planner beside the measurement
+                outcome["plan"] = plan_figures(stage.plan, args.dry_run)
             record = {"stage": stage.name, **outcome, "command": " && ".join(shlex.join(c) for c in stage.commands),
                       "anchor": ANCHORS[stage.name], "date": date, "dry_run": args.dry_run, **facts}  # fmt: skip
             jsonl.write(json.dumps(record) + "\n")
@@ -343,6 +383,8 @@ def main() -> int:
                 f"[gpu_check] {stage.name}: {outcome['status']} {json.dumps(outcome.get('result') or outcome.get('reason', ''))}",
                 flush=True,
             )
+            if outcome.get("plan"):
+                print(f"[gpu_check] {stage.name}: plan {json.dumps(outcome['plan'])}", flush=True)
     header = (
         "| stage | status | figures | anchor | machine | command | date |\n|---|---|---|---|---|---|---|\n"
     )

@@ -32,6 +32,10 @@ def test_gpu_check_dry_run_writes_a_result_per_stage(tmp_path):
     assert records["biggan128"]["result"]["img_per_s"] > 0
     assert records["stylegan2_auto256"]["result"]["s_per_kimg"] > 0
     assert 0 <= records["digits_real_run"]["result"]["input_wait_share"] < 1
+    for name in ("biggan128", "biggan128_b512", "stylegan2_auto256"):  # the plan beside the measurement
+        plan = records[name]["plan"]
+        assert plan["plan_peak_mem_gib"] > 0 and plan["plan_s_per_iter"] > 0 and plan["gpu"] == "cpu", plan
+    assert "plan: gpu cpu" in (out / "RESULTS_rows.md").read_text()
     rows = (out / "RESULTS_rows.md").read_text().splitlines()
     assert len(rows) == 2 + len(expected) and all(row.startswith("| ") for row in rows[2:])
 
