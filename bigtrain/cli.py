@@ -425,8 +425,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--mlflow-backend", default="sqlite", help="sqlite (on its claim) | postgres (URI from a Secret)"
     )
     s.add_argument("--out", help="write to this file instead of stdout")
-    s.add_argument("--gpu", help="h100 | h200 | a100: plan per-GPU memory first and refuse a batch that cannot fit")
-    s.add_argument("--force", action="store_true", help="with --gpu: render even what the plan says cannot fit")
+    s.add_argument(
+        "--gpu", help="h100 | h200 | a100: plan per-GPU memory first and refuse a batch that cannot fit"
+    )
+    s.add_argument(
+        "--force", action="store_true", help="with --gpu: render even what the plan says cannot fit"
+    )
     s.add_argument(
         "overrides", nargs="*", help="recipe overrides, section.key=value (e.g. data.path=/data/imagenet)"
     )
