@@ -15,7 +15,6 @@ import io
 import json
 import logging
 import re
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,15 @@ from ..models import build_models
 from ..models.biggan import from_biggan_pytorch
 from ..models.stylegan2 import from_stylegan2_ada
 from . import biggan_pytorch, stylegan2_ada
-from .common import Imported, WeightsError, load_checked, sha256, write_run_folder
+from .common import (
+    Imported,
+    WeightsError,
+    check_new_folder,
+    load_checked,
+    sha256,
+    staged_folder,
+    write_run_folder,
+)
 from .nvlabs_pickle import NumpyDtype, numpy_scalar, read_network_pickle
 
 log = logging.getLogger(__name__)
@@ -209,22 +216,17 @@ def import_weights(
 ) -> Path:
     """Read SRC, build bigtrain's equal networks, load every tensor checked, write the run folder OUT."""
     out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise WeightsError(f"{out} exists and is not an empty folder; choose a new folder for the import")
+    check_new_folder(out, "import")
     base = read_yaml_mapping(recipe, "recipe") if recipe else None
     imported = read_source(str(src), base)
     cfg = _build_config(imported, base, overrides or [])
     num_classes = cfg.model.num_classes or 1
     G, D = build_models(cfg.model, num_classes)
     what = basename(imported.source)
-    load_checked(G, imported.G_ema, f"{what} (G_ema)", optional=("num_batches_tracked",))
-    imported.G_ema = _copy(G.state_dict())
-    if imported.G is not None:
-        load_checked(G, imported.G, f"{what} (G)", optional=("num_batches_tracked",))
-        imported.G = _copy(G.state_dict())
-    if imported.D is not None:
-        load_checked(D, imported.D, f"{what} (D)", optional=("num_batches_tracked",))
-        imported.D = _copy(D.state_dict())
+    for name, net in (("G_ema", G), ("G", G), ("D", D)):  # G_ema and G share one network: copies kept
+        if getattr(imported, name) is not None:
+            load_checked(net, getattr(imported, name), f"{what} ({name})", optional=("num_batches_tracked",))
+            setattr(imported, name, _copy(net.state_dict()))
     imported.provenance = {"source": str(src), **imported.provenance, "reader": "bigtrain.interop"}
     return write_run_folder(out, cfg, imported, num_classes)
 
@@ -239,8 +241,7 @@ def export_checkpoint(checkpoint: str, to: str, out: str | Path) -> Path:
     if to not in EXPORT_FORMATS:
         raise WeightsError(f"--to {to!r} is not one of {', '.join(EXPORT_FORMATS)}")
     out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise WeightsError(f"{out} exists and is not an empty folder; choose a new folder for the export")
+    check_new_folder(out, "export")
     state = load_checkpoint(checkpoint)
     cfg = from_dict(state["config"])
     family = {"biggan-pytorch": "biggan", "stylegan2-ada": "stylegan2"}[to]
@@ -260,7 +261,7 @@ def export_checkpoint(checkpoint: str, to: str, out: str | Path) -> Path:
             )
     itr = int(state.get("iteration", 0))
     if family == "biggan":
-        config = biggan_pytorch.export_config(cfg, num_classes, itr)
+        config = biggan_pytorch.export_config(cfg, num_classes)
         biggan_pytorch.settings_from_config(
             config, f"{checkpoint}'s model, as BigGAN-PyTorch's"
         )  # it can build it
@@ -273,19 +274,10 @@ def export_checkpoint(checkpoint: str, to: str, out: str | Path) -> Path:
         arguments["progress"] = {"kimg": int(state.get("images", 0)) / 1000, "iteration": itr}
         if "ada_p" in state:
             arguments["augment_p"] = float(state["ada_p"])
-    staging = out.with_name(f".{out.name}.exporting")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    try:
+    with staged_folder(out, "exporting") as staging:
         for name, value in files.items():
             torch.save(value, staging / name)
         if any(extra.values()):
             torch.save({k: v for k, v in extra.items() if v}, staging / EXTRA)
         (staging / kwargs_file).write_text(json.dumps(arguments, indent=1) + "\n")
-        if out.exists():
-            out.rmdir()
-        staging.rename(out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return out

@@ -12,7 +12,6 @@ import math
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from ..models.biggan import from_biggan_pytorch
 from .common import Imported, WeightsError
@@ -227,11 +226,7 @@ def to_biggan_pytorch(state_dict: dict[str, torch.Tensor]) -> tuple[dict, dict]:
     return out, extra
 
 
-def v_from_u(weight: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    return F.normalize(weight.reshape(weight.shape[0], -1).t() @ u.reshape(-1), dim=0)
-
-
-def export_config(cfg, num_classes: int, itr: int) -> dict[str, Any]:
+def export_config(cfg, num_classes: int) -> dict[str, Any]:
     """BigGAN-PyTorch's argument names for bigtrain's model and training settings (utils.py's parser)."""
     m, o = cfg.model, cfg.optim
     attn = "_".join(str(r) for r in m.attn_res) or "0"

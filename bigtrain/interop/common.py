@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import shutil
@@ -11,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from torch import nn
 
 log = logging.getLogger(__name__)
@@ -88,43 +88,50 @@ def recipe_header(imported: Imported) -> str:
     return "\n".join(lines) + "\n"
 
 
+def check_new_folder(out: Path, what: str) -> None:
+    """OUT must not exist yet, or be an empty folder: an import or export never mixes with other files."""
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise WeightsError(f"{out} exists and is not an empty folder; choose a new folder for the {what}")
+
+
+@contextlib.contextmanager
+def staged_folder(out: Path, what: str):
+    """A staging folder beside OUT, renamed to OUT when the block ends without error and removed when
+    it does not: OUT appears whole or not at all."""
+    staging = out.with_name(f".{out.name}.{what}")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        yield staging
+        if out.exists():
+            out.rmdir()
+        staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
 def write_run_folder(out: Path, cfg, imported: Imported, num_classes: int) -> Path:
     """OUT/recipe.yaml and OUT/checkpoints/imported (a weights-only checkpoint with checksums, that
     `latest` names), written in a staging folder and renamed into place: all or nothing."""
     from ..config import config_yaml, to_dict
     from ..train.checkpoint import begin_checkpoint, save_checkpoint
 
-    out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise WeightsError(f"{out} exists and is not empty; choose a new folder for the import")
-    staging = out.with_name(f".{out.name}.importing")
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
-        state = {
-            "G": imported.G if imported.G is not None else imported.G_ema,
-            "G_ema": imported.G_ema,
-            "num_classes": num_classes,
-            "images": int(round(imported.kimg * 1000)),
-            "iteration": imported.iteration,
-            "config": to_dict(cfg),
-            "imported": imported.provenance,
-        }
-        if imported.D is not None:
-            state["D"] = imported.D
-        if imported.ada_p is not None:
-            state["ada_p"] = torch.tensor(float(imported.ada_p))
+    state = {
+        "G": imported.G if imported.G is not None else imported.G_ema,
+        "G_ema": imported.G_ema,
+        "num_classes": num_classes,
+        "images": int(round(imported.kimg * 1000)),
+        "iteration": imported.iteration,
+        "config": to_dict(cfg),
+        "imported": imported.provenance,
+    }
+    if imported.D is not None:
+        state["D"] = imported.D
+    if imported.ada_p is not None:
+        state["ada_p"] = torch.tensor(float(imported.ada_p))
+    with staged_folder(Path(out), "importing") as staging:
         begin_checkpoint(staging, IMPORTED)
         save_checkpoint(staging, IMPORTED, state, to_dict(cfg), keep=1)
         (staging / "recipe.yaml").write_text(recipe_header(imported) + config_yaml(cfg))
-        if out.exists():
-            out.rmdir()
-        out.parent.mkdir(parents=True, exist_ok=True)
-        staging.rename(out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return out
-
-
-def dump_yaml(data: dict) -> str:
-    return yaml.safe_dump(data, sort_keys=False)
+    return Path(out)

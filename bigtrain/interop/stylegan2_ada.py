@@ -127,14 +127,8 @@ def _arguments(net: PersistentObject, defaults: dict, which: str, unused: str = 
     return args
 
 
-def check_stylegan2_generator(G: PersistentObject, which: str = "G") -> None:
-    """Refuse a StyleGAN3 (alias-free) generator in one sentence."""
-    names = {obj.class_name for _, obj in G.walk()}
-    if "SynthesisInput" in names or any(re.fullmatch(r"L\d+_\d+_\d+", n) for n in G.state_dict()):
-        raise WeightsError(
-            f"{which} is a StyleGAN3 (alias-free) generator, which bigtrain does not implement; it imports "
-            "StyleGAN2 generators (stylegan2-ada-pytorch, or stylegan3's --cfg=stylegan2)"
-        )
+def check_generator(G: PersistentObject, which: str = "G") -> None:
+    """The reference's Generator (a StyleGAN3 generator never gets here: nvlabs_pickle refuses it)."""
     if G.class_name != "Generator":
         raise WeightsError(f"{which} is a {G.class_name}, not the reference's Generator")
 
@@ -147,7 +141,7 @@ def from_pickle(top: dict, source: str, data: bytes) -> Imported:
     G_ema = top.get("G_ema") or top.get("G")
     if G_ema is None:
         raise WeightsError(f"{source} has neither G_ema nor G: not a network pickle")
-    check_stylegan2_generator(G_ema, "G_ema" if "G_ema" in top else "G")
+    check_generator(G_ema, "G_ema" if "G_ema" in top else "G")
     stylegan3_repo = "synthesis_kwargs" not in G_ema.init_kwargs
     if stylegan3_repo:  # its Generator takes the synthesis arguments flat
         flat = G_ema.init_kwargs
@@ -197,7 +191,7 @@ def from_pickle(top: dict, source: str, data: bytes) -> Imported:
     resolution = g["img_resolution"]
     imported.G_ema = from_stylegan2_ada(G_ema.state_dict(), resolution)
     if isinstance(top.get("G"), PersistentObject) and "G_ema" in top:
-        check_stylegan2_generator(top["G"])
+        check_generator(top["G"])
         imported.G = from_stylegan2_ada(top["G"].state_dict(), resolution)
     if D is not None:
         imported.D = from_stylegan2_ada(D.state_dict(), resolution)
