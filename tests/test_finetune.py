@@ -189,25 +189,30 @@ def test_freeze_d_keeps_the_first_blocks_bit_identical(demo_shards, tmp_path, fa
         Trainer(_cfg(family, demo_shards, tmp_path / "bad", "model.freeze_d=5"))
 
 
-def test_a_fine_tuning_run_resumes_exactly(demo_shards, source_run, tmp_path):
-    """init_from + freeze_d, 4 iterations straight against 2, stop, --resume, 2 more: the same weights.
-    The source is gone before the resume: a checkpoint in the run folder wins over train.init_from."""
-    source = tmp_path / "source"
-    shutil.copytree(source_run, source)
-    args = [f"train.init_from={source}", "model.freeze_d=2"]
-    whole = Trainer(_cfg("biggan", demo_shards, tmp_path / "whole", "train.total_kimg=0.032", *args))
+def _split_run_equals_whole(family, data, tmp_path, args, before_resume=lambda: None) -> None:
+    """4 iterations straight against 2, stop, `before_resume()`, --resume, 2 more: the same weights and
+    data position."""
+    whole = Trainer(_cfg(family, data, tmp_path / "whole", "train.total_kimg=0.032", *args))
     whole.run()
-    first = Trainer(_cfg("biggan", demo_shards, tmp_path / "split", "train.total_kimg=0.016", *args))
-    first.run()
-    shutil.rmtree(source)
-    second = Trainer(
-        _cfg("biggan", demo_shards, tmp_path / "split", "train.total_kimg=0.032", *args), resume=True
-    )
+    Trainer(_cfg(family, data, tmp_path / "split", "train.total_kimg=0.016", *args)).run()
+    before_resume()
+    second = Trainer(_cfg(family, data, tmp_path / "split", "train.total_kimg=0.032", *args), resume=True)
     assert second.iteration == 2 and second.init_from == whole.init_from
     second.run()
     assert second.iteration == whole.iteration == 4
     assert_same_networks(whole, second)
     assert second.loader.state_dict() == whole.loader.state_dict()
+
+
+def test_a_fine_tuning_run_resumes_exactly(demo_shards, source_run, tmp_path):
+    """init_from + freeze_d, split and resumed: the same weights. The source is gone before the resume:
+    a checkpoint in the run folder wins over train.init_from."""
+    source = tmp_path / "source"
+    shutil.copytree(source_run, source)
+    args = [f"train.init_from={source}", "model.freeze_d=2"]
+    _split_run_equals_whole(
+        "biggan", demo_shards, tmp_path, args, before_resume=lambda: shutil.rmtree(source)
+    )
 
 
 def test_two_ddp_ranks_with_frozen_d_blocks(tmp_path):
@@ -285,18 +290,9 @@ def _names_in(net, blocks) -> set[str]:
 
 
 def test_fine_tuning_an_imported_snapshot_resumes_exactly(demo_shards, tmp_path):
-    """The same from a snapshot `bigtrain import` wrote: 4 iterations straight against 2 + --resume + 2."""
+    """The same from a snapshot `bigtrain import` wrote."""
     from bigtrain.interop import import_weights
 
     imported = import_weights(str(SNAPSHOT), tmp_path / "imported")
     args = [f"train.init_from={imported}", "model.freeze_d=2", *SNAPSHOT_MODEL]
-    whole = Trainer(_cfg("stylegan2", demo_shards, tmp_path / "whole", "train.total_kimg=0.032", *args))
-    whole.run()
-    Trainer(_cfg("stylegan2", demo_shards, tmp_path / "split", "train.total_kimg=0.016", *args)).run()
-    second = Trainer(
-        _cfg("stylegan2", demo_shards, tmp_path / "split", "train.total_kimg=0.032", *args), resume=True
-    )
-    assert second.iteration == 2 and second.init_from == whole.init_from
-    second.run()
-    assert second.iteration == whole.iteration == 4
-    assert_same_networks(whole, second)
+    _split_run_equals_whole("stylegan2", demo_shards, tmp_path, args)
