@@ -98,12 +98,12 @@ def stages(out: Path, dry: bool, cifar: Path = CIFAR) -> list[Stage]:
         biggan_timing = ["--iters", "2", "--warmup", "1"]
         batch, big_batch, extra = "8", "16", ["--num-classes", "10", "train.device=cpu"]
         stylegan2 = [PY, "bench/stylegan2_step.py", "configs/stylegan2/digits32.yaml", "--cycles", "1",
-                     "--warmup", "1", "train.batch=8", "train.device=cpu", "model.fmap_base=256",
+                     "--warmup", "1", "train.batch=8", "train.device=cpu", "model.stylegan2.fmap_base=256",
                      "regularize.r1.interval=2", "regularize.path_length.interval=2"]  # fmt: skip
         real_run_s = 5
         fid_sources = [data / "fid-a", data / "fid-b"]
         biggan_plan = ["configs/biggan/digits32.yaml", "model.num_classes=10", "train.accum=1"]
-        stylegan2_plan = ["configs/stylegan2/digits32.yaml", "train.batch=8", "model.fmap_base=256"]
+        stylegan2_plan = ["configs/stylegan2/digits32.yaml", "train.batch=8", "model.stylegan2.fmap_base=256"]
     prepare_digits = [
         PY,
         "-m",

@@ -19,11 +19,9 @@ from typing import Any
 
 import yaml
 
+from .errors import ConfigError  # noqa: F401  (raised by every part; the models import it from there)
+
 log = logging.getLogger(__name__)
-
-
-class ConfigError(ValueError):
-    """A config value a user gave (file or override) that bigtrain cannot run with."""
 
 
 @dataclass
@@ -45,26 +43,14 @@ class DataConfig:
 
 
 @dataclass
-class ModelConfig:
+class _ModelCommon:
+    """The `model` keys every family reads; a family's own knobs are in its section, `model.<name>`
+    (the `Section` of its file in bigtrain/models/, added below from the registry)."""
+
     name: str = "biggan"
     resolution: int = 32  # output side in pixels; a power of two
-    ch: int = 64  # G channel multiplier
-    d_ch: int = 64  # D channel multiplier
-    z_dim: int = 120  # latent size; split into hierarchical chunks when `hier`
-    shared_dim: int = 128  # shared class embedding (0: each BN layer's own, with hier off)
-    hier: bool = True  # hierarchical z: one chunk to the input, one to every block's BN
-    attn_res: list[int] = field(default_factory=lambda: [])  # resolutions with self-attention
+    z_dim: int = 120  # latent size (BigGAN splits it into hierarchical chunks)
     num_classes: int = 0  # 0: from the dataset manifest; 1: unconditional
-    bn_eps: float = 1e-5
-    sn_eps: float = 1e-6
-    init: str = "ortho"  # biggan weights: ortho (the paper) | N02 (BigGAN-PyTorch's CIFAR script)
-    fmap_base: int = (
-        8192  # feature maps at r: progan min(2 fmap_base / r, fmap_max), stylegan2 min(fmap_base / r, ...)
-    )
-    fmap_max: int = 512
-    w_dim: int = 512  # stylegan2: intermediate latent (w) size
-    mapping_layers: int = 8  # stylegan2: depth of the mapping network z -> w
-    mbstd_group: int = 4  # progan, stylegan2: minibatch standard deviation group size
     # Minibatch discrimination in D (Salimans et al. 2016): B kernels of C dimensions (0 kernels: off;
     # the paper: 100 of 5), any family.
     minibatch_kernels: int = 0
@@ -72,15 +58,26 @@ class ModelConfig:
     # AC-GAN's auxiliary classifier (Odena et al. 2017): a class head on D's penultimate features, any
     # family, trained by regularize.aux_classifier.weight (ProGAN's G then takes the label too).
     aux_classifier: bool = False
-    conv_clamp: float = (
-        256.0  # stylegan2: clamp conv outputs to +-this (stylegan2-ada's recipes: 256; 0: off)
-    )
-    d_architecture: str = "resnet"  # stylegan2 D: resnet (paper's Fig. 7c) | orig | skip
     # FreezeD (Mo et al. 2020, "Freeze the Discriminator: a Simple Baseline for Fine-Tuning GANs"): D's
     # first this many blocks, counted from the input side, keep their weights and buffers (spectral
     # norm's vectors included) for the whole run; 0: all of D trains. What a block is, per family:
     # DiscriminatorRole.input_blocks (stylegan2-ada's --freezed counts layers instead: see stylegan2.py).
     freeze_d: int = 0
+
+    @property
+    def section(self) -> Any:
+        """The section of the family `name` names."""
+        return getattr(self, self.name)
+
+
+from .models import FAMILIES  # noqa: E402  (the families' sections; the models import only bigtrain.errors)
+
+ModelConfig = dataclasses.make_dataclass(
+    "ModelConfig",
+    [(name, family.section, field(default_factory=family.section)) for name, family in FAMILIES.items()],
+    bases=(_ModelCommon,),
+    namespace={"__module__": __name__, "__doc__": "model: the common keys and one section per family."},
+)
 
 
 @dataclass
@@ -235,6 +232,9 @@ class OptimConfig:
     # cifar config: pl_weight 0 but G_reg_interval 4). 0: the scaling follows the lazy regularizers only.
     g_reg_interval: int = 0
     d_reg_interval: int = 0
+    # Learning-rate schedule over train.total_kimg: none | linear (both rates fall linearly to 0 at the
+    # end, as SN-GAN's official configs: pfnet-research/sngan_projection's LinearShift of Adam's alpha).
+    lr_decay: str = field(default="none", metadata={"choices": ("none", "linear")})
 
 
 @dataclass
@@ -345,9 +345,7 @@ class Config:
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "data.loader": ("auto", "webdataset", "dali"),
-    "model.name": ("biggan", "progan", "stylegan2"),
-    "model.d_architecture": ("resnet", "orig", "skip"),
-    "model.init": ("ortho", "N02"),
+    "model.name": tuple(FAMILIES),
     "train.device": ("auto", "cpu", "cuda"),
     "train.precision": ("auto", "fp32", "bf16"),
     "train.channels_last": ("auto", "on", "off"),
@@ -423,6 +421,9 @@ def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
             kwargs[f.name] = _build(hints[f.name], data[f.name] or {}, key + ".")
         else:
             kwargs[f.name] = _coerce(data[f.name], hints[f.name], key)
+            allowed = f.metadata.get("choices")
+            if allowed is not None and kwargs[f.name] not in allowed:
+                raise ConfigError(f"{key}={kwargs[f.name]!r} is not one of {', '.join(allowed)}")
     return cls(**kwargs)
 
 
@@ -482,6 +483,40 @@ MOVED_KEYS = {
 }
 
 
+# The family knobs `model` held flat before each family had its section (issue 28): `model.<key>` moves to
+# `model.<model.name>.<key>`; a key of another family only, which that layout never read, is dropped.
+OLD_MODEL_KEYS = (
+    "ch", "d_ch", "shared_dim", "hier", "attn_res", "bn_eps", "sn_eps", "init", "fmap_base", "fmap_max", "w_dim",
+    "mapping_layers", "mbstd_group", "conv_clamp", "d_architecture",
+)  # fmt: skip
+
+
+def _move_family_keys(tree: dict[str, Any]) -> None:
+    model = tree.get("model")
+    if not isinstance(model, dict) or not any(key in model for key in OLD_MODEL_KEYS):
+        return
+    name = model.get("name", _ModelCommon.name)
+    if name not in FAMILIES:
+        return  # refused by name at build
+    own = {f.name for f in dataclasses.fields(FAMILIES[name].section)}
+    moved, dropped = [], []
+    for key in [k for k in OLD_MODEL_KEYS if k in model]:
+        value = model.pop(key)
+        if key in own:
+            section = model.setdefault(name, {})
+            if not isinstance(section, dict):
+                raise ConfigError(f"model.{name} must be a mapping, got {section!r}")
+            section.setdefault(key, value)  # the new layout's value wins where both are given
+            moved.append(f"model.{key} -> model.{name}.{key}")
+        else:
+            dropped.append(f"model.{key}")
+    log.warning(
+        "config keys moved: %s%s; the recipe still runs, update it",
+        ", ".join(moved) or "none",
+        f" (dropped, not read by {name}: {', '.join(dropped)})" if dropped else "",
+    )
+
+
 def _move_old_keys(tree: dict[str, Any]) -> None:
     """Rewrite keys of the layout before `regularize` and `augment` in place, with a warning. The old
     `loss.name: wgan-gp` meant WGAN plus the gradient penalty and drift, at their old defaults unless
@@ -525,6 +560,7 @@ def from_dict(data: dict[str, Any], overrides: list[str] | None = None) -> Confi
         key, value = parse_override(text)
         _set_dotted(tree, key, value)
     _move_old_keys(tree)
+    _move_family_keys(tree)
     cfg = _build(Config, tree, "")
     validate(cfg)
     return cfg
@@ -588,14 +624,8 @@ def validate(cfg: Config, world_size: int = 1) -> None:
     m, t = cfg.model, cfg.train
     if not _is_power_of_two(m.resolution) or not 4 <= m.resolution <= 1024:
         raise ConfigError(f"model.resolution={m.resolution} must be a power of two from 4 to 1024")
-    for r in m.attn_res:
-        if not _is_power_of_two(r) or r > m.resolution:
-            raise ConfigError(f"model.attn_res has {r}, not a power of two up to model.resolution")
-    for key in ("ch", "d_ch", "z_dim"):
-        positive(f"model.{key}", getattr(m, key))
-    positive("model.shared_dim", m.shared_dim, allow_zero=True)
+    positive("model.z_dim", m.z_dim)
     positive("model.num_classes", m.num_classes, allow_zero=True)
-    positive("model.conv_clamp", m.conv_clamp, allow_zero=True)
     positive("model.freeze_d", m.freeze_d, allow_zero=True)
     positive("data.retries", cfg.data.retries, allow_zero=True)
     positive("data.retry_backoff_s", cfg.data.retry_backoff_s, allow_zero=True)
@@ -638,15 +668,12 @@ def validate(cfg: Config, world_size: int = 1) -> None:
 
 def _validate_networks(cfg: Config) -> None:
     m = cfg.model
-    for key in ("fmap_base", "fmap_max", "w_dim", "mapping_layers", "mbstd_group", "minibatch_kernel_dims"):
-        if getattr(m, key) < 1:
-            raise ConfigError(f"model.{key}={getattr(m, key)} must be > 0")
+    if m.minibatch_kernel_dims < 1:
+        raise ConfigError(f"model.minibatch_kernel_dims={m.minibatch_kernel_dims} must be > 0")
     positive("model.minibatch_kernels", m.minibatch_kernels, allow_zero=True)
-    if m.name in ("progan", "stylegan2") and m.fmap_base < m.resolution:
-        raise ConfigError(
-            f"model.fmap_base={m.fmap_base} leaves no feature maps at {m.resolution}x{m.resolution} "
-            "(they are fmap_base / resolution); raise it to at least model.resolution"
-        )
+    check = getattr(m.section, "check", None)  # the family's own rules for its section
+    if check is not None:
+        check(f"model.{m.name}", m)
 
 
 def check_phases(phases) -> None:

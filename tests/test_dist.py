@@ -64,8 +64,8 @@ def test_two_ranks_are_identical_and_equal_one_process_with_the_same_global_batc
         assert diff <= 1e-6, f"{key}: 2 ranks vs 1 process differ by {diff:.3g} (tolerance 1e-6)"
 
 
-STYLEGAN2 = ["model.name=stylegan2", "model.fmap_base=256", "model.fmap_max=16", "model.w_dim=32",
-             "model.mapping_layers=2", "loss.name=nonsat", "regularize.ortho.strength=0", "regularize.r1.gamma=0.2",
+STYLEGAN2 = ["model.name=stylegan2", "model.stylegan2.fmap_base=256", "model.stylegan2.fmap_max=16", "model.stylegan2.w_dim=32",
+             "model.stylegan2.mapping_layers=2", "loss.name=nonsat", "regularize.ortho.strength=0", "regularize.r1.gamma=0.2",
              "regularize.r1.interval=2", "regularize.path_length.weight=2", "regularize.path_length.interval=2", "regularize.style_mixing.prob=0.9",
              "augment.diffaugment=color,translation,cutout", "regularize.lecam.weight=0.3",
              "model.aux_classifier=true", "regularize.aux_classifier.weight=1",

@@ -28,7 +28,7 @@ RECIPES = {"biggan": REPO / "configs" / "biggan" / "digits32.yaml", "stylegan2":
 # Narrow networks, so that a few iterations take a second or two.
 NARROW = {
     "biggan": [],
-    "stylegan2": ["model.fmap_base=256", "model.fmap_max=16", "model.w_dim=32", "model.z_dim=32"],
+    "stylegan2": ["model.stylegan2.fmap_base=256", "model.stylegan2.fmap_max=16", "model.stylegan2.w_dim=32", "model.z_dim=32"],
 }
 
 
@@ -135,7 +135,7 @@ def test_a_shape_difference_outside_the_class_tensors_is_a_config_error(demo_sha
     with pytest.raises(
         ConfigError, match=r"^train.init_from=.*: G\.linear\.bias has shape \(512,\) there and \(1024,\) in this run's model \("
     ):  # fmt: skip
-        Trainer(_cfg("biggan", demo_shards, tmp_path / "new", f"train.init_from={source_run}", "model.ch=16"))
+        Trainer(_cfg("biggan", demo_shards, tmp_path / "new", f"train.init_from={source_run}", "model.biggan.ch=16"))
 
 
 def test_a_source_without_d_leaves_d_as_built(demo_shards, tmp_path, caplog):
@@ -243,8 +243,8 @@ def test_two_ddp_ranks_with_frozen_d_blocks(tmp_path):
 # The tiny stylegan2-ada-pytorch snapshot written by its own code (tests/data/reference_formats), and
 # the StyleGAN2 digits recipe set to its architecture (what its recipe.yaml header lists).
 SNAPSHOT = REPO / "tests/data/reference_formats/sg2ada-cond32/network-snapshot-000012.pkl"
-SNAPSHOT_MODEL = ["model.fmap_base=128", "model.fmap_max=16", "model.z_dim=32", "model.w_dim=32",
-                  "model.mapping_layers=2", "model.mbstd_group=4", "model.conv_clamp=256"]  # fmt: skip
+SNAPSHOT_MODEL = ["model.stylegan2.fmap_base=128", "model.stylegan2.fmap_max=16", "model.z_dim=32", "model.stylegan2.w_dim=32",
+                  "model.stylegan2.mapping_layers=2", "model.stylegan2.mbstd_group=4", "model.stylegan2.conv_clamp=256"]  # fmt: skip
 FINE_TUNE_KIMG = 2
 # fd_digits of the imported (random-weight) snapshot and after 2 kimg of fine-tuning, freeze_d=2,
 # measured over train.seed 0-2 x {ATEN default 1 thread, avx2 2 threads} (AMD EPYC Zen 3): from

@@ -32,9 +32,9 @@ FAMILIES = {
         "configs/stylegan2/digits32.yaml",
         [
             "model.resolution=16",
-            "model.fmap_base=256",
-            "model.fmap_max=16",
-            "model.w_dim=16",
+            "model.stylegan2.fmap_base=256",
+            "model.stylegan2.fmap_max=16",
+            "model.stylegan2.w_dim=16",
             "model.z_dim=16",
             "regularize.r1.interval=2",
             "regularize.path_length.interval=2",
@@ -45,8 +45,8 @@ FAMILIES = {
         "configs/progan/digits32.yaml",
         [
             "model.resolution=16",
-            "model.fmap_base=128",
-            "model.fmap_max=16",
+            "model.progan.fmap_base=128",
+            "model.progan.fmap_max=16",
             "model.z_dim=16",
             "train.phases=[{resolution: 8, batch: 8}, {resolution: 16, fade_kimg: 1, batch: 8}]",
         ],

@@ -103,7 +103,7 @@ def test_without_a_shared_embedding_each_bn_has_its_own_class_embeddings():
     assert G.blocks[0].bn1.gain.weight.std().item() == pytest.approx(0.02, rel=0.2), "N(0, 0.02) init"
     z = torch.randn(2, 128)
     assert not torch.allclose(G(z, torch.tensor([1, 1])), G(z, torch.tensor([2, 2])))
-    with pytest.raises(ConfigError, match="model.hier=true needs a shared class embedding"):
+    with pytest.raises(ConfigError, match="model.biggan.hier=true needs a shared class embedding"):
         Generator(32, ch=8, z_dim=120, hier=True, shared_dim=0, num_classes=10)
 
 

@@ -106,7 +106,7 @@ def test_cli_prints_the_table_and_one_json_line():
     [
         (["configs/biggan/digits32.yaml", "--gpu", "v100"], "'v100' is not a GPU kind"),
         (["configs/biggan/digits32.yaml", "train.batch=33", "--gpus-per-node", "2"], "train.batch=33"),
-        (["configs/biggan/digits32.yaml", "model.ch=0"], "model.ch"),
+        (["configs/biggan/digits32.yaml", "model.biggan.ch=0"], "model.biggan.ch"),
     ],
     ids=["unknown-gpu", "indivisible-batch", "does-not-build"],
 )

@@ -395,7 +395,7 @@ def test_a_shard_pattern_as_data_path_is_indexed_once(tmp_path, monkeypatch, cap
                     "data.loader=webdataset",
                     "data.num_workers=0",
                     "model.resolution=8",
-                    "model.attn_res=[]",
+                    "model.biggan.attn_res=[]",
                 ],
             )
             loader = make_loader(cfg, 30, torch.device("cpu"))

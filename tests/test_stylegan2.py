@@ -184,7 +184,7 @@ def test_lazy_regularization_steps_follow_stylegan2_adas_phases(demo_shards, tmp
 
     cfg = load_config(RECIPE, [f"data.path={demo_shards}", f"train.run_dir={tmp_path}", "track.enabled=false",
                                "eval.every_kimg=0", "train.batch=8", "data.num_workers=0", "regularize.r1.interval=4",
-                               "regularize.path_length.interval=2", "model.fmap_base=256", "model.fmap_max=16"])  # fmt: skip
+                               "regularize.path_length.interval=2", "model.stylegan2.fmap_base=256", "model.stylegan2.fmap_max=16"])  # fmt: skip
     trainer = Trainer(cfg)
     steps, step = [], trainer.backend.step
 
@@ -224,7 +224,7 @@ def test_cifar_recipe_scales_g_like_stylegan2_adas_g_reg_interval_without_path_l
 
     recipe = REPO / "configs" / "stylegan2" / "cifar10_32.yaml"
     small = [f"data.path={demo_shards}", f"train.run_dir={tmp_path}", "track.enabled=false", "eval.every_kimg=0",
-             "data.num_workers=0", "model.fmap_base=256", "model.fmap_max=16", "model.w_dim=32", "model.z_dim=32"]  # fmt: skip
+             "data.num_workers=0", "model.stylegan2.fmap_base=256", "model.stylegan2.fmap_max=16", "model.stylegan2.w_dim=32", "model.z_dim=32"]  # fmt: skip
     trainer = Trainer(load_config(recipe, small))
     assert not trainer.objective.lazy("g")
     for opt, lr, k in ((trainer.opt_g, 0.0025, 4), (trainer.opt_d, 0.0025, 16)):

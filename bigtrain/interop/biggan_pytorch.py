@@ -51,7 +51,7 @@ def settings_from_config(config: dict[str, Any], where: str) -> tuple[dict, dict
     if _attention(config.get("G_attn", "64")) != _attention(config.get("D_attn", "64")):
         raise WeightsError(
             f"{where} config has G_attn={config.get('G_attn')!r} and D_attn={config.get('D_attn')!r}; bigtrain "
-            "puts self-attention at the same resolutions in G and D (model.attn_res)"
+            "puts self-attention at the same resolutions in G and D (model.biggan.attn_res)"
         )
     d_attention = _attention(config.get("D_attn", "64"))
     if (config["resolution"] == 32 and d_attention) or 4 in d_attention:
@@ -67,32 +67,32 @@ def settings_from_config(config: dict[str, Any], where: str) -> tuple[dict, dict
     s: dict[str, Any] = {
         "model.name": "biggan",
         "model.resolution": config["resolution"],
-        "model.ch": config["G_ch"],
-        "model.d_ch": config["D_ch"],
+        "model.biggan.ch": config["G_ch"],
+        "model.biggan.d_ch": config["D_ch"],
         "model.z_dim": config["dim_z"],
-        "model.shared_dim": shared_dim,
-        "model.hier": bool(config.get("hier", False)),
-        "model.attn_res": _attention(config.get("G_attn", "64")),
+        "model.biggan.shared_dim": shared_dim,
+        "model.biggan.hier": bool(config.get("hier", False)),
+        "model.biggan.attn_res": _attention(config.get("G_attn", "64")),
         "model.num_classes": config["n_classes"],
-        "model.sn_eps": float(config.get("SN_eps", 1e-8)),
-        "model.bn_eps": float(config.get("BN_eps", 1e-5)),
+        "model.biggan.sn_eps": float(config.get("SN_eps", 1e-8)),
+        "model.biggan.bn_eps": float(config.get("BN_eps", 1e-5)),
     }
     o = {
         "model.name": "BigGAN-PyTorch's BigGAN.py (G.pth, D.pth)",
         "model.resolution": "config.resolution",
-        "model.ch": "config.G_ch",
-        "model.d_ch": "config.D_ch",
+        "model.biggan.ch": "config.G_ch",
+        "model.biggan.d_ch": "config.D_ch",
         "model.z_dim": "config.dim_z",
-        "model.shared_dim": "config.G_shared, config.shared_dim (0: dim_z)",
-        "model.hier": "config.hier",
-        "model.attn_res": "config.G_attn (= D_attn)",
+        "model.biggan.shared_dim": "config.G_shared, config.shared_dim (0: dim_z)",
+        "model.biggan.hier": "config.hier",
+        "model.biggan.attn_res": "config.G_attn (= D_attn)",
         "model.num_classes": "config.n_classes",
-        "model.sn_eps": "config.SN_eps",
-        "model.bn_eps": "config.BN_eps",
+        "model.biggan.sn_eps": "config.SN_eps",
+        "model.biggan.bn_eps": "config.BN_eps",
     }
     notes = []
     if config.get("G_init") in INITS:
-        s["model.init"], o["model.init"] = (
+        s["model.biggan.init"], o["model.biggan.init"] = (
             INITS[config["G_init"]],
             "config.G_init (for re-initialized layers only)",
         )
@@ -229,11 +229,11 @@ def to_biggan_pytorch(state_dict: dict[str, torch.Tensor]) -> tuple[dict, dict]:
 def export_config(cfg, num_classes: int) -> dict[str, Any]:
     """BigGAN-PyTorch's argument names for bigtrain's model and training settings (utils.py's parser)."""
     m, o = cfg.model, cfg.optim
-    attn = "_".join(str(r) for r in m.attn_res) or "0"
+    attn = "_".join(str(r) for r in m.biggan.attn_res) or "0"
     return {
-        "resolution": m.resolution, "n_classes": num_classes, "G_ch": m.ch, "D_ch": m.d_ch, "dim_z": m.z_dim,
-        "G_shared": m.shared_dim > 0, "shared_dim": m.shared_dim, "hier": m.hier, "G_attn": attn, "D_attn": attn,
-        "SN_eps": m.sn_eps, "BN_eps": m.bn_eps, "G_init": m.init, "D_init": m.init, "G_param": "SN", "D_param": "SN",
+        "resolution": m.resolution, "n_classes": num_classes, "G_ch": m.biggan.ch, "D_ch": m.biggan.d_ch, "dim_z": m.z_dim,
+        "G_shared": m.biggan.shared_dim > 0, "shared_dim": m.biggan.shared_dim, "hier": m.biggan.hier, "G_attn": attn, "D_attn": attn,
+        "SN_eps": m.biggan.sn_eps, "BN_eps": m.biggan.bn_eps, "G_init": m.biggan.init, "D_init": m.biggan.init, "G_param": "SN", "D_param": "SN",
         "norm_style": "bn", "G_nl": "relu", "D_nl": "relu", "D_wide": True, "G_lr": o.lr_g, "D_lr": o.lr_d,
         "G_B1": o.beta1, "D_B1": o.beta1, "G_B2": o.beta2, "D_B2": o.beta2, "adam_eps": o.eps,
         "num_D_steps": cfg.train.n_disc_steps, "batch_size": cfg.train.batch, "num_D_accumulations": 1,

@@ -155,23 +155,23 @@ def from_pickle(top: dict, source: str, data: bytes) -> Imported:
         "model.name": "stylegan2",
         "model.resolution": g["img_resolution"],
         "model.z_dim": g["z_dim"],
-        "model.w_dim": g["w_dim"],
+        "model.stylegan2.w_dim": g["w_dim"],
         "model.num_classes": g["c_dim"] if g["c_dim"] > 1 else 1,
-        "model.mapping_layers": g["mapping_kwargs.num_layers"],
-        "model.fmap_base": g["synthesis_kwargs.channel_base"],
-        "model.fmap_max": g["synthesis_kwargs.channel_max"],
-        "model.conv_clamp": float(g["synthesis_kwargs.conv_clamp"] or 0),
+        "model.stylegan2.mapping_layers": g["mapping_kwargs.num_layers"],
+        "model.stylegan2.fmap_base": g["synthesis_kwargs.channel_base"],
+        "model.stylegan2.fmap_max": g["synthesis_kwargs.channel_max"],
+        "model.stylegan2.conv_clamp": float(g["synthesis_kwargs.conv_clamp"] or 0),
     }
     origins = {
         "model.name": f"G_ema's class {G_ema.class_name} (StyleGAN2)",
         "model.resolution": "G_ema.init_kwargs.img_resolution",
         "model.z_dim": "G_ema.init_kwargs.z_dim",
-        "model.w_dim": "G_ema.init_kwargs.w_dim",
+        "model.stylegan2.w_dim": "G_ema.init_kwargs.w_dim",
         "model.num_classes": "G_ema.init_kwargs.c_dim (0: unconditional, 1 here)",
-        "model.mapping_layers": "G_ema.init_kwargs.mapping_kwargs.num_layers",
-        "model.fmap_base": "G_ema.init_kwargs.synthesis_kwargs.channel_base",
-        "model.fmap_max": "G_ema.init_kwargs.synthesis_kwargs.channel_max",
-        "model.conv_clamp": "G_ema.init_kwargs.synthesis_kwargs.conv_clamp (None: 0, off)",
+        "model.stylegan2.mapping_layers": "G_ema.init_kwargs.mapping_kwargs.num_layers",
+        "model.stylegan2.fmap_base": "G_ema.init_kwargs.synthesis_kwargs.channel_base",
+        "model.stylegan2.fmap_max": "G_ema.init_kwargs.synthesis_kwargs.channel_max",
+        "model.stylegan2.conv_clamp": "G_ema.init_kwargs.synthesis_kwargs.conv_clamp (None: 0, off)",
     }
     for key in ("mapping_kwargs.embed_features", "mapping_kwargs.layer_features"):
         if g[key] not in (None, g["w_dim"]):
@@ -261,10 +261,10 @@ def _read_discriminator(
         raise WeightsError(
             f"D's mapping_kwargs.num_layers={d['mapping_kwargs.num_layers']}; bigtrain's conditional D maps labels with 8 layers"
         )
-    settings["model.d_architecture"] = d["architecture"]
-    origins["model.d_architecture"] = "D.init_kwargs.architecture"
-    settings["model.mbstd_group"] = d["epilogue_kwargs.mbstd_group_size"]
-    origins["model.mbstd_group"] = "D.init_kwargs.epilogue_kwargs.mbstd_group_size"
+    settings["model.stylegan2.d_architecture"] = d["architecture"]
+    origins["model.stylegan2.d_architecture"] = "D.init_kwargs.architecture"
+    settings["model.stylegan2.mbstd_group"] = d["epilogue_kwargs.mbstd_group_size"]
+    origins["model.stylegan2.mbstd_group"] = "D.init_kwargs.epilogue_kwargs.mbstd_group_size"
     if d["block_kwargs.freeze_layers"]:
         return [
             f"the source froze D's first {d['block_kwargs.freeze_layers']} layers (--freezed); to fine-tune "
@@ -351,16 +351,16 @@ def export_kwargs(cfg, num_classes: int) -> dict[str, dict]:
     """The reference's constructor arguments for bigtrain's model settings (training/networks.py)."""
     m = cfg.model
     c_dim = num_classes if num_classes > 1 else 0
-    clamp = m.conv_clamp or None
+    clamp = m.stylegan2.conv_clamp or None
     G = {
-        "z_dim": m.z_dim, "c_dim": c_dim, "w_dim": m.w_dim, "img_resolution": m.resolution, "img_channels": 3,
-        "mapping_kwargs": {"num_layers": m.mapping_layers},
-        "synthesis_kwargs": {"channel_base": m.fmap_base, "channel_max": m.fmap_max, "num_fp16_res": 0, "conv_clamp": clamp},
+        "z_dim": m.z_dim, "c_dim": c_dim, "w_dim": m.stylegan2.w_dim, "img_resolution": m.resolution, "img_channels": 3,
+        "mapping_kwargs": {"num_layers": m.stylegan2.mapping_layers},
+        "synthesis_kwargs": {"channel_base": m.stylegan2.fmap_base, "channel_max": m.stylegan2.fmap_max, "num_fp16_res": 0, "conv_clamp": clamp},
     }  # fmt: skip
     D = {
-        "c_dim": c_dim, "img_resolution": m.resolution, "img_channels": 3, "architecture": m.d_architecture,
-        "channel_base": m.fmap_base, "channel_max": m.fmap_max, "num_fp16_res": 0, "conv_clamp": clamp,
-        "epilogue_kwargs": {"mbstd_group_size": m.mbstd_group},
+        "c_dim": c_dim, "img_resolution": m.resolution, "img_channels": 3, "architecture": m.stylegan2.d_architecture,
+        "channel_base": m.stylegan2.fmap_base, "channel_max": m.stylegan2.fmap_max, "num_fp16_res": 0, "conv_clamp": clamp,
+        "epilogue_kwargs": {"mbstd_group_size": m.stylegan2.mbstd_group},
     }  # fmt: skip
     return {"G": G, "D": D}
 

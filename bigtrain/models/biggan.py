@@ -8,11 +8,14 @@ Channel widths per resolution follow the paper's appendix B (multiples of `ch`).
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import ConfigError
+from ..errors import ConfigError
+from .heads import d_heads
 from .layers import (
     ConditionalBatchNorm2d,
     MinibatchDiscrimination,
@@ -24,6 +27,44 @@ from .layers import (
     sn_linear,
 )
 from .roles import DiscriminatorRole, DOutput, GeneratorRole
+
+
+@dataclass
+class Section:
+    """model.biggan: BigGAN's knobs."""
+
+    ch: int = 64  # G channel multiplier
+    d_ch: int = 64  # D channel multiplier
+    shared_dim: int = 128  # shared class embedding (0: each BN layer's own, with hier off)
+    hier: bool = True  # hierarchical z: one chunk to the input, one to every block's BN
+    attn_res: list[int] = field(default_factory=list)  # resolutions with self-attention
+    bn_eps: float = 1e-5
+    sn_eps: float = 1e-6
+    # weights: ortho (the paper) | N02 (BigGAN-PyTorch's CIFAR script)
+    init: str = field(default="ortho", metadata={"choices": ("ortho", "N02")})
+
+    def check(self, key: str, m) -> None:
+        for name in ("ch", "d_ch"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{key}.{name}={getattr(self, name)} must be > 0")
+        if self.shared_dim < 0:
+            raise ConfigError(f"{key}.shared_dim={self.shared_dim} must be >= 0")
+        for r in self.attn_res:
+            if r < 1 or r & (r - 1) or r > m.resolution:
+                raise ConfigError(f"{key}.attn_res has {r}, not a power of two up to model.resolution")
+
+
+def build(m, num_classes: int) -> tuple[nn.Module, nn.Module]:
+    s = m.biggan
+    g = Generator(
+        m.resolution, s.ch, m.z_dim, s.shared_dim, s.hier, tuple(s.attn_res), num_classes, s.bn_eps, s.sn_eps,
+        s.init,
+    )  # fmt: skip
+    d = Discriminator(
+        m.resolution, s.d_ch, tuple(s.attn_res), num_classes, s.sn_eps, s.init, **d_heads(m, num_classes)
+    )
+    return g, d
+
 
 # Generator: channel multipliers of the 4x4 input, then the output of each up-block (x2 each).
 G_WIDTHS = {
@@ -114,7 +155,7 @@ class Generator(GeneratorRole):
         per_layer_classes = num_classes if self.conditional and shared_dim < 1 else 0
         if per_layer_classes and hier:
             raise ConfigError(
-                "model.hier=true needs a shared class embedding (model.shared_dim > 0): BigGAN without one "
+                "model.biggan.hier=true needs a shared class embedding (model.biggan.shared_dim > 0): BigGAN without one "
                 "conditions each BN on the label alone"
             )
         self.num_chunks = num_blocks + 1 if hier else 1

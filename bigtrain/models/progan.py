@@ -19,10 +19,14 @@ depth. At alpha 0 the output is exactly the old path's, at alpha 1 exactly the n
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import ConfigError
+from .heads import aux_classes, d_heads
 from .layers import (
     SQRT2,
     EqualizedConv2d,
@@ -33,6 +37,38 @@ from .layers import (
     one_hot,
 )
 from .roles import DiscriminatorRole, DOutput, GeneratorRole
+
+
+@dataclass
+class Section:
+    """model.progan: the Progressive GAN's knobs."""
+
+    fmap_base: int = 8192  # feature maps at resolution r: min(2 fmap_base / r, fmap_max)
+    fmap_max: int = 512
+    mbstd_group: int = 4  # minibatch standard deviation group size
+
+    def check(self, key: str, m) -> None:
+        check_feature_maps(key, self, m)
+
+
+def check_feature_maps(key: str, s, m) -> None:
+    """The feature-map knobs ProGAN and StyleGAN2 share."""
+    for name in ("fmap_base", "fmap_max", "mbstd_group"):
+        if getattr(s, name) < 1:
+            raise ConfigError(f"{key}.{name}={getattr(s, name)} must be > 0")
+    if s.fmap_base < m.resolution:
+        raise ConfigError(
+            f"{key}.fmap_base={s.fmap_base} leaves no feature maps at {m.resolution}x{m.resolution} "
+            "(they are fmap_base / resolution); raise it to at least model.resolution"
+        )
+
+
+def build(m, num_classes: int) -> tuple[nn.Module, nn.Module]:
+    """Unconditional, as in the paper: class labels are ignored. With the auxiliary classifier, G takes
+    the label as the paper's code does for AC-GAN (its only conditional form)."""
+    s = m.progan
+    g = Generator(m.resolution, m.z_dim, s.fmap_base, s.fmap_max, aux_classes(m, num_classes))
+    return g, Discriminator(m.resolution, s.fmap_base, s.fmap_max, **d_heads(m, num_classes))
 
 
 def pixel_norm(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:

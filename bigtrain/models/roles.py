@@ -11,7 +11,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from ..config import ConfigError
+from ..errors import ConfigError
 
 
 class GeneratorRole(nn.Module):

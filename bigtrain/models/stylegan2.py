@@ -29,11 +29,14 @@ from __future__ import annotations
 
 import contextlib
 import math
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import ConfigError
+from .heads import d_heads
 from .layers import (
     SQRT2,
     EqualizedConv2d,
@@ -43,8 +46,43 @@ from .layers import (
     feature_maps,
     one_hot,
 )
-from .progan import minibatch_stddev
+from .progan import check_feature_maps, minibatch_stddev
 from .roles import DiscriminatorRole, DOutput, GeneratorRole
+
+
+@dataclass
+class Section:
+    """model.stylegan2: StyleGAN2's knobs."""
+
+    fmap_base: int = 8192  # feature maps at resolution r: min(fmap_base / r, fmap_max)
+    fmap_max: int = 512
+    w_dim: int = 512  # intermediate latent (w) size
+    mapping_layers: int = 8  # depth of the mapping network z -> w
+    mbstd_group: int = 4  # minibatch standard deviation group size
+    conv_clamp: float = 256.0  # clamp conv outputs to +-this (stylegan2-ada's recipes: 256; 0: off)
+    # D: resnet (the paper's Fig. 7c) | orig | skip
+    d_architecture: str = field(default="resnet", metadata={"choices": ("resnet", "orig", "skip")})
+
+    def check(self, key: str, m) -> None:
+        check_feature_maps(key, self, m)
+        for name in ("w_dim", "mapping_layers"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{key}.{name}={getattr(self, name)} must be > 0")
+        if not self.conv_clamp >= 0:
+            raise ConfigError(f"{key}.conv_clamp={self.conv_clamp} must be >= 0")
+
+
+def build(m, num_classes: int) -> tuple[nn.Module, nn.Module]:
+    """Conditional when the data has classes (the label joins z in the mapping network; D projects)."""
+    s, classes = m.stylegan2, num_classes if num_classes > 1 else 0
+    g = Generator(
+        m.resolution, m.z_dim, s.w_dim, classes, s.fmap_base, s.fmap_max, s.mapping_layers, s.conv_clamp
+    )
+    d = Discriminator(
+        m.resolution, classes, s.fmap_base, s.fmap_max, s.mbstd_group,
+        architecture=s.d_architecture, conv_clamp=s.conv_clamp, **d_heads(m, classes),
+    )  # fmt: skip
+    return g, d
 
 
 def normalize_2nd_moment(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
