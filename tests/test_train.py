@@ -193,3 +193,18 @@ def test_eval_every_kimg_0_turns_off_every_evaluation(demo_shards, tmp_path):
     )
     assert t.run() == "finished"
     assert t.metric_history == [] and not (tmp_path / "run" / "truncation_sweep.png").exists()
+
+
+def test_linear_lr_decay_falls_to_zero_over_the_run(demo_shards, tmp_path):
+    """optim.lr_decay=linear (SN-GAN's configs): each step's rates are the recipe's times
+    1 - kimg / total_kimg, the kimg before the step; the lazy-regularization scaling stays."""
+    cfg = tiny(demo_shards, tmp_path / "run", "train.total_kimg=0.064", "optim.lr_decay=linear",
+               "optim.lr_g=2e-4", "optim.lr_d=4e-4", "optim.d_reg_interval=4")  # fmt: skip
+    trainer = Trainer(cfg)
+    seen = []
+    for _ in range(4):  # 16 images a step: kimg 0, 0.016, 0.032, 0.048 of 0.064
+        trainer.train_step()
+        seen.append((trainer.opt_g.param_groups[0]["lr"], trainer.opt_d.param_groups[0]["lr"]))
+    expected = [(2e-4 * f, 4e-4 * f * 4 / 5) for f in (1.0, 0.75, 0.5, 0.25)]
+    flat = [lr for pair in expected for lr in pair]
+    assert [lr for pair in seen for lr in pair] == pytest.approx(flat), f"rates {seen}, expected {expected}"

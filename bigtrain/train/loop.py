@@ -289,6 +289,8 @@ class Trainer:
         t = self.cfg.train
         if self.schedule:
             self._enter_phase()
+        if self.cfg.optim.lr_decay == "linear":
+            self._decay_learning_rates()
         a = self.cfg.augment
         self.d_view.noise_sigma = instance_noise_sigma(a.instance_noise, a.instance_noise_kimg, self.kimg)
         for k in range(t.n_disc_steps):
@@ -445,6 +447,14 @@ class Trainer:
         for opt, lr, which in ((self.opt_g, lr_g, "g"), (self.opt_d, lr_d, "d")):
             for group in opt.param_groups:
                 group["lr"] = lr * self.lazy_ratio[which]
+
+    def _decay_learning_rates(self) -> None:
+        """optim.lr_decay=linear: the rates (the phase's, else optim's) times 1 - kimg / total_kimg, a
+        function of kimg alone, so a resumed run follows the same schedule."""
+        o, p = self.cfg.optim, self.phase
+        factor = max(0.0, 1.0 - self.kimg / self.cfg.train.total_kimg)
+        lr_g, lr_d = (p.lr_g, p.lr_d) if p is not None else (o.lr_g, o.lr_d)
+        self._set_learning_rates(lr_g * factor, lr_d * factor)
 
     @staticmethod
     def _first_only(module: torch.nn.Module, micro_batch: int):
