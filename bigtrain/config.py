@@ -83,12 +83,18 @@ ModelConfig = dataclasses.make_dataclass(
 @dataclass
 class LossConfig:
     # The adversarial loss (bigtrain/objective/adversarial.py): hinge | nonsat | minimax | lsgan |
-    # wgan (with regularize.gradient_penalty) | rasgan | ralsgan | rahinge (relativistic average).
+    # wgan (with regularize.gradient_penalty) | rasgan | ralsgan | rahinge (relativistic average) |
+    # ebgan | began (energy-based, bigtrain/objective/energy.py: model.name ebgan or began).
     name: str = "hinge"
     real_label: float = 1.0  # one-sided label smoothing of nonsat, minimax, rasgan (Salimans et al.: 0.9)
     lsgan_a: float = 0.0  # LSGAN's targets (Mao et al. 2017): D's for fakes,
     lsgan_b: float = 1.0  # D's for reals,
     lsgan_c: float = 1.0  # and G's for its fakes
+    # EBGAN's margin m (Zhao et al. 2017, eq. 1; appendix C: 20 on CelebA, 80 on LSUN) on the energy's scale
+    ebgan_margin: float = 20.0
+    began_gamma: float = 0.5  # BEGAN's diversity ratio E[L(G(z))] / E[L(x)] (Berthelot et al. 2017, 3.4: 0.5)
+    began_lambda_k: float = 0.001  # the gain of k_t's proportional control (sec. 3.4 / reference: 0.001)
+    began_k0: float = 0.0  # k_0 (sec. 3.4: 0)
 
 
 # The regularizers (bigtrain/objective/), one section each under `regularize`; a zero weight leaves it off.
@@ -179,6 +185,13 @@ class AuxClassifierConfig:
 
 
 @dataclass
+class PullAwayConfig:
+    # EBGAN's pull-away term (Zhao et al. 2017, sec. 2.4): weight (lambda_PT; the paper: 0.1) x the mean
+    # squared cosine similarity of D's features of G's fakes over their pairs, added to G's loss
+    weight: float = 0.0
+
+
+@dataclass
 class RegularizeConfig:
     ortho: OrthoConfig = field(default_factory=OrthoConfig)
     gradient_penalty: GradientPenaltyConfig = field(default_factory=GradientPenaltyConfig)
@@ -193,6 +206,7 @@ class RegularizeConfig:
     unrolled: UnrolledConfig = field(default_factory=UnrolledConfig)
     feature_matching: FeatureMatchingConfig = field(default_factory=FeatureMatchingConfig)
     aux_classifier: AuxClassifierConfig = field(default_factory=AuxClassifierConfig)
+    pull_away: PullAwayConfig = field(default_factory=PullAwayConfig)
 
 
 @dataclass

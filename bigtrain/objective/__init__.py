@@ -3,7 +3,9 @@
 Each regularizer lives in its own file beside its paper's equation and plugs into the trainer through
 the hooks of `Regularizer`; `REGULARIZERS` maps its config section (`regularize.<name>`) to its class,
 whose `build` returns None while the section leaves it off. Adding one is a class, an entry here and
-its config keys (a dataclass in `bigtrain/config.py`).
+its config keys (a dataclass in `bigtrain/config.py`). The adversarial loss may hold state across
+steps (BEGAN's k_t: adversarial.LossState), which the objective's hooks, metrics and checkpoint state
+carry as they carry the regularizers'.
 """
 
 from __future__ import annotations
@@ -14,15 +16,17 @@ import torch
 from torch import nn
 
 from ..config import Config, ConfigError
-from .adversarial import ADVERSARIAL_LOSSES, SMOOTHABLE, AdversarialLoss, build_loss
+from .adversarial import ADVERSARIAL_LOSSES, ENERGY_LOSSES, SMOOTHABLE, AdversarialLoss, build_loss
 from .aux_classifier import AuxClassifier
 from .consistency import Consistency
+from .energy import ENERGY_MODELS
 from .feature_matching import FeatureMatching
 from .gradient_penalty import GradientPenalty
 from .historical_average import HistoricalAverage
 from .lecam import LeCam
 from .orthogonal import Orthogonal
 from .path_length import PathLength
+from .pull_away import PullAway
 from .r1 import R1
 from .regularizer import DScores, Networks, PassTools, Regularizer
 from .style_mixing import StyleMixing
@@ -52,6 +56,7 @@ REGULARIZERS: dict[str, type[Regularizer]] = {
     "zcr": LatentConsistency,
     "feature_matching": FeatureMatching,
     "aux_classifier": AuxClassifier,
+    "pull_away": PullAway,
 }
 
 
@@ -119,6 +124,7 @@ class Objective:
         """The adversarial D loss plus the main-pass penalties on D; `extra`: the sets the regularizers
         added (`extra_d_sets`), as D scored them."""
         loss = self.loss.d(real.logits, fake.logits)
+        self.loss.state.observe(real.logits, fake.logits)
         added = dict(extra)
         for r in self.on("d"):
             if not r.lazy:
@@ -145,19 +151,30 @@ class Objective:
         return [p for p in penalties if p is not None]
 
     def after_backward(self, network: str) -> None:
+        if network == "d":
+            self.loss.state.after_d_backward()
         for r in self.on(network):
             if not r.lazy:
                 r.after_backward()
 
     def after_step(self, network: str) -> None:
+        """After `network`'s main optimizer step; not after a step the non-finite guard skipped."""
+        if network == "d":
+            self.loss.state.after_d_step()
         for r in self.on(network):
             if not r.lazy:
                 r.after_step()
 
+    def metrics(self) -> dict[str, float]:
+        """The objective's figures for the trainer's log point (BEGAN's k_t and convergence measure)."""
+        return self.loss.state.metrics()
+
     def state_dict(self) -> dict:
-        return {k: v for r in self.regularizers for k, v in r.state_dict().items()}
+        regularizers = {k: v for r in self.regularizers for k, v in r.state_dict().items()}
+        return {**self.loss.state.state_dict(), **regularizers}
 
     def load_state_dict(self, state: dict) -> None:
+        self.loss.state.load_state_dict(state)
         for r in self.regularizers:
             r.load_state_dict(state)
 
@@ -178,7 +195,7 @@ def build_objective(
     for name, cls in REGULARIZERS.items():
         built = cls.build(getattr(cfg.regularize, name), networks)  # None, one, or one per network
         regularizers += built if isinstance(built, list) else [built] if built is not None else []
-    return Objective(build_loss(cfg.loss), regularizers)
+    return Objective(build_loss(cfg.loss, device, all_mean), regularizers)
 
 
 def check_config(cfg: Config) -> None:
@@ -194,6 +211,7 @@ def check_config(cfg: Config) -> None:
             f"loss.real_label={loss.real_label} smooths a target that loss.name={loss.name} does not have; "
             f"it applies to {', '.join(SMOOTHABLE)} (LSGAN's real target is loss.lsgan_b)"
         )
+    _check_energy(cfg)
     for name, cls in REGULARIZERS.items():
         key, section = f"regularize.{name}", getattr(cfg.regularize, name)
         for f in dataclasses.fields(section):
@@ -206,3 +224,34 @@ def check_config(cfg: Config) -> None:
             if isinstance(value, float) and not value >= 0:  # NaN too
                 raise ConfigError(f"{key}.{f.name}={value} must be >= 0")
         cls.check(key, section, cfg)
+
+
+def _check_energy(cfg: Config) -> None:
+    """The energy-based losses and the auto-encoder Ds go together, with their values in range."""
+    loss, energy_model = cfg.loss, cfg.model.name in ENERGY_MODELS
+    if (loss.name in ENERGY_LOSSES) != energy_model:
+        which = (
+            f"model.name={cfg.model.name}'s D scores an image by its reconstruction error, an energy (low on "
+            f"reals), which loss.name={loss.name} would read as a logit"
+            if energy_model
+            else f"loss.name={loss.name} reads D's output as an energy (low on reals), which model.name="
+            f"{cfg.model.name}'s D does not output"
+        )
+        raise ConfigError(
+            f"{which}: the energy-based losses ({', '.join(ENERGY_LOSSES)}) go with the auto-encoder Ds "
+            f"(model.name {' or '.join(ENERGY_MODELS)})"
+        )
+    if not loss.ebgan_margin > 0:
+        raise ConfigError(f"loss.ebgan_margin={loss.ebgan_margin} must be > 0 (EBGAN's margin m)")
+    if not 0 < loss.began_gamma <= 1:
+        raise ConfigError(f"loss.began_gamma={loss.began_gamma} must be in (0, 1] (BEGAN's diversity ratio)")
+    if not loss.began_lambda_k >= 0:
+        raise ConfigError(f"loss.began_lambda_k={loss.began_lambda_k} must be >= 0 (k_t's gain)")
+    if not 0 <= loss.began_k0 <= 1:
+        raise ConfigError(f"loss.began_k0={loss.began_k0} must be in [0, 1] (k_t's start)")
+    if loss.name in ENERGY_LOSSES and cfg.augment.ada and cfg.augment.ada_target > 0:
+        raise ConfigError(
+            f"augment.ada_target={cfg.augment.ada_target} tunes ADA's p by the sign of D's output on reals, "
+            f"which loss.name={loss.name}'s energies (>= 0) do not carry: set augment.ada_target=0 (p fixed "
+            "at augment.ada_p)"
+        )

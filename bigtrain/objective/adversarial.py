@@ -4,12 +4,17 @@ is a mean over the (micro-)batch.
 The relativistic average losses (Jolicoeur-Martineau 2018) compare each logit with the mean logit of
 the other set: D~(x) = D(x) - E[D(G(z))] on reals, D~(G(z)) = D(G(z)) - E[D(x)] on fakes. Their G loss
 needs D's logits on reals too (`needs_reals`); the trainer scores the D step's reals in the G step.
+
+The energy-based losses (EBGAN, BEGAN: bigtrain/objective/energy.py) read D's output as an energy, low
+on reals, from an auto-encoder D (model.name ebgan or began). A loss may hold state across steps
+(BEGAN's k_t): its `LossState` sees D's main pass of every micro-batch and the end of every D step,
+reports metrics and is checkpoint state; the other losses' state does nothing.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 
 import torch
@@ -115,25 +120,65 @@ def rahinge_g(fake_logits: torch.Tensor, real_logits: torch.Tensor) -> torch.Ten
     return F.relu(1.0 - fake).mean() + F.relu(1.0 + real).mean()
 
 
+class LossState:
+    """A loss's state across steps, and its hooks; this base, every stateless loss's, does nothing.
+
+    The objective calls `observe` with D's outputs on each micro-batch of D's main pass, then
+    `after_d_backward` once the step's backward is done (on every rank, whether or not the step is then
+    taken) and `after_d_step` after D's optimizer step (not after one the non-finite guard skipped)."""
+
+    def observe(self, real_logits: torch.Tensor, fake_logits: torch.Tensor) -> None:
+        """D's main pass of a micro-batch scored these reals and fakes."""
+
+    def after_d_backward(self) -> None:
+        """Every micro-batch of the D step is observed and backpropagated."""
+
+    def after_d_step(self) -> None:
+        """D's optimizer step was taken."""
+
+    def metrics(self) -> dict[str, float]:
+        """Figures for the trainer's log point (a host sync here is fine: it runs once per log)."""
+        return {}
+
+    def state_dict(self) -> dict:
+        """Top-level checkpoint keys."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
 @dataclass(frozen=True)
 class AdversarialLoss:
     """D's loss from the logits of reals and fakes, G's from the logits of its fakes (and of reals, for a
-    loss that `needs_reals`)."""
+    loss that `needs_reals`), and the loss's state across steps (see LossState)."""
 
     name: str
     d: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     g: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]
     needs_reals: bool = False
+    state: LossState = field(default_factory=LossState)
 
 
 # The losses with a target for reals, where one-sided label smoothing (loss.real_label) applies.
 SMOOTHABLE = ("nonsat", "minimax", "rasgan")
-ADVERSARIAL_LOSSES = ("hinge", "nonsat", "minimax", "lsgan", "wgan", "rasgan", "ralsgan", "rahinge")
+# The losses that read D's output as an energy (an auto-encoder D's reconstruction error).
+ENERGY_LOSSES = ("ebgan", "began")
+LOGIT_LOSSES = ("hinge", "nonsat", "minimax", "lsgan", "wgan", "rasgan", "ralsgan", "rahinge")
+ADVERSARIAL_LOSSES = (*LOGIT_LOSSES, *ENERGY_LOSSES)
+MeanOverRanks = Callable[[torch.Tensor], torch.Tensor]
 
 
-def build_loss(section) -> AdversarialLoss:
-    """The loss `loss.name` names, with its parameters from the `loss` section."""
+def build_loss(
+    section, device: torch.device | str = "cpu", all_mean: MeanOverRanks = lambda t: t
+) -> AdversarialLoss:
+    """The loss `loss.name` names, with its parameters from the `loss` section. A loss with state keeps
+    it on `device`, averaged over ranks with `all_mean`."""
     name, t = section.name, section.real_label
+    if name in ENERGY_LOSSES:
+        from .energy import build_energy_loss  # energy.py builds on LossState and AdversarialLoss
+
+        return build_energy_loss(section, device, all_mean)
     if name == "hinge":
         return AdversarialLoss(name, hinge_d, hinge_g)
     if name == "nonsat":

@@ -541,6 +541,7 @@ class Trainer:
         metrics["data_read_retries"] = self.loader.read_retries  # non-zero only for a URL data.path
         metrics["data_skipped_shards"] = self.loader.skipped_shards
         metrics["skipped_steps"] = self.skipped_steps
+        metrics.update(self.objective.metrics())  # the loss's own figures (BEGAN's k_t and M_global)
         if self.device.type == "cuda":
             metrics["gpu_mem_peak_gib"] = torch.cuda.max_memory_allocated(self.device) / 2**30
         else:  # the process's, not only tensors'
