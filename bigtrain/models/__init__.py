@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from torch import nn
 
-from . import began, biggan, ebgan, progan, stylegan2
+from . import began, biggan, ebgan, progan, sngan, stylegan2
 
 if TYPE_CHECKING:
     from ..config import ModelConfig
@@ -36,6 +36,7 @@ FAMILIES: dict[str, Family] = {
     "biggan": Family.of(biggan),
     "progan": Family.of(progan),
     "stylegan2": Family.of(stylegan2),
+    "sngan": Family.of(sngan),
     "ebgan": Family.of(ebgan),
     "began": Family.of(began),
 }
