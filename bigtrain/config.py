@@ -90,7 +90,8 @@ class LossConfig:
     lsgan_a: float = 0.0  # LSGAN's targets (Mao et al. 2017): D's for fakes,
     lsgan_b: float = 1.0  # D's for reals,
     lsgan_c: float = 1.0  # and G's for its fakes
-    # EBGAN's margin m (Zhao et al. 2017, eq. 1; appendix C: 20 on CelebA, 80 on LSUN) on the energy's scale
+    # EBGAN's margin m (Zhao et al. 2017, eq. 1; 10 on MNIST, sec. 4.1; appendix C, unverified: CelebA 20,
+    # LSUN 80) on the energy's scale
     ebgan_margin: float = 20.0
     began_gamma: float = 0.5  # BEGAN's diversity ratio E[L(G(z))] / E[L(x)] (Berthelot et al. 2017, 3.4: 0.5)
     began_lambda_k: float = 0.001  # the gain of k_t's proportional control (sec. 3.4 / reference: 0.001)
@@ -186,8 +187,9 @@ class AuxClassifierConfig:
 
 @dataclass
 class PullAwayConfig:
-    # EBGAN's pull-away term (Zhao et al. 2017, sec. 2.4): weight (lambda_PT; the paper: 0.1) x the mean
-    # squared cosine similarity of D's features of G's fakes over their pairs, added to G's loss
+    # EBGAN's pull-away term (Zhao et al. 2017, sec. 2.4, eq. 14): weight (lambda_PT; the paper: 0.1,
+    # appendix F) x the mean squared cosine similarity of D's features (the encoder's output) of G's fakes
+    # over their pairs, added to G's loss
     weight: float = 0.0
 
 

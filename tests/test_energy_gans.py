@@ -167,7 +167,7 @@ def test_began_parameter_counts_equal_the_reference_implementation(key):
 
 
 def _ebgan_counts(resolution: int, z: int, g_ch: int, d_ch: int) -> tuple[int, int]:
-    """The appendix's layer strings counted by hand: 4x4 kernels, no biases (DCGAN), 2 BN parameters
+    """EBGAN's layer strings counted by hand: 4x4 kernels, no biases (DCGAN), 2 BN parameters
     per map after every layer but G's output and D's input and output layers."""
     ups = int(math.log2(resolution)) - 2
     widths = [g_ch * 2 ** (ups - 1 - i) for i in range(ups)]
@@ -180,10 +180,11 @@ def _ebgan_counts(resolution: int, z: int, g_ch: int, d_ch: int) -> tuple[int, i
 
 
 def test_ebgan_parameter_counts_follow_the_papers_layer_strings():
-    """EBGAN has no released code. Its appendix C gives the 64x64 LSUN / CelebA networks as
-    G (512)4c-(256)4c2s-(128)4c2s-(64)4c2s-(3)4c2s and
-    D (64)4c2s-(128)4c2s-(256)4c2s-(128)4c2s-(64)4c2s-(3)4c2s, trained per DCGAN's guidance: with z 100,
-    G is pytorch/examples' dcgan/main.py generator, 3,576,704 parameters, and D 1,318,016 in closed form."""
+    """EBGAN has no released code. Its 64x64 LSUN / CelebA networks: D
+    (64)4c2s-(128)4c2s-(256)4c2s-(128)4c2s-(64)4c2s-(3)4c2s (appendix C as recalled, its text not found;
+    kozistr/Awesome-GANs and khanrc/tf.gans-comparison build the same), G the DCGAN of section 4.3,
+    (512)4c-(256)4c2s-(128)4c2s-(64)4c2s-(3)4c2s, per DCGAN's guidance: with z 100, G is pytorch/examples'
+    dcgan/main.py generator, 3,576,704 parameters, and D 1,318,016 in closed form."""
     assert _ebgan_counts(64, 100, 64, 64) == (3_576_704, 1_318_016)
     for resolution, z, g_ch, d_ch in [(64, 100, 64, 64), (32, 100, 64, 64), (32, 64, 16, 16)]:
         g, d = ebgan.Generator(resolution, z, g_ch), ebgan.Discriminator(resolution, d_ch)
@@ -193,7 +194,7 @@ def test_ebgan_parameter_counts_follow_the_papers_layer_strings():
 @pytest.mark.parametrize("recipe", ["began/digits32", "began/celeba64", "ebgan/digits32", "ebgan/celeba64"])
 def test_every_recipe_builds_the_reference_parameter_counts(recipe):
     """Each recipe's G and D, built through the registry as the trainer builds them, against the
-    reference's figures above (BEGAN: the TensorFlow build; EBGAN: the appendix's layers in closed form)."""
+    reference's figures above (BEGAN: the TensorFlow build; EBGAN: its layer strings in closed form)."""
     from bigtrain.models import build_models
 
     m = load_config(REPO / "configs" / f"{recipe}.yaml", []).model

@@ -6,25 +6,29 @@ D(x) = ||Dec(Enc(x)) - x|| (eq. 13, Figure 1), which the EBGAN margin loss
 The deep convolutional networks of the paper's 64x64 experiments (section 4.3 and appendix C), in its
 notation ((64)4c2s: 64 feature maps, 4x4 kernel, stride 2; "-" between layers):
 
-    G: (512)4c-(256)4c2s-(128)4c2s-(64)4c2s-(3)4c2s          (a DCGAN generator)
+    G: (512)4c-(256)4c2s-(128)4c2s-(64)4c2s-(3)4c2s          (DCGAN's generator, dcgan/main.py)
     D: (64)4c2s-(128)4c2s-(256)4c2s-(128)4c2s-(64)4c2s-(3)4c2s (encoder: strided convolutions;
                                                                decoder: fractional-strided ones)
 
-with `g_ch` = `d_ch` = 64. The paper trains them "following the guidance suggested by Radford et al.
-(2015)" (DCGAN), which fixes what the layer strings leave open, as pytorch/examples' dcgan/main.py
-builds it: BatchNorm after every layer but G's output and D's input (and here D's output), ReLU in G
-and in the decoder, LeakyReLU 0.2 in the encoder, tanh on images (G's output and the
-reconstruction), no biases, weights N(0, 0.02) and BN scales N(1, 0.02). At another resolution R, G
-keeps its halving widths, g_ch at R/2, and starts at 4x4 (32 px: (256)4c-(128)4c2s-(64)4c2s-(3)4c2s);
-D keeps its three stages each way, so its code is 4 d_ch maps at R/8.
+with `g_ch` = `d_ch` = 64. Appendix C's text could not be read here: D's string is as recalled and as
+kozistr/Awesome-GANs and khanrc/tf.gans-comparison build it; G's is the DCGAN section 4.3 compares
+with ("we train a DCGAN model under the same configuration"). DCGAN's guidance (Radford et al. 2015)
+fixes what the strings leave open, as pytorch/examples' dcgan/main.py builds it: BatchNorm after every
+layer but G's output and D's input (and here D's output), ReLU in G, LeakyReLU 0.2 in the encoder
+(DCGAN's rule, LeakyReLU in all of D, would put it in the decoder too: ReLU there is bigtrain's
+choice), tanh on images (G's output and the reconstruction), no biases, weights N(0, 0.02) and BN
+scales N(1, 0.02). At another resolution R, G keeps its halving widths, g_ch at R/2, and starts at 4x4
+(32 px: (256)4c-(128)4c2s-(64)4c2s-(3)4c2s); D keeps its three stages each way, so its code is 4 d_ch
+maps at R/8.
 
 D's BatchNorm normalizes each set of a batch (reals, fakes, ...: `parts`) with its own statistics, as
 when D is called on each set alone.
 
 The energy: `l2`, the norm of eq. 13 (a root of the sum of squares over channels and pixels), the
-scale at which the paper's margins (10 on MNIST, 20 on CelebA, 80 on LSUN) are reconstruction errors
-an auto-encoder reaches; or `mse`, the mean squared error over them (Figure 1 names D's last block
-"MSE"; its values lie in [0, 4] for images in [-1, 1], so its margin is on that scale).
+scale at which the paper's margins (10 on MNIST, section 4.1; 20 on CelebA, 80 on LSUN, appendix C as
+recalled) are reconstruction errors an auto-encoder reaches; or `mse`, the mean squared error over them
+(Figure 1 names D's last block "MSE"; its values lie in [0, 4] for images in [-1, 1], so its margin is
+on that scale).
 """
 
 from __future__ import annotations
