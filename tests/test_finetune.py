@@ -28,7 +28,12 @@ RECIPES = {"biggan": REPO / "configs" / "biggan" / "digits32.yaml", "stylegan2":
 # Narrow networks, so that a few iterations take a second or two.
 NARROW = {
     "biggan": [],
-    "stylegan2": ["model.stylegan2.fmap_base=256", "model.stylegan2.fmap_max=16", "model.stylegan2.w_dim=32", "model.z_dim=32"],
+    "stylegan2": [
+        "model.stylegan2.fmap_base=256",
+        "model.stylegan2.fmap_max=16",
+        "model.stylegan2.w_dim=32",
+        "model.z_dim=32",
+    ],
 }
 
 
@@ -135,7 +140,11 @@ def test_a_shape_difference_outside_the_class_tensors_is_a_config_error(demo_sha
     with pytest.raises(
         ConfigError, match=r"^train.init_from=.*: G\.linear\.bias has shape \(512,\) there and \(1024,\) in this run's model \("
     ):  # fmt: skip
-        Trainer(_cfg("biggan", demo_shards, tmp_path / "new", f"train.init_from={source_run}", "model.biggan.ch=16"))
+        Trainer(
+            _cfg(
+                "biggan", demo_shards, tmp_path / "new", f"train.init_from={source_run}", "model.biggan.ch=16"
+            )
+        )
 
 
 def test_a_source_without_d_leaves_d_as_built(demo_shards, tmp_path, caplog):

@@ -392,7 +392,12 @@ def test_imported_recipe_names_each_value_and_where_it_was_read(tmp_path):
     from bigtrain.config import load_config
 
     cfg = load_config(out / "recipe.yaml")  # the recipe is a valid one
-    assert (cfg.model.stylegan2.fmap_base, cfg.model.stylegan2.fmap_max, cfg.model.z_dim, cfg.model.stylegan2.mapping_layers) == (
+    assert (
+        cfg.model.stylegan2.fmap_base,
+        cfg.model.stylegan2.fmap_max,
+        cfg.model.z_dim,
+        cfg.model.stylegan2.mapping_layers,
+    ) == (
         128,
         16,
         32,
@@ -429,14 +434,24 @@ def test_imported_biggan_equals_the_references_outputs(tmp_path, case):
     assert state["iteration"] == 1234 and state["num_classes"] == 10
     cfg = from_dict(state["config"])
     if case == "biggan-shared-hier":
-        assert (cfg.model.resolution, cfg.model.biggan.shared_dim, cfg.model.biggan.hier, cfg.model.biggan.attn_res) == (
+        assert (
+            cfg.model.resolution,
+            cfg.model.biggan.shared_dim,
+            cfg.model.biggan.hier,
+            cfg.model.biggan.attn_res,
+        ) == (
             64,
             8,
             True,
             [16],
         )
     else:
-        assert (cfg.model.biggan.shared_dim, cfg.model.biggan.hier, cfg.model.biggan.init, cfg.train.n_disc_steps) == (
+        assert (
+            cfg.model.biggan.shared_dim,
+            cfg.model.biggan.hier,
+            cfg.model.biggan.init,
+            cfg.train.n_disc_steps,
+        ) == (
             0,
             False,
             "N02",
