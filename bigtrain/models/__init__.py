@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from torch import nn
 
-from . import began, biggan, ebgan, progan, sngan, stylegan2
+from . import began, biggan, ebgan, progan, sagan, sngan, stylegan2
 
 if TYPE_CHECKING:
     from ..config import ModelConfig
@@ -37,6 +37,7 @@ FAMILIES: dict[str, Family] = {
     "progan": Family.of(progan),
     "stylegan2": Family.of(stylegan2),
     "sngan": Family.of(sngan),
+    "sagan": Family.of(sagan),
     "ebgan": Family.of(ebgan),
     "began": Family.of(began),
 }
