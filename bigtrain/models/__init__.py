@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from torch import nn
 
-from . import began, biggan, ebgan, progan, sagan, sngan, stylegan2
+from . import began, biggan, cgan, dcgan, ebgan, progan, sagan, sngan, stylegan2
 
 if TYPE_CHECKING:
     from ..config import ModelConfig
@@ -36,8 +36,10 @@ FAMILIES: dict[str, Family] = {
     "biggan": Family.of(biggan),
     "progan": Family.of(progan),
     "stylegan2": Family.of(stylegan2),
+    "dcgan": Family.of(dcgan),
     "sngan": Family.of(sngan),
     "sagan": Family.of(sagan),
+    "cgan": Family.of(cgan),
     "ebgan": Family.of(ebgan),
     "began": Family.of(began),
 }
