@@ -1,4 +1,5 @@
-"""Time BigGAN training iterations of a recipe on random data (no input cost).
+"""Time training iterations of a recipe on random data (no input cost): BigGAN's, and any family's
+that trains through the Trainer (gpu_check's SN-GAN and SAGAN stages use it too).
 
     python bench/biggan_step.py configs/biggan/imagenet128.yaml --batch 256 [overrides ...]
 

@@ -47,6 +47,8 @@ ANCHORS = {
     "biggan128_compile": "same anchor as biggan128",
     "biggan128_b512": "BigGAN-PyTorch runs out of memory at batch 512 on an 80 GB H100 (DESIGN.md)",
     "stylegan2_auto256": "stylegan2-ada-pytorch 42.6-44.4 s/kimg on an H100, torch 2.11; target <= 6 s/kimg (issue 5)",
+    "sngan_cifar10": "none published for the step (SN-GAN CIFAR-10 ResNet: 5 D steps of 64 per G step of 64; PyTorch-StudioGAN reports FID, not time)",
+    "sagan128": "none published for the step on an H100 (SAGAN ImageNet 128, batch 256, one D step: the official TF code ran on 4 V100s)",
     "digits_real_run": "none (bigtrain's own input pipeline on the demo)",
     "fid_cifar10": "FID(CIFAR-10 train, test) = 3.117 with default_1.pt (shared/data/README.md)",
     "dali_loader": "H100 node: PIL 14 workers 5.3k img/s, DALI GPU decode 31.9k img/s at 256x256 (DESIGN.md)",
@@ -91,6 +93,16 @@ def stages(out: Path, dry: bool, cifar: Path = CIFAR) -> list[Stage]:
     biggan_plan = ["configs/biggan/imagenet128.yaml", "model.num_classes=1000", "train.accum=1"]
     stylegan2_plan = ["configs/stylegan2/auto256.yaml"]
     stylegan2 = [PY, "bench/stylegan2_step.py", "configs/stylegan2/auto256.yaml"]
+    classic = [PY, "bench/biggan_step.py"]  # any recipe: the timing script drives the Trainer
+    sngan = [*classic, "configs/sngan/cifar10_32.yaml", "--batch", "64", "--num-classes", "1", *biggan_timing]
+    sagan = [*classic, "configs/sagan/imagenet128.yaml", "--batch", "256", "--iters", "5", "--warmup", "2"]
+    sngan_plan = ["configs/sngan/cifar10_32.yaml", "model.num_classes=1", "train.batch=64"]
+    sagan_plan = [
+        "configs/sagan/imagenet128.yaml",
+        "model.num_classes=1000",
+        "train.batch=256",
+        "train.accum=1",
+    ]
     real_run_s = 60
     fid_sources = [cifar / "train.zip", cifar / "test.zip"]
     if dry:  # the demo recipes at a few images, on the CPU
@@ -101,6 +113,11 @@ def stages(out: Path, dry: bool, cifar: Path = CIFAR) -> list[Stage]:
                      "--warmup", "1", "train.batch=8", "train.device=cpu", "model.stylegan2.fmap_base=256",
                      "regularize.r1.interval=2", "regularize.path_length.interval=2"]  # fmt: skip
         real_run_s = 5
+        cpu = ["--iters", "1", "--warmup", "1", "--num-classes", "10", "train.device=cpu"]
+        sngan = [*classic, "configs/sngan/digits32.yaml", "--batch", "8", *cpu]
+        sagan = [*classic, "configs/sagan/digits32.yaml", "--batch", "8", *cpu]
+        sngan_plan = ["configs/sngan/digits32.yaml", "model.num_classes=10", "train.batch=8"]
+        sagan_plan = ["configs/sagan/digits32.yaml", "model.num_classes=10", "train.batch=8", "train.accum=1"]
         fid_sources = [data / "fid-a", data / "fid-b"]
         biggan_plan = ["configs/biggan/digits32.yaml", "model.num_classes=10", "train.accum=1"]
         stylegan2_plan = ["configs/stylegan2/digits32.yaml", "train.batch=8", "model.stylegan2.fmap_base=256"]
@@ -174,6 +191,8 @@ def stages(out: Path, dry: bool, cifar: Path = CIFAR) -> list[Stage]:
             plan=[*biggan_plan, f"train.batch={big_batch}"],
         ),
         Stage("stylegan2_auto256", [stylegan2], 180, plan=stylegan2_plan),
+        Stage("sngan_cifar10", [sngan], 120, plan=sngan_plan),
+        Stage("sagan128", [sagan], 150, plan=sagan_plan),
         Stage(
             "digits_real_run",
             [
