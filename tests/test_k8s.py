@@ -1,6 +1,7 @@
 """`bigtrain k8s render`: every kind validated offline (core kinds with kubernetes-validate, the CRDs
 against their published schemas kept in tests/data/k8s), and the wiring that breaks real jobs."""
 
+import dataclasses
 import json
 import subprocess
 from urllib.parse import urlparse
@@ -62,6 +63,29 @@ def test_every_kind_renders_valid_manifests(kind):
     assert docs, kind
     for doc in docs:
         _validate(doc)
+
+
+@pytest.mark.parametrize(
+    "recipe", ["sngan/cifar10_32", "sagan/imagenet128", "dcgan/celeba64", "ebgan/celeba64", "began/celeba64"]
+)
+def test_the_classic_families_render_as_any_recipe(recipe):
+    """A family plugs in through the registry: its recipe renders to valid manifests whose ConfigMap
+    carries the recipe, its section included, as `bigtrain train` will read it."""
+    from bigtrain.config import load_config
+
+    config = str(REPO / "configs" / f"{recipe}.yaml")
+    docs = list(
+        _render("pytorchjob", config=config, nodes=1, gpus_per_node=8, overrides=["data.path=/data/x"])
+    )
+    for doc in docs:
+        _validate(doc)
+    (config_map,) = [d for d in docs if d["kind"] == "ConfigMap"]
+    carried = yaml.safe_load(next(iter(config_map["data"].values())))
+    family = recipe.split("/")[0]
+    expected = load_config(REPO / "configs" / f"{recipe}.yaml", ["data.path=/data/x"]).model
+    assert carried["model"]["name"] == family and carried["model"][family] == dataclasses.asdict(
+        expected.section
+    )
 
 
 def test_the_crd_schemas_catch_mistakes():

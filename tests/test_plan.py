@@ -82,6 +82,23 @@ def test_imagenet128_plan_on_h100_fits_and_8192_per_gpu_does_not():
     assert 0 < refused.fit_micro_batch < 8192 and refused.fit_micro_batch * refused.fit_accum == 8192
 
 
+@pytest.mark.parametrize("family", ["dcgan", "sngan", "sagan", "cgan", "ebgan", "began"])
+def test_the_classic_families_plan_with_their_weights(family):
+    """The planner traces any family's Trainer step: the weights it counts are the built networks' (parameters
+    and buffers)."""
+    from bigtrain.models import build_models
+
+    cfg = load_config(REPO / f"configs/{family}/digits32.yaml", ["model.num_classes=10"])
+    plan = make_plan(cfg, "h100")
+    G, D = build_models(cfg.model, 10)
+    tensors = {"G": [*G.parameters(), *G.buffers()], "D": [*D.parameters(), *D.buffers()]}
+    weights = {name: sum(t.numel() * t.element_size() for t in ts) for name, ts in tensors.items()}
+    assert plan.fits and plan.s_per_iter > 0 and {"D step", "G step"} <= set(plan.phases), plan
+    assert plan.state["G weights"] == weights["G"] and plan.state["D weights"] == weights["D"], (
+        f"planned {plan.state['G weights']:,} / {plan.state['D weights']:,} bytes of weights, built {weights}"
+    )
+
+
 def test_lazy_regularizers_have_their_own_phases():
     cfg = load_config(REPO / "configs/stylegan2/digits32.yaml")
     plan = make_plan(cfg, "a100")
