@@ -166,8 +166,12 @@ class Objective:
                 r.after_step()
 
     def metrics(self) -> dict[str, float]:
-        """The objective's figures for the trainer's log point (BEGAN's k_t and convergence measure)."""
-        return self.loss.state.metrics()
+        """The objective's figures for the trainer's log point: the loss's (BEGAN's k_t and convergence
+        measure) and the regularizers'."""
+        figures = self.loss.state.metrics()
+        for r in self.regularizers:
+            figures.update(r.metrics())
+        return figures
 
     def state_dict(self) -> dict:
         regularizers = {k: v for r in self.regularizers for k, v in r.state_dict().items()}

@@ -148,6 +148,10 @@ class Regularizer:
         plus the zero term, which keeps every parameter in the graph (DDP's reducer needs them all)."""
         raise NotImplementedError
 
+    def metrics(self) -> dict[str, float]:
+        """Figures for the trainer's log point (a host sync here is fine: it runs once per log)."""
+        return {}
+
     # --- checkpoint state (top-level checkpoint keys)
     def state_dict(self) -> dict:
         return {}
