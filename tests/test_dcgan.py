@@ -271,27 +271,3 @@ def _run_cfg(data, run_dir, *extra):
 
     return load_config(RECIPES / "digits32.yaml", [f"data.path={data}", f"train.run_dir={run_dir}",
                        "track.enabled=false", "data.num_workers=0", *extra])  # fmt: skip
-
-
-def test_accumulation_ema_sample_and_eval_run_with_no_trainer_branch(demo_shards, tmp_path, capsys):
-    """train.accum=2 (micro-batches of 4: D's BN keeps each micro-batch's reals and fakes apart), EMA,
-    a checkpoint, then `bigtrain sample` and `bigtrain eval` on it."""
-    from bigtrain.cli import main
-    from bigtrain.train.checkpoint import latest_checkpoint
-    from bigtrain.train.loop import Trainer
-
-    trainer = Trainer(_run_cfg(demo_shards, tmp_path / "run", "train.accum=2", "train.batch=8",
-                               "train.total_kimg=0.032", "eval.every_kimg=0", "ema.halflife_kimg=0.01"))  # fmt: skip
-    assert trainer.micro_batch == 4
-    assert trainer.run() == "finished" and trainer.iteration == 4
-    assert all(torch.isfinite(p).all() for p in trainer.G.parameters())
-    assert not torch.equal(trainer.ema.model.output.weight, trainer.G.output.weight), "EMA did not average"
-    checkpoint = latest_checkpoint(tmp_path / "run")
-    grid = tmp_path / "grid.png"
-    assert main(["sample", str(checkpoint), "--n", "4", "--out", str(grid), "--standing-stats", "2"]) == 0
-    assert grid.stat().st_size > 100
-    assert (
-        main(["eval", str(checkpoint), "--metrics", "fd", "--num-samples", "64", "--data", str(demo_shards)])
-        == 0
-    )
-    assert "fd_digits" in capsys.readouterr().out

@@ -2,8 +2,8 @@
 and writes every rank's final weights and probe outputs to OUT/rank{r}.pt.
 
 Args: OUT ACCUM ITERATIONS [overrides...]; RESUME=1 continues OUT/run from its latest checkpoint. The
-data stream is sliced by slot like the trainer's latents (slot = call * world + rank), so 1 process x
-accum 2 sees exactly what 2 processes x accum 1 see. Probes are saved before (`probe_start.*`) and after
+data stream (slots.SlotLoader) is sliced by slot like the trainer's latents, so 1 process x accum 2
+sees exactly what 2 processes x accum 1 see. Probes are saved before (`probe_start.*`) and after
 (`probe.*`) training.
 """
 
@@ -13,35 +13,13 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from slots import SlotLoader  # noqa: E402
+
 from bigtrain.config import load_config  # noqa: E402
-from bigtrain.data.manifest import Manifest  # noqa: E402
 from bigtrain.models.layers import frozen_state  # noqa: E402
-from bigtrain.seeds import seed_for  # noqa: E402
 from bigtrain.train.loop import Trainer  # noqa: E402
 
 torch.set_num_threads(1)
-
-
-class SlotLoader:
-    def __init__(self, batch: int, rank: int, world: int):
-        self.batch, self.rank, self.world, self.calls = batch, rank, world, 0
-        self.manifest = Manifest("slots", 32, "png", [str(i) for i in range(10)], [])
-        self.skipped_corrupt = 0
-
-    def __next__(self):
-        g = torch.Generator().manual_seed(seed_for(99, self.calls * self.world + self.rank))
-        self.calls += 1
-        x = torch.rand(self.batch, 3, 32, 32, generator=g) * 2 - 1
-        return x, torch.randint(0, 10, (self.batch,), generator=g)
-
-    def state_dict(self):
-        return {"calls": self.calls}
-
-    def load_state_dict(self, state):
-        self.calls = state["calls"]
-
-    def close(self) -> None:
-        pass
 
 
 out, accum, iterations = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
