@@ -11,10 +11,14 @@ from bigtrain.cli import main
 from bigtrain.config import load_config
 from bigtrain.train.checkpoint import latest_checkpoint
 from bigtrain.train.loop import Trainer
+from bigtrain.tune.sweep import load_sweep, space_bundles, trial_config
 from conftest import REPO
 
 CLASSIC = ["dcgan", "cgan", "sngan", "sagan", "ebgan", "began"]
-CONDITIONAL = ["cgan", "sngan"]  # their digits recipes: `bigtrain sample --classes` picks the rows' digits
+CONDITIONAL = ["cgan", "sngan"]
+# A knob of each family's own section (model.<name>), which a sweep may search like any other key.
+SECTION_KNOB = {"dcgan": ("g_ch", [8, 16]), "cgan": ("g_z_units", [100, 200]), "sngan": ("ch", [8, 16]),
+                "sagan": ("ch", [8, 16]), "ebgan": ("d_ch", [8, 16]), "began": ("n", [8, 16])}  # fmt: skip  # their digits recipes: `bigtrain sample --classes` picks the rows' digits
 
 
 @pytest.mark.parametrize("family", CLASSIC)
@@ -44,3 +48,20 @@ def test_accumulation_ema_checkpoint_sample_and_eval(family, demo_shards, tmp_pa
     metrics = ["eval", str(checkpoint), "--metrics", "fd", "--num-samples", "64", "--data", str(demo_shards)]
     assert main(metrics) == 0
     assert "fd_digits" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("family", CLASSIC)
+def test_a_sweep_searches_a_family_s_own_section(family, tmp_path):
+    """`bigtrain tune` checks a sweep whole before any trial: a grid over a key of `model.<family>` on the
+    family's digits recipe loads, and each trial's config carries its value (trials then train as any
+    run does: the sweeps themselves are tested in test_tune.py)."""
+    knob, values = SECTION_KNOB[family]
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(
+        f"base: {REPO / 'configs' / family / 'digits32.yaml'}\n"
+        f"space:\n  model.{family}.{knob}: {{grid: {values}}}\nscheduler: fifo\n"
+    )
+    spec, base = load_sweep(sweep)
+    for value in values:
+        cfg = trial_config(base, {f"model.{family}.{knob}": value}, [], space_bundles(spec))
+        assert (cfg.model.name, getattr(cfg.model.section, knob)) == (family, value), (family, knob, value)
