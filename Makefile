@@ -43,7 +43,8 @@ test: $(STAMP)
 # kernels fails here (see README, "Portability").
 NUMERIC_TESTS ?= tests/test_train.py tests/test_dist.py tests/test_gpu_paths.py tests/test_metrics.py \
     tests/test_stylegan2.py tests/test_progan.py tests/test_dcgan.py tests/test_cgan.py tests/test_sngan.py \
-    tests/test_sagan.py tests/test_energy_gans.py
+    tests/test_sagan.py tests/test_energy_gans.py tests/test_infogan.py tests/test_mrgan.py tests/test_ssgan.py \
+    tests/test_consensus.py tests/test_fgan.py
 CPU_SETTINGS ?= "ATEN_CPU_CAPABILITY=default OMP_NUM_THREADS=1" "ATEN_CPU_CAPABILITY=avx2 OMP_NUM_THREADS=2" \
     "ONEDNN_MAX_CPU_ISA=SSE41 OMP_NUM_THREADS=2" "ATEN_CPU_CAPABILITY=default ONEDNN_MAX_CPU_ISA=SSE41 OMP_NUM_THREADS=2"
 test-cpus: $(STAMP)

@@ -95,11 +95,14 @@ def _sample(args: argparse.Namespace) -> int:
     ckpt = resolve_checkpoint(args.checkpoint)
     gen = load_generator(str(ckpt), args.device)
     classes = parse_classes(args.classes, gen.num_classes)
+    if args.code and gen.G.codes is None:
+        raise ValueError(f"--code {args.code[0]}: this generator has no latent codes (regularize.info)")
+    codes = gen.G.codes.parse(args.code) if args.code else None
     rng = torch.Generator(gen.device).manual_seed(args.seed)
     gen.refresh_stats(args.truncation, rng, args.standing_stats)
     images = torch.cat(
         [
-            gen(*gen.latents(min(256, args.n - i), args.truncation, rng, classes), args.truncation)
+            gen(*gen.latents(min(256, args.n - i), args.truncation, rng, classes, codes), args.truncation)
             for i in range(0, args.n, 256)
         ]
     )
@@ -110,7 +113,8 @@ def _sample(args: argparse.Namespace) -> int:
     )
     nrow = args.nrow or max(1, round(args.n**0.5))
     save_grid(images, out, nrow)
-    print(f"{args.n} samples (truncation {args.truncation:g}, classes {classes or 'random'}) -> {out}")
+    fixed = f", codes {' '.join(args.code)}" if args.code else ""
+    print(f"{args.n} samples (truncation {args.truncation:g}, classes {classes or 'random'}{fixed}) -> {out}")
     return 0
 
 
@@ -311,6 +315,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("checkpoint", help="checkpoint directory or run directory (its latest checkpoint)")
     s.add_argument("--truncation", type=float, default=0.0, help="truncated-normal threshold; 0 = none")
     s.add_argument("--classes", help="comma-separated class indices, e.g. 3,7 (default: random classes)")
+    s.add_argument("--code", action="append", default=[], metavar="NAME=VALUE",
+                   help="fix an InfoGAN latent code (regularize.info): cat0=3, cont1=0.5, or values the "
+                   "samples take in turn, cont0=-1,0,1 (repeatable; default: random)")  # fmt: skip
     s.add_argument("--n", type=int, default=64, help="number of samples (default 64)")
     s.add_argument("--nrow", type=int, default=0, help="images per grid row (default: square)")
     s.add_argument("--out", help="output PNG (default: RUN/samples/<checkpoint>-trunc<t>.png)")

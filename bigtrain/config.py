@@ -40,6 +40,11 @@ class DataConfig:
         ""  # DALI from a URL: node-local shard cache ("": $BIGTRAIN_CACHE/datasets/<name>/shards)
     )
     cache_gb: float = 20.0  # its size cap per rank; it must hold two shards
+    # The semi-supervised GAN's labelled subset (regularize.semi_supervised; bigtrain/data/labelled.py):
+    # this many examples of each class (Salimans et al.'s MNIST: 10), or about this fraction of them; 0: none
+    labelled_per_class: int = 0
+    labelled_fraction: float = 0.0
+    labelled_seed: int = 0  # which examples: a seed apart from train.seed (the authors' --seed_data)
 
 
 @dataclass
@@ -63,6 +68,10 @@ class _ModelCommon:
     # norm's vectors included) for the whole run; 0: all of D trains. What a block is, per family:
     # DiscriminatorRole.input_blocks (stylegan2-ada's --freezed counts layers instead: see stylegan2.py).
     freeze_d: int = 0
+    # Virtual batch normalization in G (Salimans et al. 2016, section 3.4; bigtrain/models/vbn.py): the
+    # size N of the reference batch every BatchNorm of G then mixes into each example's statistics
+    # (0: off; the paper's: the minibatch size). The families with BatchNorm in G only.
+    vbn: int = 0
 
     @property
     def section(self) -> Any:
@@ -80,12 +89,22 @@ ModelConfig = dataclasses.make_dataclass(
 )
 
 
+# loss.divergence's values (bigtrain/objective/fgan.py's DIVERGENCES, in its order)
+FGAN_DIVERGENCES = (
+    "total_variation", "kl", "reverse_kl", "pearson", "neyman", "hellinger", "jeffrey", "js", "gan",
+)  # fmt: skip
+
+
 @dataclass
 class LossConfig:
     # The adversarial loss (bigtrain/objective/adversarial.py): hinge | nonsat | minimax | lsgan |
     # wgan (with regularize.gradient_penalty) | rasgan | ralsgan | rahinge (relativistic average) |
-    # ebgan | began (energy-based, bigtrain/objective/energy.py: model.name ebgan or began).
+    # ebgan | began (energy-based, bigtrain/objective/energy.py: model.name ebgan or began) |
+    # fgan (f-GAN, bigtrain/objective/fgan.py, with loss.divergence).
     name: str = "hinge"
+    # f-GAN's divergence (Nowozin et al. 2016, Table 2); `hellinger` is squared Hellinger, `js` Jensen-Shannon
+    # (its f gives 2 JSD), `gan` the GAN row (2 JSD - log 4: loss.name=nonsat's D loss)
+    divergence: str = field(default="gan", metadata={"choices": FGAN_DIVERGENCES})
     real_label: float = 1.0  # one-sided label smoothing of nonsat, minimax, rasgan (Salimans et al.: 0.9)
     lsgan_a: float = 0.0  # LSGAN's targets (Mao et al. 2017): D's for fakes,
     lsgan_b: float = 1.0  # D's for reals,
@@ -194,6 +213,57 @@ class PullAwayConfig:
 
 
 @dataclass
+class ConsensusConfig:
+    # Consensus optimization (Mescheder et al. 2017, "The Numerics of GANs", Algorithm 1): each network's
+    # gradient plus gamma x the gradient of 1/2 ||v||^2, v both networks' gradients (0: off; the paper:
+    # 10, with optim.name=rmsprop and lr 1e-4)
+    gamma: float = 0.0
+
+
+@dataclass
+class InfoConfig:
+    # InfoGAN (Chen et al. 2016): latent codes beside z in G's input, a Q head on D's features, and
+    # lambda x L_I (cross-entropy of the categorical codes, Gaussian NLL of the continuous) in D's and G's
+    # losses on the fakes. On when any code is declared (the paper's MNIST: categorical [10], continuous 2).
+    categorical: list[int] = field(default_factory=list)  # K of each categorical code (each >= 2)
+    continuous: int = field(default=0, metadata={"min": 0})  # continuous codes, each U(-1, 1)
+    lambda_cat: float = 1.0  # lambda of the categorical codes' term (the paper: 1)
+    lambda_cont: float = 1.0  # of the continuous codes' (openai/InfoGAN's MNIST: 1, std fixed at 1)
+    learn_std: bool = False  # Q's Gaussian learns its std (the paper's factored Gaussian) instead of 1
+
+
+@dataclass
+class ModeRegularizedConfig:
+    # Mode-regularized GAN (Che et al. 2017): an encoder E and, on G(E(x)) of the reals, lambda_1 x the
+    # mean squared pixel distance to x plus lambda_2 x -log D(G(E(x))), added to G's loss and training E
+    # (0 and 0: off)
+    geometric: float = 0.0  # lambda_1
+    mode: float = 0.0  # lambda_2
+    encoder_width: int = 32  # channels of E's first conv (doubling per halving, at most 8x)
+    lr: float = 2e-4  # E's Adam step size (betas 0.5, 0.999)
+
+
+@dataclass
+class ReplayConfig:
+    # Experience replay for D (SimGAN, Shrivastava et al. 2017, sec. 2.3; CycleGAN's image pool, Zhu et al.
+    # 2017, sec. 4): a per-rank buffer of this many past fakes (0: off; CycleGAN: 50), each of D's fakes
+    # swapped for a buffered one with probability `prob` once the buffer is full (CycleGAN, SimGAN: 0.5)
+    size: int = field(default=0, metadata={"min": 0})
+    prob: float = 0.5
+
+
+@dataclass
+class SemiSupervisedConfig:
+    # The semi-supervised GAN (Salimans et al. 2016, sec. 5): D's class head (model.aux_classifier) as K of
+    # K + 1 classes, D's logit log sum_k exp l_k (loss.name=nonsat: the unsupervised term); weight x the
+    # cross-entropy of a labelled batch (data.labelled_per_class or data.labelled_fraction) in D's loss
+    # (0: off; the paper's equation: 1, the authors' code: 2). G: regularize.feature_matching, replace.
+    weight: float = 0.0
+    held_out: str = ""  # shards for D's held-out accuracy (d_accuracy; a test split); "": data.path's others
+    held_out_images: int = 10000  # at most this many held-out images
+
+
+@dataclass
 class RegularizeConfig:
     ortho: OrthoConfig = field(default_factory=OrthoConfig)
     gradient_penalty: GradientPenaltyConfig = field(default_factory=GradientPenaltyConfig)
@@ -209,6 +279,11 @@ class RegularizeConfig:
     feature_matching: FeatureMatchingConfig = field(default_factory=FeatureMatchingConfig)
     aux_classifier: AuxClassifierConfig = field(default_factory=AuxClassifierConfig)
     pull_away: PullAwayConfig = field(default_factory=PullAwayConfig)
+    replay: ReplayConfig = field(default_factory=ReplayConfig)
+    consensus: ConsensusConfig = field(default_factory=ConsensusConfig)
+    info: InfoConfig = field(default_factory=InfoConfig)
+    mode_regularized: ModeRegularizedConfig = field(default_factory=ModeRegularizedConfig)
+    semi_supervised: SemiSupervisedConfig = field(default_factory=SemiSupervisedConfig)
 
 
 @dataclass
@@ -626,7 +701,7 @@ def positive(key: str, value: float, allow_zero: bool = False) -> None:
 
 # The parts that check their own sections: each module's `check_config(cfg)` raises a ConfigError that
 # names the key. This file knows their names only, so the schema depends on no part.
-PART_CHECKS = ("bigtrain.objective", "bigtrain.augment", "bigtrain.eval.metrics")
+PART_CHECKS = ("bigtrain.objective", "bigtrain.augment", "bigtrain.eval.metrics", "bigtrain.models.vbn")
 
 
 def validate(cfg: Config, world_size: int = 1) -> None:

@@ -125,7 +125,6 @@ def _run_cfg(data, run_dir, *extra):
                                 "data.num_workers=0", *extra])  # fmt: skip
 
 
-
 LEARNED_BAR = 250.0
 
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from bigtrain.config import load_config
+from bigtrain.models.vbn import VirtualBatchNorm
 from bigtrain.train.loop import Trainer
 from conftest import REPO, assert_same_networks
 
@@ -42,6 +43,27 @@ TECHNIQUES = {
     "ada": ("ADA", ["augment.ada=bgc", "augment.ada_kimg=100"]),  # StyleGAN2's R1 runs through the pipeline
     "unrolled": ("unrolled D", ["regularize.unrolled.steps=2"]),
     "zcr": ("latent consistency of D", ["regularize.zcr.dis=5", "regularize.zcr.gen=0.5"]),
+    # MRGAN (Che et al. 2017): an encoder, lambda_1 on the mean squared error of G(E(x)), lambda_2 on
+    # -log D(G(E(x))) (bigtrain/objective/mode_regularized.py)
+    "mrgan": (
+        "mode regularizer",
+        ["regularize.mode_regularized.geometric=1", "regularize.mode_regularized.mode=0.1"],
+    ),
+    # f-GAN's Pearson chi^2 row (its GAN row is nonsat's D loss; the rows with exp(v) terms, KL, reverse KL,
+    # Neyman, Hellinger, Jeffrey, start near 1e12 on BigGAN's initial D logits)
+    "fgan": ("fgan", ["loss.name=fgan", "loss.divergence=pearson"]),
+    "replay": ("experience replay", ["regularize.replay.size=256"]),  # 8 of the sweep's batches of 32
+    # The paper's recipe: RMSProp (its code: TF's, decay 0.9), lr 1e-4, gamma 10 (ProGAN's phases keep their lr).
+    "consensus": (
+        "consensus optimization of D",
+        [
+            "regularize.consensus.gamma=10",
+            "optim.name=rmsprop",
+            "optim.beta2=0.9",
+            "optim.lr_g=1e-4",
+            "optim.lr_d=1e-4",
+        ],
+    ),  # fmt: skip
     "feature_matching": ("feature matching", ["regularize.feature_matching.weight=0.1"]),
     "feature_matching_alone": (
         "feature matching",
@@ -52,10 +74,32 @@ TECHNIQUES = {
         "auxiliary classifier (D)",
         ["model.aux_classifier=true", "regularize.aux_classifier.weight=1"],
     ),
+    # InfoGAN's MNIST codes (Chen et al. 2016): a 10-way categorical and two continuous ones beside z
+    "infogan": ("InfoGAN (D)", ["regularize.info.categorical=[10]", "regularize.info.continuous=2"]),
+    # Salimans et al.'s semi-supervised GAN: D's class head as K of K + 1 classes, 10 labelled digits per
+    # class, G by feature matching alone (ProGAN's G takes the label with the head: random, read by no loss).
+    "semi_supervised": (
+        "semi-supervised GAN",
+        [
+            "model.aux_classifier=true",
+            "regularize.semi_supervised.weight=1",
+            "data.labelled_per_class=10",
+            "loss.name=nonsat",
+            "regularize.feature_matching.weight=1",
+            "regularize.feature_matching.replace=true",
+        ],
+    ),  # fmt: skip
+}
+# Techniques of some families only, switched on in the BigGAN digits recipe (the sweep's base) alone; as above.
+BIGGAN_TECHNIQUES = {
+    # G's BatchNorms made virtual (models/vbn.py): StyleGAN2 and ProGAN have none in G
+    "vbn": ("virtual batch norm", ["model.vbn=32"]),
 }
 # ADA's p moved every D step, 0.016 at a time, from 0.5: a short run sees it move both ways (sweeps keep
 # the technique's own settings above).
 ADA_MOVING = ["augment.ada_p=0.5", "augment.ada_interval=1", "augment.ada_kimg=1"]
+# Replay's buffer shrunk to one D step's fakes, so that the second D step replays (256: still filling).
+REPLAY_FULL = ["regularize.replay.size=16"]
 RECIPES = ["biggan/digits32.yaml", "stylegan2/digits32.yaml", "progan/digits32.yaml"]
 BATCH = 16
 
@@ -67,16 +111,37 @@ def _cfg(recipe, data, run_dir, iterations, *extra):
     ])  # fmt: skip
 
 
-@pytest.mark.parametrize("recipe", RECIPES)
-@pytest.mark.parametrize("technique", TECHNIQUES)
-def test_a_technique_trains_two_iterations_in_every_family(demo_shards, tmp_path, recipe, technique):
-    title, overrides = TECHNIQUES[technique]
-    overrides = overrides + (ADA_MOVING if technique == "ada" else [])
-    trainer = Trainer(_cfg(recipe, demo_shards, tmp_path, 2, *overrides))
+def _parts_on(trainer) -> list[str]:
+    """The names of what is on in a trainer: the loss, the regularizers' titles, the rest by name."""
     parts = [trainer.objective.loss.name, *(r.title for r in trainer.objective.regularizers)]
     parts += ["instance noise"] if trainer.cfg.augment.instance_noise else []
     parts += ["minibatch discrimination"] if trainer.D.minibatch is not None else []
     parts += ["ADA"] if trainer.ada is not None else []
+    parts += (
+        ["virtual batch norm"] if any(isinstance(m, VirtualBatchNorm) for m in trainer.G.modules()) else []
+    )
+    return parts
+
+
+@pytest.mark.parametrize("recipe", [RECIPES[0]])
+@pytest.mark.parametrize("technique", BIGGAN_TECHNIQUES)
+def test_a_biggan_only_technique_trains_two_iterations(demo_shards, tmp_path, recipe, technique):
+    title, overrides = BIGGAN_TECHNIQUES[technique]
+    trainer = Trainer(_cfg(recipe, demo_shards, tmp_path, 2, *overrides))
+    assert title in _parts_on(trainer), f"{technique} is not on in {recipe}: {_parts_on(trainer)}"
+    assert trainer.run() == "finished" and trainer.iteration == 2, f"{recipe} with {technique} stopped early"
+    metrics = trainer.log_metrics(elapsed=1.0, images=2 * BATCH)
+    losses = {k: metrics[k] for k in ("loss_d", "loss_g")}
+    assert all(math.isfinite(v) for v in losses.values()), f"{recipe} with {technique}: {losses}"
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+@pytest.mark.parametrize("technique", TECHNIQUES)
+def test_a_technique_trains_two_iterations_in_every_family(demo_shards, tmp_path, recipe, technique):
+    title, overrides = TECHNIQUES[technique]
+    overrides = overrides + {"ada": ADA_MOVING, "replay": REPLAY_FULL}.get(technique, [])
+    trainer = Trainer(_cfg(recipe, demo_shards, tmp_path, 2, *overrides))
+    parts = _parts_on(trainer)
     assert title in parts, f"{technique} is not on in {recipe}: {parts}"
     assert trainer.run() == "finished" and trainer.iteration == 2, f"{recipe} with {technique} stopped early"
     metrics = trainer.log_metrics(elapsed=1.0, images=2 * BATCH)  # the mean over the two iterations
@@ -84,6 +149,8 @@ def test_a_technique_trains_two_iterations_in_every_family(demo_shards, tmp_path
     assert all(math.isfinite(v) for v in losses.values()), f"{recipe} with {technique}: {losses}"
     if technique == "ada":  # p is logged (to MLflow when tracking is on) and moved from its start
         assert metrics["ada_p"] != 0.5 and abs(metrics["ada_p"] - 0.5) <= 2 * 0.016 + 1e-6, metrics["ada_p"]
+    if technique == "replay":  # the second D step's fakes partly came from the buffer (logged)
+        assert 0 < metrics["replay_fraction"] <= 0.5, metrics["replay_fraction"]
 
 
 def test_stateful_techniques_resume_exactly(demo_shards, tmp_path):

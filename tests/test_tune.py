@@ -12,7 +12,7 @@ from bigtrain.config import ConfigError, load_config
 from bigtrain.train.loop import Trainer
 from bigtrain.tune.sweep import load_sweep, perturbation_space, space_bundles, to_ray_space, trial_config
 from conftest import BIGTRAIN, REPO, cli_env
-from test_techniques import TECHNIQUES
+from test_techniques import BIGGAN_TECHNIQUES, TECHNIQUES
 
 DIGITS_SWEEP = REPO / "configs" / "tune" / "biggan_digits.yaml"
 TECHNIQUES_SWEEP = REPO / "configs" / "tune" / "techniques_digits.yaml"
@@ -92,7 +92,7 @@ def test_the_techniques_sweep_holds_every_tested_technique_once_and_a_trial_gets
     spec, base = load_sweep(TECHNIQUES_SWEEP)  # every bundle applied to the base passes validation
     bundles = space_bundles(spec)["technique"]
     expected = {"baseline": [], "diffaugment": ["augment.diffaugment=color,translation,cutout"]}
-    expected |= {name: overrides for name, (_, overrides) in TECHNIQUES.items()}
+    expected |= {name: overrides for name, (_, overrides) in {**TECHNIQUES, **BIGGAN_TECHNIQUES}.items()}
     assert bundles == expected, f"bundles {sorted(bundles)} vs tested techniques {sorted(expected)}"
     settings = (*spec.space["technique"], spec.num_trials, spec.scheduler)
     assert settings == ("grid", 1, "fifo"), f"each technique once, to the end: {settings}"

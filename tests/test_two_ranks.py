@@ -1,5 +1,6 @@
 """Two torchrun ranks (gloo) stay identical, and train, in every classic family and with the training
-methods: one launch per backend trains every run in turn (tests/scripts/runs_rank.py: the slot stream,
+methods (those whose cross-rank reductions need more, consensus, MRGAN and the semi-supervised GAN,
+compare two ranks with one process in their own files): one launch per backend trains every run in turn (tests/scripts/runs_rank.py: the slot stream,
 batch 8, 2 iterations), and a test per run reads what its ranks saved. One process start for all of
 them keeps the suite's time down; the exactness of two ranks against one process is tested once, for
 BigGAN, in test_dist.py (and for BEGAN's k_t in test_energy_gans.py)."""
@@ -18,7 +19,19 @@ CLASSIC = {
 }
 # name -> (recipe under configs/, overrides): every run of the DDP launch. SN-GAN's digits recipe is
 # the conditional one (projection D); 2 D steps per G step and the linear decay as its CIFAR recipes.
-DDP_RUNS = {**CLASSIC, "sngan": ("sngan/digits32.yaml", ["train.n_disc_steps=2", "optim.lr_decay=linear"])}
+# The methods run on BigGAN's digits recipe; replay's buffer (4 fakes) fills in the first D step and
+# replays in the second.
+METHODS = {
+    "fgan": ("biggan/digits32.yaml", ["loss.name=fgan", "loss.divergence=pearson"]),
+    "replay": ("biggan/digits32.yaml", ["regularize.replay.size=4"]),
+    "vbn": ("biggan/digits32.yaml", ["model.vbn=8"]),
+    "infogan": ("biggan/digits32.yaml", ["regularize.info.categorical=[10]", "regularize.info.continuous=2"]),
+}
+DDP_RUNS = {
+    **CLASSIC,
+    "sngan": ("sngan/digits32.yaml", ["train.n_disc_steps=2", "optim.lr_decay=linear"]),
+    **METHODS,
+}
 DEEPSPEED = ["dist.backend=deepspeed", f"dist.deepspeed_config={REPO}/configs/deepspeed/zero2.json"]
 
 
@@ -61,6 +74,17 @@ def test_the_sngan_run_holds_sn_vectors_and_the_projection(ddp_runs):
     saved = torch.load(ddp_runs / "sngan" / "rank0.pt")
     assert any(k.startswith("D.") and k.endswith("._u") for k in saved), "no SN vectors saved"
     assert any(k.startswith("D.embed.") for k in saved), "not the conditional (projection) D"
+
+
+def test_the_method_runs_hold_their_state(ddp_runs):
+    """What each method's run must hold beyond the networks (its tests are in tests/test_<method>.py)."""
+    replay = torch.load(ddp_runs / "replay" / "rank0.pt")["objective.replay_images"]
+    assert replay.shape[0] == 2, f"replay's checkpoint holds {replay.shape[0]} ranks' buffers, not 2"
+    assert not torch.equal(replay[0], replay[1]), "each rank replays its own fakes, yet the buffers are equal"
+    vbn = torch.load(ddp_runs / "vbn" / "rank0.pt")
+    assert "G.vbn_reference.z" in vbn and not any(
+        k.startswith("G.") and k.endswith("running_mean") for k in vbn
+    )
 
 
 @pytest.mark.parametrize("name", CLASSIC)

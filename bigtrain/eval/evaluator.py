@@ -43,14 +43,21 @@ class Sampler:
     autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
 
     def latents(
-        self, n: int, generator: torch.Generator, truncation: float = 0.0, classes: list[int] | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """z (BigGAN's truncated normal at `truncation`) and labels: `classes` in turn, else random."""
+        self, n: int, generator: torch.Generator, truncation: float = 0.0, classes: list[int] | None = None,
+        codes: dict[str, list[float]] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+        """z (BigGAN's truncated normal at `truncation`) and labels: `classes` in turn, else random. A G
+        with latent codes (InfoGAN) gets them after the noise, drawn after the labels: `codes` fixes some
+        (name -> values in turn, see LatentCodes.parse), the rest random."""
         z = truncated_normal((n, self.z_dim), z_truncation(self.G, truncation), generator, self.device)
         if classes:
             y = torch.tensor(classes, device=self.device).repeat((n + len(classes) - 1) // len(classes))[:n]
         else:
             y = random_labels(n, self.num_classes, generator, self.device)
+        if self.G.codes is not None:
+            z = torch.cat([z, self.G.codes.draw(n, generator, self.device, codes)], dim=1)
+        elif codes:
+            raise ValueError(f"codes {', '.join(codes)} given; this generator has none (regularize.info)")
         return z, y
 
     @torch.no_grad()
@@ -88,11 +95,15 @@ class Evaluator:
         stats_batches: int = 16,
         rank: int = 0,
         save_best: Callable[[], Path | None] | None = None,
+        network_metrics: Callable[[int | None], dict[str, float]] | None = None,
     ):
+        """`network_metrics(resolution)`: figures of the training networks themselves (the objective's,
+        e.g. the semi-supervised D's held-out accuracy), recorded beside eval.metrics'."""
         self.sampler, self.suite, self.cfg = sampler, suite, cfg
         self.run_dir, self.title, self.rank = Path(run_dir), title, rank
         self.stats_batch, self.stats_batches = stats_batch, stats_batches
         self.save_best = save_best
+        self.network_metrics = network_metrics
         self.tracker = NullTracker()
         self.metric_history: list[dict[str, float]] = []  # one entry per recorded evaluation, with its kimg
         self.best: dict[str, float] = {}  # {"metric", "value", "kimg"} of the best first metric so far
@@ -136,6 +147,8 @@ class Evaluator:
             metrics["eval_resolution"] = float(resolution)
         if not record:
             return metrics
+        if self.network_metrics is not None:
+            metrics.update(self.network_metrics(resolution))
         metrics["eval_seconds"] = time.time() - started
         self.metric_history.append({"kimg": kimg, **metrics})
         if self.rank == 0:

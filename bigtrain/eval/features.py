@@ -81,6 +81,11 @@ class SmallClassifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.embed(x))
 
+    def class_probabilities(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) in [-1, 1] -> (B, num_classes) softmax of the head, on the features it was trained
+        with (before the division by feature_scale), in float32."""
+        return torch.softmax(self.head(self.embed(x) * self.feature_scale).float(), dim=1)
+
 
 def manifest_digest(data_path: str | Path) -> str:
     return hashlib.sha256(read_bytes(join(data_path, MANIFEST_NAME))).hexdigest()

@@ -9,6 +9,7 @@ from torch import nn
 
 from ..config import Config, from_dict
 from ..models import build_models
+from ..objective.infogan import latent_codes
 from ..train.checkpoint import load_checkpoint
 from ..train.phases import PhaseSchedule
 from .evaluator import Sampler
@@ -30,9 +31,11 @@ class TrainedGenerator:
         )
 
     def latents(
-        self, n: int, truncation: float, generator: torch.Generator, classes: list[int] | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.sampler.latents(n, generator, truncation, classes)
+        self, n: int, truncation: float, generator: torch.Generator, classes: list[int] | None = None,
+        codes: dict[str, list[float]] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+        """`codes`: InfoGAN's latent codes to fix, name -> values in turn (see LatentCodes.parse)."""
+        return self.sampler.latents(n, generator, truncation, classes, codes)
 
     def refresh_stats(
         self, truncation: float, generator: torch.Generator, batches: int, batch: int = 64
@@ -50,7 +53,7 @@ def load_generator(checkpoint: str, device: torch.device | str = "cpu") -> Train
     num_classes = int(state["num_classes"])
     if num_classes > 1:
         cfg.model.num_classes = num_classes
-    G, _ = build_models(cfg.model, num_classes)
+    G, _ = build_models(cfg.model, num_classes, latent_codes(cfg))
     G.load_state_dict(state["G_ema"])
     kimg = int(state["images"]) / 1000.0
     if cfg.train.phases:  # a growing model samples at the resolution and fade-in it had reached

@@ -1,7 +1,9 @@
 """Sample-quality metrics on feature sets, and the names users ask for them by.
 
 Names: `fd` (Frechet distance in the dataset classifier's features, `eval.num_samples` samples, logged
-as `fd_<dataset>`), and on the standard Inception features `fid<N>`, `kid<N>`, `pr<N>`, `is<N>` with N
+as `fd_<dataset>`), `mode` (the MODE score of Che et al. 2017 on the same classifier's predictions,
+`eval.num_samples` samples, logged as `mode_<dataset>`: bigtrain/eval/mode_score.py), and on the standard
+Inception features `fid<N>`, `kid<N>`, `pr<N>`, `is<N>` with N
 generated images (`10k`, `50k`, `2000`). Reals are the dataset's reference set (all its images, or the
 cap it was computed with); StyleGAN's `_full` suffix is accepted and means the same.
 
@@ -24,14 +26,14 @@ from ..config import Config, ConfigError, positive
 log = logging.getLogger(__name__)
 
 _METRIC = re.compile(r"^(fid|kid|pr|is)(\d+)(k?)(_full)?$")
-LOWER_IS_BETTER = {"fd": True, "fid": True, "kid": True, "pr": False, "is": False}
+LOWER_IS_BETTER = {"fd": True, "fid": True, "kid": True, "pr": False, "is": False, "mode": False}
 
 
 @dataclass(frozen=True)
 class MetricSpec:
     name: str  # as the user wrote it, e.g. fid10k
-    kind: str  # fd | fid | kid | pr | is
-    num_samples: int  # generated images; 0 for fd (it uses eval.num_samples)
+    kind: str  # fd | fid | kid | pr | is | mode
+    num_samples: int  # generated images; 0 for fd and mode (they use eval.num_samples)
 
     @property
     def uses_inception(self) -> bool:
@@ -39,12 +41,12 @@ class MetricSpec:
 
 
 def parse_metric(name: str) -> MetricSpec:
-    if name == "fd":
-        return MetricSpec(name, "fd", 0)
+    if name in ("fd", "mode"):
+        return MetricSpec(name, name, 0)
     m = _METRIC.match(name)
     if not m or int(m.group(2)) == 0:
         raise ValueError(
-            f"unknown metric {name!r}: use fd, or fid/kid/pr/is followed by a sample count such as fid10k, "
+            f"unknown metric {name!r}: use fd, mode, or fid/kid/pr/is followed by a sample count such as fid10k, "
             "kid50k, pr50k, is50k or fid2000"
         )
     count = int(m.group(2)) * (1000 if m.group(3) else 1)
@@ -71,10 +73,10 @@ def check_config(cfg: Config) -> None:
 
 def logged_names(spec: MetricSpec, dataset: str) -> tuple[str, ...]:
     """The names a metric's results are logged and reported under (MLflow, sweeps); the first one ranks
-    checkpoints and trials: fd -> fd_<dataset>, pr50k -> pr50k_precision and pr50k_recall, is50k ->
+    checkpoints and trials: fd -> fd_<dataset>, mode -> mode_<dataset>, pr50k -> pr50k_precision and pr50k_recall, is50k ->
     is50k_mean and is50k_std, fid10k and kid50k as written."""
-    if spec.kind == "fd":
-        return (f"fd_{dataset}",)
+    if spec.kind in ("fd", "mode"):
+        return (f"{spec.kind}_{dataset}",)
     if spec.kind == "pr":
         return f"{spec.name}_precision", f"{spec.name}_recall"
     if spec.kind == "is":

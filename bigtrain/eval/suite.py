@@ -8,6 +8,7 @@ call `MetricSuite.compute`, so a metric means the same thing during training and
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -37,6 +38,7 @@ from .metrics import (
     parse_metric,
     precision_recall,
 )
+from .mode_score import label_counts, log_scores_of_sums, prediction_sums
 from .provenance import PROVENANCE_FIELDS, resize_text, stats_sha256, tensors_sha256
 from .reference import inception_reference
 
@@ -70,6 +72,7 @@ class MetricSuite:
         self._classifier: FrechetEvaluator | None = None
         self._references: dict[int | None, dict] = {}  # Inception references by resolution
         self._fd_references: dict[int, FeatureStats] = {}  # classifier references below full size
+        self._label_counts: torch.Tensor | None = None  # the mode metric's p*(y), unnormalized
         # A growing model's samples are below the data's size until its last phase: at_resolution.
         self.resolution: int | None = None
         self._is_net = None
@@ -134,6 +137,15 @@ class MetricSuite:
             )
         return self._fd_references[r]
 
+    def label_counts(self) -> torch.Tensor:
+        """The dataset's label counts: the mode metric's p*(y) up to normalization (cached beside the
+        classifier)."""
+        if self._label_counts is None:
+            self._label_counts = self._once_on_rank0_first(
+                lambda: label_counts(self.data_path, self.manifest, eval_cache_dir(self.data_path))
+            )
+        return self._label_counts
+
     def _is_extractor(self):
         if not self._is_checked:
             self._is_net, self._is_checked = inception_score_extractor(self.device), True
@@ -144,6 +156,9 @@ class MetricSuite:
         kinds = {s.kind for s in self.specs}
         if "fd" in kinds:
             self.fd_reference()
+        if "mode" in kinds:
+            self.classifier()
+            self.label_counts()
         if kinds & {"fid", "kid", "pr"}:
             self.reference()
             inception_for(self.device)
@@ -168,6 +183,12 @@ class MetricSuite:
         is_net = self._is_extractor() if is_n else None
         fd_n = counts.get("fd", 0)
         fd_stats = FeatureStats.empty(self.classifier().net.feature_dim) if "fd" in kinds else None
+        mode_n = counts.get("mode", 0)
+        mode_sums = (  # the mode metric's prediction_sums, added up over the batches
+            torch.zeros(self.manifest.num_classes + 2, dtype=torch.float64, device=self.device)
+            if "mode" in kinds
+            else None
+        )
         inception_rows: list[torch.Tensor] = []
         logits_rows: list[torch.Tensor] = []
         made = 0
@@ -176,6 +197,9 @@ class MetricSuite:
             self._image_size = int(images.shape[-1])
             if made < fd_n:
                 fd_stats.add(self.classifier().net.embed(images[: fd_n - made]))
+            if made < mode_n:
+                probabilities = self.classifier().net.class_probabilities(images[: mode_n - made])
+                mode_sums += prediction_sums(probabilities).to(mode_sums.device)
             if made < inception_n:
                 inception_rows.append(inception_for(self.device)(images[: inception_n - made]).cpu())
             if is_net is not None and made < is_n:
@@ -188,6 +212,11 @@ class MetricSuite:
                 fd_stats = all_reduce_stats(fd_stats, self.collectives.all_reduce_sum, self.device)
             (name,) = self.logged_names(parse_metric("fd"))
             results[name] = frechet_distance_of(fd_stats, self.fd_reference())
+        if mode_sums is not None:
+            if self.world_size > 1:
+                mode_sums = self.collectives.all_reduce_sum(mode_sums)
+            (name,) = self.logged_names(parse_metric("mode"))
+            results[name] = math.exp(log_scores_of_sums(mode_sums, self.label_counts())[1])
         dim = InceptionFeatures.feature_dim
         fake = torch.cat(inception_rows) if inception_rows else torch.zeros(0, dim)
         gathered: torch.Tensor | None = None
@@ -241,6 +270,15 @@ class MetricSuite:
                     "resize": resize_text(size, CLASSIFIER_INPUT, "bilinear, antialiased"),
                     "num_reference": reference.count,
                     "reference_sha256": self._checksum(("fd", res), stats_sha256, reference),
+                }
+            elif spec.kind == "mode":
+                net, counts = self.classifier().net, self.label_counts()
+                entry = {
+                    "feature_net": f"fd classifier v{CLASSIFIER_VERSION} trained on {self.manifest.name}",
+                    "feature_net_sha256": self._checksum(("fd-net",), tensors_sha256, net.state_dict()),
+                    "resize": resize_text(size, CLASSIFIER_INPUT, "bilinear, antialiased"),
+                    "num_reference": int(counts.sum()),  # the labels p*(y) was counted from
+                    "reference_sha256": self._checksum(("labels",), tensors_sha256, {"counts": counts}),
                 }
             elif spec.uses_inception:
                 reference = self.reference()

@@ -247,6 +247,16 @@ def export_checkpoint(checkpoint: str, to: str, out: str | Path) -> Path:
     family = {"biggan-pytorch": "biggan", "stylegan2-ada": "stylegan2"}[to]
     if cfg.model.name != family:
         raise WeightsError(f"{checkpoint} holds a {cfg.model.name} model; --to {to} exports {family} only")
+    if cfg.model.vbn:  # models/vbn.py
+        raise WeightsError(
+            f"{checkpoint}'s G uses virtual batch normalization (model.vbn={cfg.model.vbn}), which {to}'s G "
+            "does not have: its BatchNorm would normalize with other statistics"
+        )
+    if cfg.regularize.info.categorical or cfg.regularize.info.continuous:  # models/codes.py
+        raise WeightsError(
+            f"{checkpoint}'s G reads InfoGAN's latent codes beside z (regularize.info) and its D has a Q head, "
+            f"which {to}'s networks do not have"
+        )
     num_classes = int(state["num_classes"])
     files: dict[str, Any] = {}
     extra: dict[str, dict] = {}

@@ -16,7 +16,10 @@ from typing import TYPE_CHECKING
 
 from torch import nn
 
+from ..errors import ConfigError
 from . import began, biggan, cgan, dcgan, ebgan, progan, sagan, sngan, stylegan2
+from .codes import LatentCodes
+from .vbn import use_virtual_batch_norm
 
 if TYPE_CHECKING:
     from ..config import ModelConfig
@@ -25,11 +28,14 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class Family:
     section: type  # its config section, `model.<name>`
-    build: Callable[..., tuple[nn.Module, nn.Module]]  # (model config, num_classes) -> (G, D)
+    build: Callable[..., tuple[nn.Module, nn.Module]]  # (model config, num_classes[, codes]) -> (G, D)
+    # Its build takes InfoGAN's latent codes (models/codes.py): G's z widened, a Q head on D's features
+    # (the module's LATENT_CODES = True).
+    latent_codes: bool = False
 
     @classmethod
     def of(cls, module: ModuleType) -> Family:
-        return cls(module.Section, module.build)
+        return cls(module.Section, module.build, getattr(module, "LATENT_CODES", False))
 
 
 FAMILIES: dict[str, Family] = {
@@ -45,6 +51,22 @@ FAMILIES: dict[str, Family] = {
 }
 
 
-def build_models(m: ModelConfig, num_classes: int) -> tuple[nn.Module, nn.Module]:
-    """(G, D) for `model.name`; `num_classes` <= 1 builds the unconditional variant."""
-    return FAMILIES[m.name].build(m, num_classes)
+def build_models(
+    m: ModelConfig, num_classes: int, codes: LatentCodes | None = None
+) -> tuple[nn.Module, nn.Module]:
+    """(G, D) for `model.name`; `num_classes` <= 1 builds the unconditional variant. With `model.vbn`,
+    G's BatchNorms are virtual (models/vbn.py), its reference batch drawn after both networks' weights.
+    `codes`: InfoGAN's latent codes (regularize.info): G's z takes them after the noise and declares them
+    (G.codes), D has a Q head; only families with `latent_codes` take them."""
+    family = FAMILIES[m.name]
+    if codes is None:
+        G, D = family.build(m, num_classes)
+    elif not family.latent_codes:
+        takes = ", ".join(name for name, f in FAMILIES.items() if f.latent_codes)
+        raise ConfigError(f"model.name={m.name} takes no InfoGAN latent codes (regularize.info): {takes} do")
+    else:
+        G, D = family.build(m, num_classes, codes)
+        G.codes = codes
+    if getattr(m, "vbn", 0):
+        G = use_virtual_batch_norm(G, m, num_classes)
+    return G, D

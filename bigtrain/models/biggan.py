@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
+from .codes import LatentCodes, code_dim, q_outputs
 from .heads import d_heads
 from .layers import (
     ConditionalBatchNorm2d,
@@ -54,15 +55,20 @@ class Section:
                 raise ConfigError(f"{key}.attn_res has {r}, not a power of two up to model.resolution")
 
 
-def build(m, num_classes: int) -> tuple[nn.Module, nn.Module]:
+LATENT_CODES = True  # build takes InfoGAN's codes
+
+
+def build(m, num_classes: int, codes: LatentCodes | None = None) -> tuple[nn.Module, nn.Module]:
+    """With InfoGAN's latent codes G's input layer reads them beside z's first chunk and D has a Q head."""
     s = m.biggan
     g = Generator(
         m.resolution, s.ch, m.z_dim, s.shared_dim, s.hier, tuple(s.attn_res), num_classes, s.bn_eps, s.sn_eps,
-        s.init,
+        s.init, code_dim(codes),
     )  # fmt: skip
-    d = Discriminator(
-        m.resolution, s.d_ch, tuple(s.attn_res), num_classes, s.sn_eps, s.init, **d_heads(m, num_classes)
-    )
+    heads = d_heads(m, num_classes)
+    if codes is not None:
+        heads["q_outputs"] = q_outputs(codes)
+    d = Discriminator(m.resolution, s.d_ch, tuple(s.attn_res), num_classes, s.sn_eps, s.init, **heads)
     return g, d
 
 
@@ -122,6 +128,10 @@ class Generator(GeneratorRole):
     With `hier`, z is split into one chunk per block plus one for the 4x4 input; each block's BN is
     conditioned on [shared_embedding(y), its z chunk]. With shared_dim 0 every BN has class embeddings
     of its own (BigGAN-PyTorch without G_shared, as its CIFAR script), and z is not split.
+
+    `code_dim` > 0: InfoGAN's latent codes (models/codes.py) are z's last code_dim columns, after the
+    z_dim of noise; the input layer reads them beside the noise's first chunk (the whole noise without
+    `hier`), as the InfoGAN paper's G reads [z, c] at its input. The hierarchical split keeps its chunks.
     """
 
     # The shared class embedding; every conditional BN's gain and bias (per-class embeddings with
@@ -145,12 +155,14 @@ class Generator(GeneratorRole):
         bn_eps: float = 1e-5,
         sn_eps: float = 1e-6,
         init: str = "ortho",
+        code_dim: int = 0,
     ):
         super().__init__()
         _check_resolution(resolution)
         widths = [ch * w for w in G_WIDTHS[resolution]]
         num_blocks = len(widths) - 1
-        self.resolution, self.z_dim, self.num_classes = resolution, z_dim, num_classes
+        self.resolution, self.z_dim, self.num_classes = resolution, z_dim + code_dim, num_classes
+        self.code_dim = code_dim
         self.conditional = num_classes > 1
         per_layer_classes = num_classes if self.conditional and shared_dim < 1 else 0
         if per_layer_classes and hier:
@@ -172,7 +184,7 @@ class Generator(GeneratorRole):
         if self.shared is not None:
             init_weight(self.shared.weight, init)
         self.per_layer_classes = bool(per_layer_classes)
-        self.linear = sn_linear(chunk, 4 * 4 * widths[0], eps=sn_eps, init=init)
+        self.linear = sn_linear(chunk + code_dim, 4 * 4 * widths[0], eps=sn_eps, init=init)
         self.widths = widths
         self.blocks = nn.ModuleList()
         self.attention = nn.ModuleDict()
@@ -189,7 +201,12 @@ class Generator(GeneratorRole):
 
     def forward(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         assert_shape(z, (None, self.z_dim), "BigGAN G latent z")
-        chunks = z.chunk(self.num_chunks, dim=1)
+        if self.code_dim:  # InfoGAN's codes: z's last columns, read by the input layer with the first chunk
+            noise, codes = z.split([self.z_dim - self.code_dim, self.code_dim], dim=1)
+            chunks = list(noise.chunk(self.num_chunks, dim=1))
+            chunks[0] = torch.cat([chunks[0], codes], dim=1)
+        else:
+            chunks = z.chunk(self.num_chunks, dim=1)
         embedding = self.shared(y) if self.shared is not None else None
         h = self.linear(chunks[0]).view(z.shape[0], self.widths[0], 4, 4)
         for i, block in enumerate(self.blocks):
@@ -237,7 +254,7 @@ class Discriminator(DiscriminatorRole):
     """D(x, y) -> one logit per image, (B,). Projection discriminator (Miyato & Koyama 2018):
     D = w^T phi(x) + <embed(y), phi(x)>, with phi the sum-pooled ReLU features. `aux_classes` > 0 adds
     AC-GAN's auxiliary classifier beside the projection: a spectrally normalized linear layer from
-    phi(x) to that many class logits."""
+    phi(x) to that many class logits; `q_outputs` > 0 InfoGAN's Q head, one more such layer."""
 
     class_tensors = (r"embed\.", r"classifier\.")  # the projection's class embedding, AC-GAN's head
 
@@ -252,6 +269,7 @@ class Discriminator(DiscriminatorRole):
         minibatch_kernels: int = 0,
         minibatch_kernel_dims: int = 5,
         aux_classes: int = 0,
+        q_outputs: int = 0,
     ):
         super().__init__()
         _check_resolution(resolution)
@@ -277,6 +295,8 @@ class Discriminator(DiscriminatorRole):
         self.linear = sn_linear(widths[-1] + minibatch_kernels, 1, eps=sn_eps, init=init)
         self.embed = sn_embedding(num_classes, widths[-1], eps=sn_eps, init=init) if num_classes > 1 else None
         self.classifier = sn_linear(widths[-1], aux_classes, eps=sn_eps, init=init) if aux_classes else None
+        # InfoGAN's Q head (models/codes.py), spectrally normalized as the class head
+        self.q_head = sn_linear(widths[-1], q_outputs, eps=sn_eps, init=init) if q_outputs else None
 
     def input_blocks(self) -> list[nn.Module]:
         """Each residual block with the self-attention that follows it, if any."""
@@ -300,7 +320,8 @@ class Discriminator(DiscriminatorRole):
             out = out + (self.embed(y) * features).sum(dim=1)
         if not all_outputs:
             return out
-        return DOutput(out, features, None if self.classifier is None else self.classifier(features))
+        classes = None if self.classifier is None else self.classifier(features)
+        return DOutput(out, features, classes, None if self.q_head is None else self.q_head(features))
 
 
 # --------------------------------------------------------------------------- reference weights

@@ -17,7 +17,9 @@ G, LeakyReLU in D. Two architectures (`model.dcgan.arch`):
   and D 2,931,009 parameters. 32x32 (CIFAR-10) and 48x48 (the paper's STL-10, R/8 = 6).
 
 Both are unconditional: labels are ignored. With AC-GAN's auxiliary classifier (model.aux_classifier) G
-also reads the one-hot label beside z, as AC-GAN's G does (Odena et al. 2017, section 3).
+also reads the one-hot label beside z, as AC-GAN's G does (Odena et al. 2017, section 3). With InfoGAN's
+latent codes (regularize.info; models/codes.py) G's input layer reads [noise, codes], as the InfoGAN
+paper's DCGAN-like MNIST G reads their concatenation, and D has a Q head: a dense layer on its features.
 
 D returns the logit, the score before the reference's final Sigmoid: bigtrain's losses take logits
 (objective/adversarial.py), and softplus on the logit is the reference's BCE on the sigmoid, exactly.
@@ -35,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
+from .codes import LatentCodes, code_dim, q_outputs
 from .heads import aux_classes, d_heads
 from .layers import MinibatchDiscrimination, assert_shape, one_hot
 from .roles import DiscriminatorRole, DOutput, GeneratorRole
@@ -76,18 +79,25 @@ def check(s: Section, resolution: int, key: str = "model.dcgan") -> None:
         raise ConfigError(f"{key}.d_leak={s.d_leak} must be in [0, 1) (0: ReLU), or -1 for the arch's own")
 
 
-def build(m, num_classes: int) -> tuple[nn.Module, nn.Module]:
-    """Unconditional; with the auxiliary classifier G also reads the label (AC-GAN)."""
+LATENT_CODES = True  # build takes InfoGAN's codes
+
+
+def build(m, num_classes: int, codes: LatentCodes | None = None) -> tuple[nn.Module, nn.Module]:
+    """Unconditional; with the auxiliary classifier G also reads the label (AC-GAN); with latent codes
+    G's z is wider by their columns and D has a Q head (InfoGAN)."""
     s = m.dcgan
     check(s, m.resolution)
     leak = D_LEAK[s.arch] if s.d_leak == -1.0 else s.d_leak
     classes = aux_classes(m, num_classes)
+    z_dim, heads = m.z_dim + code_dim(codes), d_heads(m, num_classes)
+    if codes is not None:
+        heads["q_outputs"] = q_outputs(codes)
     if s.arch == "examples":
-        g = ExamplesGenerator(m.z_dim, s.g_ch, classes)
-        d = ExamplesDiscriminator(s.d_ch, leak, **d_heads(m, num_classes))
+        g = ExamplesGenerator(z_dim, s.g_ch, classes)
+        d = ExamplesDiscriminator(s.d_ch, leak, **heads)
     else:
-        g = StandardGenerator(m.resolution, m.z_dim, s.g_ch, classes)
-        d = StandardDiscriminator(m.resolution, s.d_ch, leak, **d_heads(m, num_classes))
+        g = StandardGenerator(m.resolution, z_dim, s.g_ch, classes)
+        d = StandardDiscriminator(m.resolution, s.d_ch, leak, **heads)
     return g, d
 
 
@@ -127,19 +137,21 @@ def _with_label(z: torch.Tensor, y: torch.Tensor, num_classes: int) -> torch.Ten
 
 
 class _Heads(DiscriminatorRole):
-    """What every DCGAN D adds to its features: minibatch discrimination before the output layer and
-    AC-GAN's classifier beside it (models/heads.py)."""
+    """What every DCGAN D adds to its features: minibatch discrimination before the output layer, AC-GAN's
+    classifier and InfoGAN's Q head beside it (models/heads.py, models/codes.py)."""
 
     class_tensors = (r"classifier\.",)  # AC-GAN's head
 
-    def _heads(self, features: int, kernels: int, kernel_dims: int, classes: int) -> None:
+    def _heads(self, features: int, kernels: int, kernel_dims: int, classes: int, q_outputs: int = 0) -> None:
         self.minibatch = MinibatchDiscrimination(features, kernels, kernel_dims) if kernels else None
         self.classifier = nn.Linear(features, classes) if classes else None
+        self.q_head = nn.Linear(features, q_outputs) if q_outputs else None  # InfoGAN's Q
 
     def _outputs(self, logits: torch.Tensor, features: torch.Tensor, all_outputs: bool):
         if not all_outputs:
             return logits
-        return DOutput(logits, features, None if self.classifier is None else self.classifier(features))
+        classes = None if self.classifier is None else self.classifier(features)
+        return DOutput(logits, features, classes, None if self.q_head is None else self.q_head(features))
 
 
 # --------------------------------------------------------------------------- pytorch/examples, 64x64
@@ -180,7 +192,7 @@ class ExamplesDiscriminator(_Heads):
 
     def __init__(
         self, ch: int = 64, leak: float = 0.2, minibatch_kernels: int = 0, minibatch_kernel_dims: int = 5,
-        aux_classes: int = 0,
+        aux_classes: int = 0, q_outputs: int = 0,
     ):  # fmt: skip
         super().__init__()
         self.leak = leak
@@ -189,7 +201,7 @@ class ExamplesDiscriminator(_Heads):
         self.norms = nn.ModuleList(nn.BatchNorm2d(w) for w in widths[1:])  # none on the input layer
         self.output = nn.Conv2d(widths[-1], 1, 4, 1, 0, bias=False)
         features = widths[-1] * 4 * 4
-        self._heads(features, minibatch_kernels, minibatch_kernel_dims, aux_classes)
+        self._heads(features, minibatch_kernels, minibatch_kernel_dims, aux_classes, q_outputs)
         self.minibatch_output = nn.Linear(minibatch_kernels, 1, bias=False) if minibatch_kernels else None
         _init_examples(self)
 
@@ -265,7 +277,7 @@ class StandardDiscriminator(_Heads):
 
     def __init__(
         self, resolution: int = 32, ch: int = 64, leak: float = 0.1, minibatch_kernels: int = 0,
-        minibatch_kernel_dims: int = 5, aux_classes: int = 0,
+        minibatch_kernel_dims: int = 5, aux_classes: int = 0, q_outputs: int = 0,
     ):  # fmt: skip
         super().__init__()
         self.resolution, self.leak = resolution, leak
@@ -273,7 +285,7 @@ class StandardDiscriminator(_Heads):
         self.blocks = nn.ModuleList(StandardBlock(a, b) for a, b in zip([3, *widths[:2]], widths[:3]))
         self.last_conv = nn.Conv2d(widths[2], widths[3], 3, 1, 1)
         self.last_bn = nn.BatchNorm2d(widths[3], eps=1e-4)
-        self._heads(widths[3], minibatch_kernels, minibatch_kernel_dims, aux_classes)
+        self._heads(widths[3], minibatch_kernels, minibatch_kernel_dims, aux_classes, q_outputs)
         self.linear = nn.Linear(widths[3] + minibatch_kernels, 1)
         _init_ortho(self)
 

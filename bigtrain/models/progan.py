@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
+from .codes import LatentCodes, code_dim, q_outputs
 from .heads import aux_classes, d_heads
 from .layers import (
     SQRT2,
@@ -63,12 +64,20 @@ def check_feature_maps(key: str, s, m) -> None:
         )
 
 
-def build(m, num_classes: int) -> tuple[nn.Module, nn.Module]:
+LATENT_CODES = True  # build takes InfoGAN's codes
+
+
+def build(m, num_classes: int, codes: LatentCodes | None = None) -> tuple[nn.Module, nn.Module]:
     """Unconditional, as in the paper: class labels are ignored. With the auxiliary classifier, G takes
-    the label as the paper's code does for AC-GAN (its only conditional form)."""
+    the label as the paper's code does for AC-GAN (its only conditional form). With InfoGAN's latent
+    codes G's z is [noise, codes] (normalized together, as the label) and D has a Q head."""
     s = m.progan
-    g = Generator(m.resolution, m.z_dim, s.fmap_base, s.fmap_max, aux_classes(m, num_classes))
-    return g, Discriminator(m.resolution, s.fmap_base, s.fmap_max, **d_heads(m, num_classes))
+    z_dim = m.z_dim + code_dim(codes)
+    g = Generator(m.resolution, z_dim, s.fmap_base, s.fmap_max, aux_classes(m, num_classes))
+    heads = d_heads(m, num_classes)
+    if codes is not None:
+        heads["q_outputs"] = q_outputs(codes)
+    return g, Discriminator(m.resolution, s.fmap_base, s.fmap_max, **heads)
 
 
 def pixel_norm(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -167,7 +176,8 @@ class Generator(PhaseMixin, GeneratorRole):
 
 class Discriminator(PhaseMixin, DiscriminatorRole):
     """Images -> scores; labels are ignored. `aux_classes` > 0 adds AC-GAN's auxiliary classifier on the
-    last dense layer's features, as the paper's code widens D's output to 1 + label_size (gain 1).
+    last dense layer's features, as the paper's code widens D's output to 1 + label_size (gain 1);
+    `q_outputs` > 0 InfoGAN's Q head, one more such layer.
 
     FreezeD's blocks (`input_blocks`) are those of the final resolution R, in input order: fromRGB at R
     with the R block, then the R/2, ..., 8 blocks; the 4x4 part (minibatch stddev, conv, dense, output)
@@ -177,7 +187,7 @@ class Discriminator(PhaseMixin, DiscriminatorRole):
 
     def __init__(
         self, resolution: int, fmap_base: int = 8192, fmap_max: int = 512, mbstd_group: int = 4,
-        minibatch_kernels: int = 0, minibatch_kernel_dims: int = 5, aux_classes: int = 0,
+        minibatch_kernels: int = 0, minibatch_kernel_dims: int = 5, aux_classes: int = 0, q_outputs: int = 0,
     ):  # fmt: skip
         super().__init__()
         self.resolutions = doubling_resolutions(resolution, "ProGAN")
@@ -203,6 +213,7 @@ class Discriminator(PhaseMixin, DiscriminatorRole):
         )
         self.output = EqualizedLinear(ch[4] + minibatch_kernels, 1)
         self.classifier = EqualizedLinear(ch[4], aux_classes) if aux_classes else None
+        self.q_head = EqualizedLinear(ch[4], q_outputs) if q_outputs else None  # InfoGAN's (models/codes.py)
         self.set_phase(resolution)
 
     def input_blocks(self) -> list[nn.Module]:
@@ -239,4 +250,5 @@ class Discriminator(PhaseMixin, DiscriminatorRole):
         logits = self.output(x).squeeze(1)
         if not all_outputs:
             return logits
-        return DOutput(logits, features, None if self.classifier is None else self.classifier(features))
+        classes = None if self.classifier is None else self.classifier(features)
+        return DOutput(logits, features, classes, None if self.q_head is None else self.q_head(features))

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from .codes import LatentCodes
 
 
 class GeneratorRole(nn.Module):
@@ -24,6 +25,9 @@ class GeneratorRole(nn.Module):
     # shapes (or presence) may follow the number of classes; fine-tuning from weights trained with
     # another class count keeps these as built (train.init_from), any other difference is an error.
     class_tensors: tuple[str, ...] = ()
+    # InfoGAN's latent codes (models/codes.py), in the last codes.dim columns of z; None: z is noise only.
+    # Set by build_models; whoever draws G's latents (GInputs, the Sampler) draws them after the noise.
+    codes: LatentCodes | None = None
 
     def pass_kwargs(self, training_g: bool) -> dict:
         """Keyword arguments of a training pass (`training_g`: the G step, which may update running
@@ -42,13 +46,15 @@ class GeneratorRole(nn.Module):
 
 class DOutput(NamedTuple):
     """What a discriminator declares beside its logits when asked (`all_outputs=True`), for the parts of
-    the objective that read more of D than its score (feature matching, AC-GAN's classifier)."""
+    the objective that read more of D than its score (feature matching, AC-GAN's classifier, InfoGAN's Q)."""
 
     logits: torch.Tensor  # (B,)
     # (B, F): the penultimate activation, the per-image features D's output layer reads (taken before
     # minibatch discrimination, which mixes in the other images of the set)
     features: torch.Tensor
     classes: torch.Tensor | None  # (B, C): the auxiliary classifier's logits (AC-GAN); None without it
+    # (B, Q): InfoGAN's Q head on the features, the parameters of Q(c | x) (models/codes.py); None without it
+    codes: torch.Tensor | None = None
 
 
 class DiscriminatorRole(nn.Module):

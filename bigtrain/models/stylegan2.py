@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
+from .codes import LatentCodes, code_dim, q_outputs
 from .heads import d_heads
 from .layers import (
     SQRT2,
@@ -72,15 +73,23 @@ class Section:
             raise ConfigError(f"{key}.conv_clamp={self.conv_clamp} must be >= 0")
 
 
-def build(m, num_classes: int) -> tuple[nn.Module, nn.Module]:
-    """Conditional when the data has classes (the label joins z in the mapping network; D projects)."""
+LATENT_CODES = True  # build takes InfoGAN's codes
+
+
+def build(m, num_classes: int, codes: LatentCodes | None = None) -> tuple[nn.Module, nn.Module]:
+    """Conditional when the data has classes (the label joins z in the mapping network; D projects). With
+    InfoGAN's latent codes the mapping network reads [noise, codes] as its z and D has a Q head."""
     s, classes = m.stylegan2, num_classes if num_classes > 1 else 0
     g = Generator(
-        m.resolution, m.z_dim, s.w_dim, classes, s.fmap_base, s.fmap_max, s.mapping_layers, s.conv_clamp
-    )
+        m.resolution, m.z_dim + code_dim(codes), s.w_dim, classes, s.fmap_base, s.fmap_max, s.mapping_layers,
+        s.conv_clamp, code_dim(codes),
+    )  # fmt: skip
+    heads = d_heads(m, classes)
+    if codes is not None:
+        heads["q_outputs"] = q_outputs(codes)
     d = Discriminator(
         m.resolution, classes, s.fmap_base, s.fmap_max, s.mbstd_group,
-        architecture=s.d_architecture, conv_clamp=s.conv_clamp, **d_heads(m, classes),
+        architecture=s.d_architecture, conv_clamp=s.conv_clamp, **heads,
     )  # fmt: skip
     return g, d
 
@@ -342,9 +351,11 @@ class Generator(GeneratorRole):
     def __init__(
         self, resolution: int, z_dim: int = 512, w_dim: int = 512, num_classes: int = 0,
         channel_base: int = 32768, channel_max: int = 512, mapping_layers: int = 8, conv_clamp: float = 0.0,
+        code_dim: int = 0,
     ):  # fmt: skip
         super().__init__()
         self.z_dim, self.w_dim, self.resolution = z_dim, w_dim, resolution
+        self.code_dim = code_dim  # InfoGAN's codes: the last code_dim of z's columns (models/codes.py)
         self.synthesis = SynthesisNetwork(resolution, w_dim, channel_base, channel_max, conv_clamp)
         self.num_ws = self.synthesis.num_ws
         self.mapping = MappingNetwork(z_dim, w_dim, self.num_ws, num_classes, mapping_layers)
@@ -358,8 +369,11 @@ class Generator(GeneratorRole):
         """`noise`: the per-pixel noise of every layer (random mode), from `draw_noise`; None draws it
         from the global generator. With `mix_z` and `mix_cutoff`, layers from mix_cutoff on take mix_z's
         w (style mixing). `update_w_avg`: the G training step. `return_ws`: also the broadcast w
-        (B, num_ws, w_dim), for the path length regularizer."""
+        (B, num_ws, w_dim), for the path length regularizer. With InfoGAN's codes, mix_z's noise mixes
+        in and the codes stay z's: a mixed image still shows the codes Q is asked for."""
         ws = self.mapping(z, y, psi, cutoff, update_w_avg=update_w_avg)
+        if mix_z is not None and self.code_dim:
+            mix_z = torch.cat([mix_z[:, : -self.code_dim], z[:, -self.code_dim :]], dim=1)
         if mix_z is not None and mix_cutoff is not None and mix_cutoff < self.num_ws:
             ws = mix_styles(ws, self.mapping(mix_z, y, psi, cutoff), mix_cutoff)
         images = self.synthesis(ws, noise_mode, noise)
@@ -443,7 +457,7 @@ class Discriminator(DiscriminatorRole):
     deviation, a 3x3 conv, a dense layer and the output. Conditional: the output is projected onto the
     label mapped by an 8-layer mapping network (lr multiplier 0.01), scaled by 1/sqrt(cmap_dim).
     `aux_classes` > 0 adds AC-GAN's auxiliary classifier: an equalized-lr linear layer from the dense
-    layer's features to that many class logits.
+    layer's features to that many class logits; `q_outputs` > 0 InfoGAN's Q head, one more such layer.
 
     FreezeD's blocks (`input_blocks`, counted by model.freeze_d) in input order: the first is the fromRGB
     and blocks[0] (`skip`: each block with its own fromRGB), then one per block; the epilogue (4x4 conv,
@@ -459,6 +473,7 @@ class Discriminator(DiscriminatorRole):
         self, resolution: int, num_classes: int = 0, channel_base: int = 32768, channel_max: int = 512,
         mbstd_group: int = 4, cmap_dim: int = 0, architecture: str = "resnet", conv_clamp: float = 0.0,
         mapping_layers: int = 8, minibatch_kernels: int = 0, minibatch_kernel_dims: int = 5, aux_classes: int = 0,
+        q_outputs: int = 0,
     ):  # fmt: skip
         super().__init__()
         if architecture not in D_ARCHITECTURES:
@@ -494,6 +509,7 @@ class Discriminator(DiscriminatorRole):
             else None
         )
         self.classifier = EqualizedLinear(ch[4], aux_classes) if aux_classes else None
+        self.q_head = EqualizedLinear(ch[4], q_outputs) if q_outputs else None  # InfoGAN's (models/codes.py)
 
     def input_blocks(self) -> list[nn.Module]:
         if not len(self.blocks):  # 4x4: the epilogue alone
@@ -524,7 +540,8 @@ class Discriminator(DiscriminatorRole):
             logits = (x * self.mapping(None, y)).sum(dim=1) / math.sqrt(self.cmap_dim)
         if not all_outputs:
             return logits
-        return DOutput(logits, features, None if self.classifier is None else self.classifier(features))
+        classes = None if self.classifier is None else self.classifier(features)
+        return DOutput(logits, features, classes, None if self.q_head is None else self.q_head(features))
 
 
 # --------------------------------------------------------------------------- reference weights

@@ -18,17 +18,22 @@ from torch import nn
 from ..config import Config, ConfigError
 from .adversarial import ADVERSARIAL_LOSSES, ENERGY_LOSSES, SMOOTHABLE, AdversarialLoss, build_loss
 from .aux_classifier import AuxClassifier
+from .consensus import Consensus
 from .consistency import Consistency
 from .energy import ENERGY_MODELS
 from .feature_matching import FeatureMatching
 from .gradient_penalty import GradientPenalty
 from .historical_average import HistoricalAverage
+from .infogan import InfoGAN, latent_codes
 from .lecam import LeCam
+from .mode_regularized import ModeRegularized
 from .orthogonal import Orthogonal
 from .path_length import PathLength
 from .pull_away import PullAway
 from .r1 import R1
 from .regularizer import DScores, Networks, PassTools, Regularizer
+from .replay import Replay
+from .semi_supervised import SemiSupervised
 from .style_mixing import StyleMixing
 from .unrolled import Unrolled
 from .views import DView, GInputs, split_scores
@@ -37,7 +42,7 @@ from .zcr import LatentConsistency
 
 __all__ = [
     "Objective", "PassTools", "Regularizer", "DScores", "DView", "GInputs", "split_scores", "build_objective",
-    "check_config",
+    "check_config", "latent_codes",
 ]  # fmt: skip
 
 
@@ -57,6 +62,11 @@ REGULARIZERS: dict[str, type[Regularizer]] = {
     "feature_matching": FeatureMatching,
     "aux_classifier": AuxClassifier,
     "pull_away": PullAway,
+    "replay": Replay,
+    "mode_regularized": ModeRegularized,
+    "consensus": Consensus,
+    "info": InfoGAN,
+    "semi_supervised": SemiSupervised,
 }
 
 
@@ -105,9 +115,24 @@ class Objective:
         return self.loss.needs_reals or any(r.needs_reals and not r.lazy for r in self.on("g"))
 
     @property
+    def d_logits(self):
+        """DOutput -> D's adversarial logits, from the part that reads them from D's declared outputs (the
+        semi-supervised GAN's log Z(x)), or None: D's own logit. DView applies it to every pass."""
+        parts = [r for r in self.regularizers if r.replaces_d_logit]
+        return parts[0].d_logits if parts else None
+
+    @property
     def adversarial_g(self) -> bool:
         """G trains on the adversarial loss (unless a regularizer's term replaces it)."""
         return not any(r.replaces_g_loss and not r.lazy for r in self.on("g"))
+
+    def d_fakes(self, fakes, labels, generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """The fakes (and labels) D's main pass scores for G's fresh ones of a micro-batch: as each D
+        regularizer of the main pass passes them on (experience replay), else G's own."""
+        for r in self.on("d"):
+            if not r.lazy:
+                fakes, labels = r.d_fakes(fakes, labels, generator)
+        return fakes, labels
 
     def extra_d_sets(
         self, reals, real_labels, fakes, fake_labels, generator
@@ -145,10 +170,32 @@ class Objective:
                 return params
         return None
 
-    def g_penalties(self, fake: DScores, real: DScores | None, last_micro_batch: bool) -> list[torch.Tensor]:
-        """The main-pass penalties on G (added to the scaled G loss)."""
-        penalties = (r.g_penalty(fake, real, last_micro_batch) for r in self.on("g") if not r.lazy)
+    def g_penalties(
+        self,
+        fake: DScores,
+        real: DScores | None,
+        last_micro_batch: bool,
+        tools: PassTools | None = None,
+        reals: tuple | None = None,
+    ) -> list[torch.Tensor]:
+        """The main-pass penalties on G (added to the scaled G loss); with `tools` and the D step's
+        matching `reals`, also those of the regularizers that make passes of their own (g_pass_penalty)."""
+        on = [r for r in self.on("g") if not r.lazy]
+        penalties = [r.g_penalty(fake, real, last_micro_batch) for r in on]
+        if tools is not None:
+            penalties += [r.g_pass_penalty(tools, reals, last_micro_batch) for r in on]
         return [p for p in penalties if p is not None]
+
+    def side_passes(
+        self, network: str, tools: PassTools, reals: tuple, g_inputs: tuple, last_micro_batch: bool
+    ) -> torch.Tensor | None:
+        """The side passes of `network`'s main-step regularizers on one micro-batch, after its backward
+        (consensus optimization); on the last micro-batch, the sum of their figures for the non-finite
+        guard (None: no side pass)."""
+        parts = [r for r in self.on(network) if not r.lazy]
+        figures = [r.side_pass(tools, self.loss, reals, g_inputs, last_micro_batch) for r in parts]
+        figures = [f for f in figures if f is not None]
+        return torch.stack(figures).sum() if figures else None
 
     def after_backward(self, network: str) -> None:
         if network == "d":
@@ -173,6 +220,13 @@ class Objective:
             figures.update(r.metrics())
         return figures
 
+    def eval_metrics(self, resolution: int | None = None) -> dict[str, float]:
+        """The regularizers' figures of the networks at an evaluation (see Regularizer.eval_metrics)."""
+        figures: dict[str, float] = {}
+        for r in self.regularizers:
+            figures.update(r.eval_metrics(resolution))
+        return figures
+
     def state_dict(self) -> dict:
         regularizers = {k: v for r in self.regularizers for k, v in r.state_dict().items()}
         return {**self.loss.state.state_dict(), **regularizers}
@@ -191,10 +245,16 @@ def build_objective(
     all_mean=lambda t: t,
     D: nn.Module | None = None,
     num_classes: int | None = None,
+    rank: int = 0,
+    gather=lambda t: t,
 ) -> Objective:
-    """`num_classes`: the run's (the dataset's when model.num_classes is 0); None: model.num_classes."""
+    """`num_classes`: the run's (the dataset's when model.num_classes is 0); None: model.num_classes.
+    `rank` and `gather` (Collectives.gather_rows): for per-rank checkpoint state (Networks)."""
     classes = cfg.model.num_classes if num_classes is None else num_classes
-    networks = Networks(G, D, grad_hooks, device, all_mean, classes, cfg.train.accum)
+    networks = Networks(
+        G, D, grad_hooks, device, all_mean, classes, cfg.train.accum,
+        z_dim=cfg.model.z_dim, resolution=cfg.model.resolution, rank=rank, gather=gather, cfg=cfg,
+    )  # fmt: skip
     regularizers = []
     for name, cls in REGULARIZERS.items():
         built = cls.build(getattr(cfg.regularize, name), networks)  # None, one, or one per network
@@ -214,6 +274,11 @@ def check_config(cfg: Config) -> None:
         raise ConfigError(
             f"loss.real_label={loss.real_label} smooths a target that loss.name={loss.name} does not have; "
             f"it applies to {', '.join(SMOOTHABLE)} (LSGAN's real target is loss.lsgan_b)"
+        )
+    if loss.divergence != "gan" and loss.name != "fgan":
+        raise ConfigError(
+            f"loss.divergence={loss.divergence} is f-GAN's: it applies to loss.name=fgan, "
+            f"not loss.name={loss.name}"
         )
     _check_energy(cfg)
     for name, cls in REGULARIZERS.items():

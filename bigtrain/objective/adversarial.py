@@ -9,6 +9,9 @@ The energy-based losses (EBGAN, BEGAN: bigtrain/objective/energy.py) read D's ou
 on reals, from an auto-encoder D (model.name ebgan or began). A loss may hold state across steps
 (BEGAN's k_t): its `LossState` sees D's main pass of every micro-batch and the end of every D step,
 reports metrics and is checkpoint state; the other losses' state does nothing.
+
+f-GAN's divergences (Nowozin et al. 2016; `loss.name: fgan`, `loss.divergence`) are in
+bigtrain/objective/fgan.py.
 """
 
 from __future__ import annotations
@@ -164,7 +167,7 @@ class AdversarialLoss:
 SMOOTHABLE = ("nonsat", "minimax", "rasgan")
 # The losses that read D's output as an energy (an auto-encoder D's reconstruction error).
 ENERGY_LOSSES = ("ebgan", "began")
-LOGIT_LOSSES = ("hinge", "nonsat", "minimax", "lsgan", "wgan", "rasgan", "ralsgan", "rahinge")
+LOGIT_LOSSES = ("hinge", "nonsat", "minimax", "lsgan", "wgan", "rasgan", "ralsgan", "rahinge", "fgan")
 ADVERSARIAL_LOSSES = (*LOGIT_LOSSES, *ENERGY_LOSSES)
 MeanOverRanks = Callable[[torch.Tensor], torch.Tensor]
 
@@ -179,6 +182,10 @@ def build_loss(
         from .energy import build_energy_loss  # energy.py builds on LossState and AdversarialLoss
 
         return build_energy_loss(section, device, all_mean)
+    if name == "fgan":  # f-GAN's divergences: bigtrain/objective/fgan.py (built on AdversarialLoss)
+        from .fgan import build_fgan_loss
+
+        return build_fgan_loss(section)
     if name == "hinge":
         return AdversarialLoss(name, hinge_d, hinge_g)
     if name == "nonsat":

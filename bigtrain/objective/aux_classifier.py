@@ -53,10 +53,10 @@ class AuxClassifier(Regularizer):
             raise ConfigError(
                 f"{key}.weight={section.weight} trains D's class head, which model.aux_classifier=true adds"
             )
-        if head and not section.weight:
+        if head and not section.weight and not cfg.regularize.semi_supervised.weight:
             raise ConfigError(
-                f"model.aux_classifier=true adds a class head to D that only {key}.weight trains: set it > 0 "
-                "(AC-GAN: 1) or leave the head off"
+                f"model.aux_classifier=true adds a class head to D that only {key}.weight trains (AC-GAN; "
+                "or regularize.semi_supervised.weight): set one > 0 (AC-GAN: 1) or leave the head off"
             )
         if section.weight and cfg.model.num_classes == 1:
             raise ConfigError(

@@ -24,13 +24,15 @@ class DScores:
     """D's view of one set of a main pass (reals, fakes, or a set a regularizer added): the images and
     labels D was given and what it declared of them. `features` (B, F) and `classes` (B, C) are D's
     penultimate features and auxiliary class logits (see models.roles.DOutput), present where a
-    regularizer on the pass has `d_outputs` (`classes` also needs D's class head); else None."""
+    regularizer on the pass has `d_outputs` (`classes` also needs D's class head, `codes` InfoGAN's Q
+    head); else None."""
 
     images: torch.Tensor
     labels: torch.Tensor
     logits: torch.Tensor
     features: torch.Tensor | None = None
     classes: torch.Tensor | None = None
+    codes: torch.Tensor | None = None
 
 
 @dataclass
@@ -57,6 +59,13 @@ class Networks:
     all_mean: Callable[[torch.Tensor], torch.Tensor] = lambda t: t  # the mean over ranks (one process: t)
     num_classes: int = 0  # the run's classes (the dataset's, or model.num_classes); <= 1: unconditional
     accum: int = 1  # train.accum: micro-batches per optimizer step
+    z_dim: int = 0  # model.z_dim: G's latent size
+    resolution: int = 0  # model.resolution: the side of G's images (a growing G's last phase)
+    rank: int = 0  # this process's rank: the row of per-rank checkpoint state it loads
+    # every rank's rows concatenated in rank order, on the CPU (Collectives.gather_rows; a collective,
+    # for per-rank checkpoint state in state_dict; one process: the rows as they are)
+    gather: Callable[[torch.Tensor], torch.Tensor] = lambda t: t
+    cfg: Any = None  # the run's Config, for a part that reads other sections (the semi-supervised GAN's data)
 
 
 class Regularizer:
@@ -70,6 +79,7 @@ class Regularizer:
     d_outputs: bool = False  # its penalties read D's features or class logits (DScores.features, .classes)
     needs_reals: bool = False  # its G penalty reads D's view of the D step's reals (g_penalty's `real`)
     replaces_g_loss: bool = False  # its G penalty replaces the adversarial G loss (which is then not trained)
+    replaces_d_logit: bool = False  # `d_logits` gives D's adversarial logit from D's declared outputs
 
     @classmethod
     def build(cls, section: Any, networks: Networks) -> Regularizer | list[Regularizer] | None:
@@ -93,6 +103,14 @@ class Regularizer:
     # --- hooks of the main passes
     def g_kwargs(self, kwargs: dict, z: torch.Tensor, draw_seed: int, generator: torch.Generator) -> None:
         """Before a G pass: edit G's keyword arguments (style mixing). `draw_seed` seeds host-side draws."""
+
+    def d_fakes(
+        self, fakes: torch.Tensor, labels: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Before D's main pass on a micro-batch, and before `extra_d_set`: the fakes (and their labels)
+        D scores instead of G's fresh ones, in the same number (experience replay). `generator`: the
+        slot's random stream. The fakes come without gradient; the default passes them on as they are."""
+        return fakes, labels
 
     def extra_d_set(
         self,
@@ -133,6 +151,34 @@ class Regularizer:
         gradient, where a regularizer or the loss `needs_reals`, else None."""
         return None
 
+    def g_pass_penalty(
+        self, tools: PassTools, reals: tuple[torch.Tensor, torch.Tensor], last_micro_batch: bool
+    ) -> torch.Tensor | None:
+        """Added to G's loss of a micro-batch in its main pass beside `g_penalty`, for a penalty that makes
+        G and D passes of its own (MRGAN's G(E(x)) as D sees it): `tools.g` is the trained G (its
+        gradients reach G's optimizer and whatever fed its input), `tools.d(images, labels, train=False)`
+        D's view as in G's step (frozen D; gradients pass through to the images). `reals`: the D step's
+        matching micro-batch (images, labels). Not divided by the accumulation (as `g_penalty`)."""
+        return None
+
+    def side_pass(
+        self,
+        tools: PassTools,
+        loss: Any,
+        reals: tuple[torch.Tensor, torch.Tensor],
+        g_inputs: tuple[torch.Tensor, torch.Tensor, dict],
+        last_micro_batch: bool,
+    ) -> torch.Tensor | None:
+        """After the backward of each micro-batch of its network's main pass: a pass of its own on that
+        micro-batch, for a term that is not a penalty's gradient in this network's loss (consensus
+        optimization's differentiates both networks' losses), whose result it adds to the gradients
+        itself in `after_backward` (the mean over ranks: `Networks.all_mean`). `loss`: the adversarial
+        loss (`AdversarialLoss`); `reals`: the micro-batch's (the D step's; in G's, the last D step's
+        reals of the same micro-batch); `g_inputs`: (z, labels, G's keyword arguments) of the main pass.
+        Returns None, or on the last micro-batch a figure of what it adds, which the non-finite guard
+        checks beside the loss."""
+        return None
+
     def after_backward(self) -> None:
         """After the main pass's backward of its network, before the optimizer step."""
 
@@ -148,8 +194,20 @@ class Regularizer:
         plus the zero term, which keeps every parameter in the graph (DDP's reducer needs them all)."""
         raise NotImplementedError
 
+    def d_logits(self, out: Any) -> torch.Tensor:
+        """Where `replaces_d_logit`: D's adversarial logits (B,) of a set from its DOutput (logits,
+        features, class logits), in place of D's own logit wherever the objective reads D (DView): the
+        semi-supervised GAN's log-sum-exp of its K class logits. D is then always asked for its outputs."""
+        raise NotImplementedError
+
     def metrics(self) -> dict[str, float]:
         """Figures for the trainer's log point (a host sync here is fine: it runs once per log)."""
+        return {}
+
+    def eval_metrics(self, resolution: int | None) -> dict[str, float]:
+        """Figures of the networks at each recorded evaluation (eval.every_kimg), logged beside
+        eval.metrics' (the semi-supervised D's held-out accuracy); every rank calls it. `resolution`: the
+        side a growing model's phase works at (None: model.resolution)."""
         return {}
 
     # --- checkpoint state (top-level checkpoint keys)

@@ -37,12 +37,16 @@ class GInputs:
         self.draws = 0
 
     def latents(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """z and labels of the next slot."""
+        """z and labels of the next slot. Where G declares latent codes (InfoGAN), they are drawn after
+        the labels and join z after the noise (models/codes.py)."""
         slot = self.draws * self.world_size + self.rank
         self.draws += 1
         self.generator.manual_seed(seed_for(self.seed, slot))
         z = torch.randn(n, self.z_dim, device=self.device, generator=self.generator)
-        return z, random_labels(n, self.num_classes, self.generator, self.device)
+        y = random_labels(n, self.num_classes, self.generator, self.device)
+        if self.G.codes is not None:
+            z = torch.cat([z, self.G.codes.draw(n, self.generator, self.device)], dim=1)
+        return z, y
 
     def __call__(self, batch: int, training_g: bool = False) -> tuple[torch.Tensor, torch.Tensor, dict]:
         z, y = self.latents(batch)
@@ -71,14 +75,18 @@ class DView:
     (AOTAutograd has no double backward); else the bare D, with `params` (name -> tensor) in place of
     its parameters where given (unrolled GAN). ADA's pipeline at its current p (`ada`) follows the
     differentiable augmentation. `all_outputs`: D's declared outputs (a
-    DOutput: logits, features, class logits) instead of its logits alone."""
+    DOutput: logits, features, class logits) instead of its logits alone. `logits_of` (DOutput -> (B,)):
+    D's adversarial logits from its declared outputs instead of its own logit (Objective.d_logits: the
+    semi-supervised GAN's log Z(x)), in every view; None: D's own."""
 
     def __init__(
         self, D: nn.Module, d_train: Callable, d_train_eager: Callable, augment: list[str],
         generator: torch.Generator, ada: AdaptiveAugment | None = None,
+        logits_of: Callable[[DOutput], torch.Tensor] | None = None,
     ):  # fmt: skip
         self.D, self.d_train, self.d_train_eager = D, d_train, d_train_eager
         self.augment, self.generator, self.ada = augment, generator, ada
+        self.logits_of = logits_of
         self.noise_sigma = 0.0
 
     def __call__(
@@ -96,10 +104,13 @@ class DView:
         d = (self.d_train_eager if double_backward else self.d_train) if train else self.D
         if params is not None:  # the bare D with these parameters instead of its own (unrolled GAN)
             d = partial(_call_with, self.D, params)
-        if not all_outputs:
+        if not all_outputs and self.logits_of is None:
             return d(images, labels, parts=parts).float()
         out = d(images, labels, parts=parts, all_outputs=True)
-        return DOutput(*(t if t is None else t.float() for t in out))
+        out = DOutput(*(t if t is None else t.float() for t in out))
+        if self.logits_of is not None:
+            out = out._replace(logits=self.logits_of(out))
+        return out if all_outputs else out.logits
 
 
 def _call_with(module: nn.Module, params: dict[str, torch.Tensor], *args, **kwargs):

@@ -27,7 +27,7 @@ from ..eval.evaluator import Evaluator, Sampler
 from ..eval.suite import MetricSuite
 from ..models import build_models
 from ..models.layers import frozen_state
-from ..objective import DView, GInputs, PassTools, Regularizer, build_objective, split_scores
+from ..objective import DView, GInputs, PassTools, Regularizer, build_objective, latent_codes, split_scores
 from ..objective.views import instance_noise_sigma
 from ..plan import planned_peak
 from ..seeds import seed_for
@@ -129,7 +129,7 @@ class Trainer:
         self.dataset_name = manifest.name
 
         torch.manual_seed(t.seed)  # identical initial weights on every rank
-        G, D = build_models(cfg.model, self.num_classes)
+        G, D = build_models(cfg.model, self.num_classes, latent_codes(cfg))  # codes: InfoGAN's, or None
         G = backend.convert(G)
         memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
         self.G = G.to(self.device, memory_format=memory_format).train()
@@ -151,8 +151,9 @@ class Trainer:
             )  # fmt: skip
         # The adversarial loss and the regularizers that are on (bigtrain/objective/).
         self.objective = build_objective(
-            cfg, self.G, backend.supports_grad_hooks, self.device, backend.all_mean, self.D, self.num_classes
-        )
+            cfg, self.G, backend.supports_grad_hooks, self.device, backend.all_mean, self.D, self.num_classes,
+            rank=self.rank, gather=backend.gather_rows,
+        )  # fmt: skip
         self.lazy_ratio = {
             which: self.objective.lazy_ratio(which, getattr(cfg.optim, f"{which}_reg_interval"))
             for which in ("g", "d")
@@ -188,6 +189,7 @@ class Trainer:
             parse_policy(a.diffaugment),
             self.g_inputs.generator,
             self.ada,
+            self.objective.d_logits,  # None: D's own logit
         )
 
         self.images = 0  # real images shown to D, all ranks together: the kimg counter
@@ -218,7 +220,7 @@ class Trainer:
         self.evaluator = Evaluator(
             sampler, suite, cfg.eval, self.run_dir, f"{cfg.model.name}{cfg.model.resolution} on {self.dataset_name}",
             stats_batch=self.micro_batch, stats_batches=cfg.ema.standing_stats_batches, rank=self.rank,
-            save_best=lambda: self.save(name="best"),
+            save_best=lambda: self.save(name="best"), network_metrics=self.objective.eval_metrics,
         )  # fmt: skip
         # Called on every rank after each recorded evaluation with its metrics (sweeps report from here).
         self.on_evaluate: list = []
@@ -326,6 +328,7 @@ class Trainer:
         any set a regularizer adds (WGAN-GP's interpolates). Returns the last loss and logits, and each
         micro-batch's reals (a lazy D regularizer reuses them, as stylegan2-ada's Dreg phase does)."""
         t, b, objective = self.cfg.train, self.backend, self.objective
+        tools, side = self._pass_tools(), None  # side: the side passes' figure (consensus optimization)
         b.zero_grad("d")
         reals = []
         for i in range(t.accum):
@@ -334,9 +337,10 @@ class Trainer:
             z, y_fake, g_kwargs = self.g_inputs(self.micro_batch)
             with torch.no_grad(), frozen_state(self.G, batchnorm=True), self._autocast():
                 fake = self.G(z, y_fake, **g_kwargs)  # plain G: no gradients, no communication
+                fake, y_d = objective.d_fakes(fake, y_fake, self.g_inputs.generator)  # what D scores (replay)
             with b.accumulating("d", last=i == t.accum - 1), self._first_only(self.D, i), self._autocast():
-                extra = objective.extra_d_sets(x, y, fake, y_fake, self.g_inputs.generator)
-                sets = [(x, y), (fake, y_fake), *(images_labels for _, images_labels in extra)]
+                extra = objective.extra_d_sets(x, y, fake, y_d, self.g_inputs.generator)
+                sets = [(x, y), (fake, y_d), *(images_labels for _, images_labels in extra)]
                 all_images = torch.cat([images for images, _ in sets])
                 out = self.d_view(
                     all_images,
@@ -351,8 +355,9 @@ class Trainer:
                 extra_scored = [(r, scores) for (r, _), scores in zip(extra, extra_scores)]
                 loss_d = objective.d_loss(real, fake_scores, extra_scored) / t.accum
                 b.backward(loss_d, "d")
+                side = objective.side_passes("d", tools, (x, y), (z, y_fake, g_kwargs), i == t.accum - 1)
         objective.after_backward("d")
-        if self._guarded_step("d", loss_d):
+        if self._guarded_step("d", loss_d if side is None else loss_d + side):
             objective.after_step("d")  # not after a skipped step: the parameters did not move
         if self.ada is not None:
             self.ada.after_d_step(self.batch)
@@ -362,6 +367,7 @@ class Trainer:
         """G's main optimizer step over `accum` micro-batches, with the G regularizers of the main pass.
         `reals`: the last D step's micro-batches, which a relativistic G loss compares with."""
         t, b, objective = self.cfg.train, self.backend, self.objective
+        tools, side = self._pass_tools(), None
         b.zero_grad("g")
         for i in range(t.accum):
             z, y_fake, g_kwargs = self.g_inputs(self.micro_batch, training_g=True)
@@ -386,11 +392,12 @@ class Trainer:
                 # The paper's feature matching trains G on its term alone: the adversarial loss is then
                 # only reported.
                 total = loss_g if objective.adversarial_g else torch.zeros_like(loss_g)
-                for penalty in objective.g_penalties(fake_scores, real, last_micro_batch=last):
+                for penalty in objective.g_penalties(fake_scores, real, last, tools, reals[i]):
                     total = total + penalty
                 b.backward(total, "g")
+                side = objective.side_passes("g", tools, reals[i], (z, y_fake, g_kwargs), last)
         objective.after_backward("g")
-        if self._guarded_step("g", total, check_stop=True):
+        if self._guarded_step("g", total if side is None else total + side, check_stop=True):
             objective.after_step("g")
         return loss_g
 
@@ -398,14 +405,7 @@ class Trainer:
         """A lazy regularizer's own optimizer step of its network over `accum` micro-batches, the penalty
         weighted by the interval (StyleGAN2 appendix B; stylegan2-ada's Dreg and Greg phases)."""
         t, b, which = self.cfg.train, self.backend, regularizer.network
-        tools = PassTools(
-            d=self.d_view,
-            g=self.g_train_eager,
-            g_inputs=lambda batch: self.g_inputs(batch, training_g=True),
-            generator=self.g_inputs.generator,
-            all_mean=self.backend.all_mean,
-            micro_batch=self.micro_batch,
-        )
+        tools = self._pass_tools()
         b.zero_grad(which)
         for i in range(t.accum):
             last = i == t.accum - 1
@@ -418,6 +418,17 @@ class Trainer:
                 penalty = penalty * regularizer.interval / t.accum
                 b.backward(penalty + zero_term, which)
         self._guarded_step(which, penalty, phase=regularizer.title)
+
+    def _pass_tools(self) -> PassTools:
+        """What a regularizer's own pass may call in this step (a lazy step, a side pass)."""
+        return PassTools(
+            d=self.d_view,
+            g=self.g_train_eager,
+            g_inputs=lambda batch: self.g_inputs(batch, training_g=True),
+            generator=self.g_inputs.generator,
+            all_mean=self.backend.all_mean,
+            micro_batch=self.micro_batch,
+        )
 
     def _enter_phase(self) -> None:
         """Follow the schedule: on a new phase, the loader's resolution and batch, the learning rates

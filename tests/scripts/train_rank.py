@@ -36,6 +36,8 @@ trainer = Trainer(cfg, resume=resume, loader=SlotLoader(micro, int(os.environ.ge
 probe = torch.Generator().manual_seed(7)
 z, y = torch.randn(32, cfg.model.z_dim, generator=probe), torch.randint(0, 10, (32,), generator=probe)
 images = torch.rand(32, 3, 32, 32, generator=probe) * 2 - 1
+if trainer.G.codes is not None:  # InfoGAN's latent codes join z after the noise
+    z = torch.cat([z, trainer.G.codes.draw(32, probe, "cpu")], dim=1)
 
 
 def probes(prefix: str) -> dict:
@@ -51,7 +53,19 @@ weights = {
     for name, m in (("G", trainer.G), ("D", trainer.D), ("G_ema", trainer.ema.model))
     for k, v in m.state_dict().items()
 }
-# The objective's state (e.g. LeCam's anchors), which every rank must hold alike.
-objective = {f"objective.{k}": torch.as_tensor(v) for k, v in trainer.objective.state_dict().items()}
+
+
+def flat(prefix: str, value) -> dict:
+    """Nested state (an encoder's state_dict, its optimizer's) as prefix.key -> tensor; the numbers and
+    tensors only (an optimizer's None and string settings are left out)."""
+    if isinstance(value, dict):
+        return {k: v for key, item in value.items() for k, v in flat(f"{prefix}.{key}", item).items()}
+    if isinstance(value, (list, tuple)):
+        return {k: v for i, item in enumerate(value) for k, v in flat(f"{prefix}.{i}", item).items()}
+    return {prefix: torch.as_tensor(value)} if isinstance(value, (torch.Tensor, int, float)) else {}
+
+
+# The objective's state (e.g. LeCam's anchors, MRGAN's encoder), which every rank must hold alike.
+objective = flat("objective", trainer.objective.state_dict())
 torch.save({**weights, **objective, **before, **probes("probe")}, f"{out}/rank{trainer.rank}.pt")
 trainer.backend.close()
