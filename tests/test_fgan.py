@@ -233,3 +233,26 @@ def test_a_trainer_logs_the_bound_it_trains_d_on(demo_shards, tmp_path):
         metrics["fgan_bound"],
         metrics["loss_d"],
     )
+
+
+def test_accumulation_trains_with_every_divergence_s_losses_finite(demo_shards, tmp_path):
+    """train.accum=2 (micro-batches of 4) for one iteration with the rows whose conjugates grow fastest
+    (KL's exp, Jeffrey's Lambert W) and Pearson: the bound and both losses stay finite and G moves."""
+    from bigtrain.train.loop import Trainer
+
+    for divergence in ("kl", "jeffrey", "pearson"):
+        cfg = load_config(REPO / "configs/biggan/digits32.yaml", [
+            f"data.path={demo_shards}", f"train.run_dir={tmp_path / divergence}", "track.enabled=false",
+            "eval.every_kimg=0", "train.batch=8", "train.accum=2", "data.num_workers=0", "train.total_kimg=0.008",
+            "loss.name=fgan", f"loss.divergence={divergence}",
+        ])  # fmt: skip
+        trainer = Trainer(cfg)
+        before = [p.detach().clone() for p in trainer.G.parameters()]
+        trainer.train_step()
+        metrics = trainer.log_metrics(elapsed=1.0, images=8)
+        figures = (metrics["fgan_bound"], metrics["loss_d"], metrics["loss_g"])
+        assert trainer.micro_batch == 4 and all(map(math.isfinite, figures)), (divergence, figures)
+        assert trainer.skipped_steps == 0, f"{divergence}: {trainer.skipped_steps} steps skipped"
+        assert any(not torch.equal(a, b) for a, b in zip(before, trainer.G.parameters())), (
+            f"{divergence}: G did not move"
+        )
