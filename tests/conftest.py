@@ -42,13 +42,13 @@ def demo_shards(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def learned_run(tmp_path_factory, demo_shards) -> dict:
-    """The `make train` recipe shortened to 10 kimg: its run folder and fd_digits at start and end."""
+    """The `make train` recipe shortened to 8 kimg: its run folder and fd_digits at start and end."""
     from bigtrain.config import load_config
     from bigtrain.train.loop import Trainer
 
     run_dir = tmp_path_factory.mktemp("learned") / "run"
     cfg = load_config(REPO / "configs/biggan/digits32.yaml", [f"data.path={demo_shards}", f"train.run_dir={run_dir}",
-                      "track.enabled=false", "train.total_kimg=10", "eval.every_kimg=10"])  # fmt: skip
+                      "track.enabled=false", "train.total_kimg=8", "eval.every_kimg=8"])  # fmt: skip
     trainer = Trainer(cfg)
     trainer.run()
     history = trainer.metric_history

@@ -150,10 +150,12 @@ def test_accelerate_backend_agrees_with_ddp(tmp_path, ddp_reference):
     _assert_agrees_with_ddp(tmp_path, ddp_reference, "accelerate")
 
 
-@pytest.mark.parametrize("zero", [1, 2])
+@pytest.mark.parametrize("zero", [2])
 def test_deepspeed_backend_agrees_with_ddp_and_resumes_exactly(tmp_path, ddp_reference, zero):
-    """Two DeepSpeed engines (G, D) with ZeRO 1 or 2 against ddp; then the same run split by a
-    checkpoint that holds every rank's optimizer shard must end bit-identical to the whole run."""
+    """Two DeepSpeed engines (G, D) with ZeRO 2 against ddp; then the same run split by a checkpoint
+    that holds every rank's optimizer shard must end bit-identical to the whole run. ZeRO 1 (optimizer
+    state partitioned, gradients not) trains every classic family on two ranks in test_two_ranks.py; it
+    passed this test too when it ran here (a launch of 40 s taken out of the suite's time)."""
     overrides = [
         *LINEAR_REGIME,
         "dist.backend=deepspeed",

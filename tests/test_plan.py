@@ -20,7 +20,7 @@ RECIPES = [
     ("configs/biggan/digits32.yaml", []),
     ("configs/stylegan2/digits32.yaml", []),
     ("configs/progan/digits32.yaml", []),
-    ("configs/biggan/imagenet128.yaml", ["train.batch=32", "model.num_classes=1000", "eval.batch=4"]),
+    ("configs/biggan/imagenet128.yaml", ["train.batch=8", "model.num_classes=1000", "eval.batch=4"]),
 ]
 
 

@@ -32,7 +32,7 @@ DDP_RUNS = {
     "sngan": ("sngan/digits32.yaml", ["train.n_disc_steps=2", "optim.lr_decay=linear"]),
     **METHODS,
 }
-DEEPSPEED = ["dist.backend=deepspeed", f"dist.deepspeed_config={REPO}/configs/deepspeed/zero2.json"]
+DEEPSPEED = ["dist.backend=deepspeed", f"dist.deepspeed_config={REPO}/configs/deepspeed/zero1.json"]
 
 
 def _launch(tmp_path_factory, name, runs, *overrides, **env):
@@ -88,7 +88,8 @@ def test_the_method_runs_hold_their_state(ddp_runs):
 
 
 @pytest.mark.parametrize("name", CLASSIC)
-def test_two_ranks_under_deepspeed_zero2_stay_identical(deepspeed_runs, name):
-    """DeepSpeed's two engines (G and D) with ZeRO 2 on CPU: BEGAN's k_t averaged over the ranks as
+def test_two_ranks_under_deepspeed_zero1_stay_identical(deepspeed_runs, name):
+    """DeepSpeed's two engines (G and D) with ZeRO 1 on CPU (ZeRO 2's agreement with DDP and exact
+    resume are test_dist.py's): BEGAN's k_t averaged over the ranks as
     under DDP, SN vectors and G's BN buffers alike."""
-    assert_ranks_identical_and_trained(deepspeed_runs, name, "deepspeed ZeRO 2")
+    assert_ranks_identical_and_trained(deepspeed_runs, name, "deepspeed ZeRO 1")
