@@ -121,9 +121,9 @@ def test_demo_run_learns(learned_run):
     assert (run_dir / "metrics.png").stat().st_size > 1000, "no metric plot"
     best = load_checkpoint(run_dir / "checkpoints" / "best")
     # the last step's kimg: 250 steps of 32 images
-    assert best["best"]["kimg"] == pytest.approx(8.0) and best["best"]["value"] == pytest.approx(end), (
-        best["best"]
-    )
+    assert best["best"]["kimg"] == pytest.approx(8.0) and best["best"]["value"] == pytest.approx(end), best[
+        "best"
+    ]
 
 
 def test_training_in_a_thread_runs_without_signal_handlers(demo_shards, tmp_path):
