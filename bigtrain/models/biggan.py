@@ -16,7 +16,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from .codes import LatentCodes, code_dim, q_outputs
-from .heads import d_heads
+from .heads import attention_input_blocks, d_heads, projection_d_forward
 from .layers import (
     ConditionalBatchNorm2d,
     MinibatchDiscrimination,
@@ -300,28 +300,12 @@ class Discriminator(DiscriminatorRole):
 
     def input_blocks(self) -> list[nn.Module]:
         """Each residual block with the self-attention that follows it, if any."""
-        return [
-            nn.ModuleList([block, self.attention[str(i)]]) if str(i) in self.attention else block
-            for i, block in enumerate(self.blocks)
-        ]
+        return attention_input_blocks(self.blocks, self.attention)
 
     def forward(
         self, x: torch.Tensor, y: torch.Tensor, parts: int = 1, all_outputs: bool = False
     ) -> torch.Tensor | DOutput:
-        assert_shape(x, (None, 3, self.resolution, self.resolution), "BigGAN D input")
-        h = x
-        for i, block in enumerate(self.blocks):
-            h = block(h)
-            if str(i) in self.attention:
-                h = self.attention[str(i)](h)
-        features = F.relu(h).sum(dim=(2, 3))
-        out = self.linear(features if self.minibatch is None else self.minibatch(features, parts)).squeeze(1)
-        if self.embed is not None:
-            out = out + (self.embed(y) * features).sum(dim=1)
-        if not all_outputs:
-            return out
-        classes = None if self.classifier is None else self.classifier(features)
-        return DOutput(out, features, classes, None if self.q_head is None else self.q_head(features))
+        return projection_d_forward(self, x, y, parts, all_outputs, "BigGAN D input")
 
 
 # --------------------------------------------------------------------------- reference weights

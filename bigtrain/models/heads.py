@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .layers import assert_shape
+from .roles import DOutput
+
 
 def aux_classes(m, num_classes: int) -> int:
     """The classes of AC-GAN's auxiliary classifier: none without the head (model.aux_classifier) or
@@ -17,3 +24,33 @@ def d_heads(m, num_classes: int) -> dict[str, int]:
         "minibatch_kernel_dims": m.minibatch_kernel_dims,
         "aux_classes": aux_classes(m, num_classes),
     }
+
+
+def attention_input_blocks(blocks: nn.ModuleList, attention: nn.ModuleDict) -> list[nn.Module]:
+    """A residual D's input blocks for FreezeD: each block with the self-attention that follows it, if any."""
+    return [
+        nn.ModuleList([block, attention[str(i)]]) if str(i) in attention else block
+        for i, block in enumerate(blocks)
+    ]
+
+
+def projection_d_forward(d: nn.Module, x: torch.Tensor, y: torch.Tensor, parts: int, all_outputs: bool,
+                         what: str) -> torch.Tensor | DOutput:  # fmt: skip
+    """The residual projection D of BigGAN and SAGAN: its blocks (self-attention after the ones
+    `d.attention` names), global sum pooling of ReLU features, the linear output (after minibatch
+    discrimination, where on) plus the projection <embed(y), features>, and the declared heads."""
+    assert_shape(x, (None, 3, d.resolution, d.resolution), what)
+    h = x
+    for i, block in enumerate(d.blocks):
+        h = block(h)
+        if str(i) in d.attention:
+            h = d.attention[str(i)](h)
+    features = F.relu(h).sum(dim=(2, 3))
+    out = d.linear(features if d.minibatch is None else d.minibatch(features, parts)).squeeze(1)
+    if d.embed is not None:
+        out = out + (d.embed(y) * features).sum(dim=1)
+    if not all_outputs:
+        return out
+    classes = None if d.classifier is None else d.classifier(features)
+    q_head = getattr(d, "q_head", None)  # InfoGAN's Q head (BigGAN's D only)
+    return DOutput(out, features, classes, None if q_head is None else q_head(features))

@@ -35,7 +35,7 @@ from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
 from ..errors import ConfigError
-from .heads import d_heads
+from .heads import attention_input_blocks, d_heads, projection_d_forward
 from .layers import (
     INITS,
     ConditionalBatchNorm2d,
@@ -292,24 +292,9 @@ class Discriminator(DiscriminatorRole):
 
     def input_blocks(self) -> list[nn.Module]:
         """Each residual block with the self-attention that follows it, if any."""
-        return [
-            nn.ModuleList([block, self.attention[str(i)]]) if str(i) in self.attention else block
-            for i, block in enumerate(self.blocks)
-        ]
+        return attention_input_blocks(self.blocks, self.attention)
 
     def forward(
         self, x: torch.Tensor, y: torch.Tensor, parts: int = 1, all_outputs: bool = False
     ) -> torch.Tensor | DOutput:
-        assert_shape(x, (None, 3, self.resolution, self.resolution), "SAGAN D input")
-        h = x
-        for i, block in enumerate(self.blocks):
-            h = block(h)
-            if str(i) in self.attention:
-                h = self.attention[str(i)](h)
-        features = F.relu(h).sum(dim=(2, 3))
-        out = self.linear(features if self.minibatch is None else self.minibatch(features, parts)).squeeze(1)
-        if self.embed is not None:
-            out = out + (self.embed(y) * features).sum(dim=1)
-        if not all_outputs:
-            return out
-        return DOutput(out, features, None if self.classifier is None else self.classifier(features))
+        return projection_d_forward(self, x, y, parts, all_outputs, "SAGAN D input")
