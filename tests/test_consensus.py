@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import math
 import re
-import subprocess
 
 import pytest
 import torch
@@ -259,21 +258,13 @@ def test_two_ranks_end_identical_and_equal_one_process_with_accumulation(tmp_pat
     micro-batches): every parameter and SN vector within 1e-5 (measured: at most 1.5e-6), but for the biases
     BatchNorm cancels (above: up to 1.3e-3 apart, each within +-1e-3 of 0), and the probes' outputs within
     1e-4 (measured 8.6e-6 for G_ema's images, 2.9e-6 for D's logits up to 13.6)."""
-    from test_dist import BUFFERS, PYTHON, SCRIPTS, _torchrun, cli_env
+    from test_dist import assert_ranks_equal_one_process, two_ranks_and_one_process
 
-    _torchrun(SCRIPTS / "train_rank.py", tmp_path / "two", 1, 3, *CONSENSUS)
-    subprocess.run([PYTHON, str(SCRIPTS / "train_rank.py"), str(tmp_path / "one"), "2", "3", *CONSENSUS],
-                   check=True, capture_output=True, env=cli_env())  # fmt: skip
-    r0, r1 = torch.load(tmp_path / "two" / "rank0.pt"), torch.load(tmp_path / "two" / "rank1.pt")
-    single = torch.load(tmp_path / "one" / "rank0.pt")
+    r0, r1, single = two_ranks_and_one_process(tmp_path, 3, *CONSENSUS)
     assert any(CANCELLED_BY_BN.match(key) for key in r0), "no BN-cancelled bias: update the pattern"
-    for key in r0:
-        assert torch.equal(r0[key], r1[key]), f"{key} differs between the two ranks"
-        if key.endswith(BUFFERS) or CANCELLED_BY_BN.match(key):
-            continue  # BN running statistics: each rank's own half-batch, by design
-        diff = (r0[key].float() - single[key].float()).abs().max().item()
-        tolerance = 1e-4 if key.startswith("probe.") else 1e-5
-        assert diff <= tolerance, f"{key}: 2 ranks vs 1 process differ by {diff:.3g} (tolerance {tolerance})"
+    assert_ranks_equal_one_process(
+        r0, r1, single, tolerance=1e-5, probe_tolerance=1e-4, skip=CANCELLED_BY_BN.match
+    )
     for probe in ("G_ema", "D"):  # fixed inputs before and after: training moved both networks
         moved = (r0[f"probe.{probe}"] - r0[f"probe_start.{probe}"]).abs().max()
         assert moved > 1e-3, f"{probe} did not train (its probe moved by {moved:.3g})"

@@ -43,25 +43,36 @@ def _launch_env(**extra) -> dict:
     return env
 
 
+def two_ranks_and_one_process(out: Path, iterations: int, *overrides) -> tuple[dict, dict, dict]:
+    """tests/scripts/train_rank.py as 2 processes x accum 1 (OUT/two) and as 1 process x accum 2 (OUT/one):
+    the same global batch, the same data and latents per micro-batch slot. Returns both ranks' tensors
+    and the single process's."""
+    _torchrun(SCRIPTS / "train_rank.py", out / "two", 1, iterations, *overrides)
+    subprocess.run([PYTHON, str(SCRIPTS / "train_rank.py"), str(out / "one"), "2", str(iterations), *overrides],
+                   check=True, capture_output=True, env=cli_env())  # fmt: skip
+    r0, r1 = torch.load(out / "two" / "rank0.pt"), torch.load(out / "two" / "rank1.pt")
+    return r0, r1, torch.load(out / "one" / "rank0.pt")
+
+
+def assert_ranks_equal_one_process(r0, r1, single, tolerance=1e-6, probe_tolerance=None, skip=None) -> None:
+    """Every tensor the same on both ranks, and within `tolerance` (`probe_tolerance` for the probes'
+    outputs) of the single process's, but for BN's running statistics (each rank's own half-batch, by
+    design) and the keys `skip` names."""
+    for key in r0:
+        assert torch.equal(r0[key], r1[key]), f"{key} differs between the two ranks"
+        if key.endswith(BUFFERS) or (skip is not None and skip(key)):
+            continue
+        tol = probe_tolerance if probe_tolerance is not None and key.startswith("probe.") else tolerance
+        diff = (r0[key].float() - single[key].float()).abs().max().item()
+        assert diff <= tol, f"{key}: 2 ranks vs 1 process x accum 2 differ by {diff:.3g} (tolerance {tol:g})"
+
+
 def test_two_ranks_are_identical_and_equal_one_process_with_the_same_global_batch(tmp_path):
     """2 processes x accum 1 against 1 process x accum 2: the same global batch of 16, the same data
     and latents per micro-batch slot. Tolerance: 1e-6 absolute on every parameter and SN vector."""
-    _torchrun(SCRIPTS / "train_rank.py", tmp_path / "two", 1, 6)
-    subprocess.run(
-        [PYTHON, str(SCRIPTS / "train_rank.py"), str(tmp_path / "one"), "2", "6"],
-        check=True,
-        capture_output=True,
-        env=cli_env(),
-    )
-    r0, r1 = torch.load(tmp_path / "two" / "rank0.pt"), torch.load(tmp_path / "two" / "rank1.pt")
-    single = torch.load(tmp_path / "one" / "rank0.pt")
+    r0, r1, single = two_ranks_and_one_process(tmp_path, 6)
     assert any(k.startswith("G_ema.") for k in r0) and any(k.startswith("D.") for k in r0)
-    for key in r0:
-        assert torch.equal(r0[key], r1[key]), f"{key} differs between the two ranks"
-        if key.endswith(BUFFERS):
-            continue  # BN running statistics: each rank's own half-batch, by design
-        diff = (r0[key].float() - single[key].float()).abs().max().item()
-        assert diff <= 1e-6, f"{key}: 2 ranks vs 1 process differ by {diff:.3g} (tolerance 1e-6)"
+    assert_ranks_equal_one_process(r0, r1, single)
 
 
 STYLEGAN2 = ["model.name=stylegan2", "model.stylegan2.fmap_base=256", "model.stylegan2.fmap_max=16", "model.stylegan2.w_dim=32",

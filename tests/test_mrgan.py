@@ -5,7 +5,6 @@ two ranks. The score equals the Inception-style score when G's label marginal is
 when it is not."""
 
 import math
-import subprocess
 
 import pytest
 import torch
@@ -18,7 +17,7 @@ from bigtrain.eval.mode_score import log_scores_of_sums, mode_score, prediction_
 from bigtrain.models.layers import frozen_state
 from bigtrain.objective.mode_regularized import ModeRegularized
 from bigtrain.train.loop import Trainer
-from conftest import PYTHON, REPO, assert_same_networks, cli_env
+from conftest import REPO, assert_same_networks
 
 ON = ["regularize.mode_regularized.geometric=1", "regularize.mode_regularized.mode=0.1"]
 
@@ -229,7 +228,7 @@ def test_two_ranks_end_identical_and_equal_one_process_with_accumulation(tmp_pat
     """Two torchrun ranks on gloo (tests/scripts/train_rank.py) train BigGAN with MRGAN for 3
     iterations: every tensor of G, D, G_ema, E and E's Adam state is the same on both ranks, and equal
     (1e-6 absolute) to one process with train.accum=2 over the same global batch."""
-    from test_dist import BUFFERS, SCRIPTS, _torchrun
+    from test_dist import assert_ranks_equal_one_process, two_ranks_and_one_process
 
     overrides = [
         *ON,
@@ -237,19 +236,10 @@ def test_two_ranks_end_identical_and_equal_one_process_with_accumulation(tmp_pat
         "model.biggan.d_ch=4",
         "regularize.mode_regularized.encoder_width=8",
     ]
-    _torchrun(SCRIPTS / "train_rank.py", tmp_path / "two", 1, 3, *overrides)
-    one = [PYTHON, str(SCRIPTS / "train_rank.py"), str(tmp_path / "one"), "2", "3", *overrides]
-    subprocess.run(one, check=True, capture_output=True, env=cli_env())
-    r0, r1 = torch.load(tmp_path / "two" / "rank0.pt"), torch.load(tmp_path / "two" / "rank1.pt")
-    single = torch.load(tmp_path / "one" / "rank0.pt")
+    r0, r1, single = two_ranks_and_one_process(tmp_path, 3, *overrides)
     assert any(k.startswith("objective.mrgan_encoder.") for k in r0), sorted(r0)[:5]
     assert any(k.startswith("objective.mrgan_encoder_optim.state.") for k in r0), "no Adam state of E"
-    for key in r0:
-        assert torch.equal(r0[key], r1[key]), f"{key} differs between the two ranks"
-        if key.endswith(BUFFERS):
-            continue  # BN running statistics: each rank's own half-batch, by design
-        diff = (r0[key].float() - single[key].float()).abs().max().item()
-        assert diff <= 1e-6, f"{key}: 2 ranks vs 1 process x accum 2 differ by {diff:.3g} (tolerance 1e-6)"
+    assert_ranks_equal_one_process(r0, r1, single)
 
 
 # ----------------------------------------------------------------------------- config

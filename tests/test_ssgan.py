@@ -172,25 +172,12 @@ def test_two_ranks_end_identical_and_equal_one_process_with_accumulation(tmp_pat
     process with accum 2: every rank draws its labelled batches from its own slots, so both ranks end
     with the same tensors, and one process with twice the micro-batches within 1e-6 (as test_dist's;
     BN's running statistics aside, each rank's own)."""
-    import subprocess
-
-    from test_dist import BUFFERS, SCRIPTS, _torchrun
-
-    from conftest import PYTHON, cli_env
+    from test_dist import assert_ranks_equal_one_process, two_ranks_and_one_process
 
     overrides = [f"data.path={demo_shards}", "regularize.ortho.strength=0", *SSGAN]
-    _torchrun(SCRIPTS / "train_rank.py", tmp_path / "two", 1, 3, *overrides)
-    subprocess.run([PYTHON, str(SCRIPTS / "train_rank.py"), str(tmp_path / "one"), "2", "3", *overrides],
-                   check=True, capture_output=True, env=cli_env())  # fmt: skip
-    r0, r1 = torch.load(tmp_path / "two" / "rank0.pt"), torch.load(tmp_path / "two" / "rank1.pt")
-    single = torch.load(tmp_path / "one" / "rank0.pt")
+    r0, r1, single = two_ranks_and_one_process(tmp_path, 3, *overrides)
     assert any(k.startswith("D.classifier.") for k in r0), "no class head"
-    for key in r0:
-        assert torch.equal(r0[key], r1[key]), f"{key} differs between the two ranks"
-        if key.endswith(BUFFERS):
-            continue  # BN running statistics: each rank's own half-batch, by design
-        diff = (r0[key].float() - single[key].float()).abs().max().item()
-        assert diff <= 1e-6, f"{key}: 2 ranks vs 1 process differ by {diff:.3g} (tolerance 1e-6)"
+    assert_ranks_equal_one_process(r0, r1, single)
     moved = (r0["probe.D"] - r0["probe_start.D"]).abs().max()
     assert moved > 1e-3, f"D did not train ({moved:.3g})"
 
