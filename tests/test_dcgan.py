@@ -282,7 +282,7 @@ def test_the_digits_recipe_learns(demo_shards, tmp_path):
     distance falls below LEARNED_BAR from above it.
 
     Measured fd_digits at 0 -> 8 kimg (one thread; evaluations every 2 kimg change nothing: seed 0 ends at
-    81.6 with and without them): seed 0 426.2 -> 81.6 (ATEN_CPU_CAPABILITY=default), 80.9 (native AVX-512
+    81.6 with and without them): seed 0 426.2 -> 81.6 (ATEN_CPU_CAPABILITY=default; 86.3 on 2 threads), 80.9 (native AVX-512
     and avx2); seed 1 137.6 -> 106.3 (default), 109.7 (native and avx2); seed 2 150.6 -> 90.4
     (default), 93.1 (native and avx2). The bar, 250, is 2.3x the worst end; this seed's untrained G
     starts 1.7x above it (seeds 1 and 2 start lower, at 138 and 151, so the test keeps seed 0).
